@@ -1,0 +1,125 @@
+"""Process-group set-up and the few collectives the trainer and evaluators share.
+
+Works the same launched by `deepspeed`, `torchrun`, or as a plain `python` process (then the rank
+environment is filled in here). CUDA → nccl, otherwise gloo on DeepSpeed's CPU accelerator.
+"""
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+def consume_local_rank_arg(argv: list[str]) -> list[str]:
+    """Remove the launcher's `--local_rank=N` / `--local_rank N` from argv (Hydra would reject it) and
+    export it as LOCAL_RANK."""
+    kept, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--local_rank=") or arg.startswith("--local-rank="):
+            os.environ["LOCAL_RANK"] = arg.split("=", 1)[1]
+        elif arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            os.environ["LOCAL_RANK"] = argv[i + 1]
+            i += 1
+        else:
+            kept.append(arg)
+        i += 1
+    return kept
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fill_single_process_env() -> None:
+    """Without a launcher, become rank 0 of a world of one."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("LOCAL_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Global rank 0: the only process that writes shared outputs (TensorBoard, weights, configs)."""
+        return self.rank == 0
+
+
+def init_distributed() -> DistContext:
+    import deepspeed
+    fill_single_process_env()
+    if torch.cuda.is_available():
+        backend = "nccl"
+        local_rank = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        backend = "gloo"
+        device = torch.device("cpu")
+        # The shared-memory collective op is compiled on first use (~35 s); gloo is enough on CPU.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if not torch_dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend)
+    return DistContext(rank=torch_dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+                       world_size=torch_dist.get_world_size(), device=device)
+
+
+def current() -> DistContext:
+    """The context of an initialised process group (or a world of one when there is none)."""
+    if not torch_dist.is_initialized():
+        return DistContext(0, 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return DistContext(torch_dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), torch_dist.get_world_size(), device)
+
+
+def barrier() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.barrier()
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce (sum / max / min / mean); a no-op in a world of one."""
+    if torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
+        reduce_op = {"sum": torch_dist.ReduceOp.SUM, "max": torch_dist.ReduceOp.MAX,
+                     "min": torch_dist.ReduceOp.MIN, "mean": torch_dist.ReduceOp.SUM}[op]
+        torch_dist.all_reduce(tensor, op=reduce_op)
+        if op == "mean":
+            tensor /= torch_dist.get_world_size()
+    return tensor
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank (all ranks must call it)."""
+    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def shard_range(num_items: int, rank: int, world_size: int) -> range:
+    """A contiguous, non-overlapping share of `num_items` for `rank`; sizes differ by at most one.
+    No item is duplicated (unlike DistributedSampler's padding)."""
+    base, extra = divmod(num_items, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def print_rank0(*args, **kwargs) -> None:
+    if current().is_main:
+        print(*args, **kwargs, file=kwargs.pop("file", sys.stdout))
