@@ -5,7 +5,6 @@ environment is filled in here). CUDA → nccl, otherwise gloo on DeepSpeed's CPU
 """
 import os
 import socket
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -122,4 +121,4 @@ def shard_range(num_items: int, rank: int, world_size: int) -> range:
 
 def print_rank0(*args, **kwargs) -> None:
     if current().is_main:
-        print(*args, **kwargs, file=kwargs.pop("file", sys.stdout))
+        print(*args, **kwargs)
