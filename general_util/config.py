@@ -1,0 +1,132 @@
+"""Start-up validation and the derived numbers of a run (optimizer steps, warmup, DeepSpeed config).
+
+Everything that can be checked before a model is loaded is checked here, and every problem is
+reported at once in a single line naming the key, its value and the fix.
+"""
+import difflib
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from data.paths import resolve_path
+from data.readers import expand_files
+from data.records import DataError
+
+BASE_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "base.yaml"
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULERS = ("WarmupDecayLR", "WarmupLR")
+
+
+class ConfigError(ValueError):
+    """An unusable configuration; the message is one line."""
+
+
+def known_top_level_keys() -> set[str]:
+    base = OmegaConf.load(BASE_CONFIG)
+    # `- group@package: option` entries of the defaults list add a top-level key named after the package.
+    groups = {key.split("@")[-1] for entry in base.get("defaults", []) if not isinstance(entry, str) for key in entry}
+    return (set(base.keys()) | groups) - {"defaults", "hydra"}
+
+
+def validate(cfg: DictConfig, world_size: int) -> None:
+    problems = []
+    known = known_top_level_keys()
+    for key in sorted(set(cfg.keys()) - known):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f" (every key must be declared in {BASE_CONFIG.name})"
+        problems.append(f"unknown top-level key '{key}'{hint}")
+
+    def check(condition: bool, key: str, fix: str) -> None:
+        if not condition:
+            problems.append(f"{key}={OmegaConf.select(cfg, key)!r}: {fix}")
+
+    check(cfg.precision in PRECISIONS, "precision", f"use one of {', '.join(PRECISIONS)}")
+    check(cfg.lr_scheduler in SCHEDULERS, "lr_scheduler", f"use one of {', '.join(SCHEDULERS)}")
+    check(cfg.per_gpu_train_batch_size >= 1, "per_gpu_train_batch_size", "must be ≥ 1")
+    check(cfg.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be ≥ 1")
+    check(cfg.learning_rate > 0, "learning_rate", "must be > 0")
+    check(0 <= cfg.warmup_proportion < 1, "warmup_proportion", "must be in [0, 1)")
+    check(cfg.logging_steps >= 1, "logging_steps", "must be ≥ 1")
+    check(cfg.max_steps > 0 or cfg.num_train_epochs > 0, "num_train_epochs", "must be > 0 unless max_steps > 0")
+    check(cfg.prediction_cfg.measure in (1, -1), "prediction_cfg.measure", "use 1 (higher is better) or -1 (lower)")
+    check(not (cfg.save_best and cfg.save_steps <= 0), "save_steps",
+          "save_best needs periodic checkpoints: set save_steps > 0 or save_best=false")
+    check(not (cfg.save_best and not cfg.evaluate_during_training), "save_best",
+          "needs evaluations during training: set evaluate_during_training=true")
+    check(not (cfg.evaluate_during_training and cfg.eval_steps <= 0), "eval_steps",
+          "must be > 0 when evaluate_during_training=true")
+    check(not (cfg.evaluate_during_training and not cfg.evaluators), "evaluators",
+          "evaluate_during_training=true needs at least one evaluator")
+    check(cfg.ds_cfg.train_micro_batch_size_per_gpu == cfg.per_gpu_train_batch_size,
+          "ds_cfg.train_micro_batch_size_per_gpu", f"must equal per_gpu_train_batch_size ({cfg.per_gpu_train_batch_size}); "
+          "set the batch size with per_gpu_train_batch_size only")
+    check(cfg.ds_cfg.gradient_accumulation_steps == cfg.gradient_accumulation_steps,
+          "ds_cfg.gradient_accumulation_steps", f"must equal gradient_accumulation_steps ({cfg.gradient_accumulation_steps})")
+    if "train_batch_size" in cfg.ds_cfg:
+        expected = cfg.per_gpu_train_batch_size * cfg.gradient_accumulation_steps * world_size
+        check(cfg.ds_cfg.train_batch_size == expected, "ds_cfg.train_batch_size",
+              f"must equal per_gpu_train_batch_size × gradient_accumulation_steps × world size = {expected}, or be removed")
+    model_dir = resolve_path(cfg.model_name_or_path)
+    check((model_dir / "config.json").is_file(), "model_name_or_path",
+          "not a local model folder with a config.json (nothing is downloaded)")
+    if cfg.do_train:
+        if cfg.train_file is None:
+            problems.append("train_file=None: do_train=true needs a train_file")
+        else:
+            try:
+                expand_files(OmegaConf.to_object(cfg.train_file) if OmegaConf.is_config(cfg.train_file) else cfg.train_file)
+            except DataError as e:
+                problems.append(f"train_file={cfg.train_file!r}: {e.reason}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def optimizer_steps(num_samples: int, cfg: DictConfig, world_size: int) -> tuple[int, int]:
+    """(micro-batches per rank per epoch, total optimizer steps). Every rank sees ceil(N / world) samples
+    an epoch; the accumulation window may span an epoch boundary."""
+    micro_per_epoch = math.ceil(math.ceil(num_samples / world_size) / cfg.per_gpu_train_batch_size)
+    if cfg.max_steps > 0:
+        return micro_per_epoch, cfg.max_steps
+    total = micro_per_epoch * cfg.num_train_epochs // cfg.gradient_accumulation_steps
+    if total < 1:
+        raise ConfigError(f"num_train_epochs={cfg.num_train_epochs}: {num_samples} samples give no complete optimizer "
+                          f"step (world {world_size} × batch {cfg.per_gpu_train_batch_size} × accumulation "
+                          f"{cfg.gradient_accumulation_steps}); lower the batch or accumulation")
+    return micro_per_epoch, total
+
+
+def warmup_steps(cfg: DictConfig, total_steps: int) -> int:
+    return cfg.warmup_steps if cfg.warmup_steps > 0 else int(cfg.warmup_proportion * total_steps)
+
+
+def deepspeed_config(cfg: DictConfig, total_steps: int) -> dict:
+    """The resolved `ds_cfg` with the numbers only known at run time filled in."""
+    ds = OmegaConf.to_container(cfg.ds_cfg, resolve=True)
+    params = ds["optimizer"]["params"]
+    if params.get("torch_adam") == "auto":
+        params["torch_adam"] = not torch.cuda.is_available()
+    scheduler = ds.get("scheduler")
+    if scheduler:
+        scheduler["params"]["warmup_num_steps"] = warmup_steps(cfg, total_steps)
+        if scheduler["type"] == "WarmupDecayLR":
+            scheduler["params"]["total_num_steps"] = total_steps
+    return ds
+
+
+def zero_stage(cfg: DictConfig) -> int:
+    return int(OmegaConf.select(cfg, "ds_cfg.zero_optimization.stage", default=0))
+
+
+def memory_estimate_gib(num_params: int, cfg: DictConfig, world_size: int) -> dict[str, float]:
+    """Rough per-GPU bytes of weights, gradients and optimizer states (activations excluded)."""
+    stage = zero_stage(cfg)
+    weight_bytes = 4 if cfg.precision == "fp32" else 2
+    optimizer_bytes = 8 if cfg.precision == "fp32" else 12  # Adam m, v (+ fp32 master weights)
+    gib = 1024 ** 3
+    return {
+        "weights": num_params * weight_bytes / (world_size if stage >= 3 else 1) / gib,
+        "gradients": num_params * weight_bytes / (world_size if stage >= 2 else 1) / gib,
+        "optimizer": num_params * optimizer_bytes / (world_size if stage >= 1 else 1) / gib,
+    }

@@ -1,0 +1,73 @@
+"""Rank-aware logging: one log file per rank, console output from global rank 0, TensorBoard and the
+tqdm bar only on global rank 0 (never once per node)."""
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from general_util.dist import DistContext
+
+LOG_FORMAT = "%(asctime)s [rank %(rank)s] %(levelname)s %(name)s: %(message)s"
+
+
+class TqdmHandler(logging.StreamHandler):
+    """Console lines that do not tear the progress bar."""
+
+    def emit(self, record):
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def setup_logging(output_dir: Path, ctx: DistContext) -> logging.Logger:
+    """Configure the root logger: `output_dir/logs/rank<r>.log` on every rank, stderr on rank 0."""
+    log_dir = output_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.INFO)
+
+    class RankFilter(logging.Filter):
+        def filter(self, record):
+            record.rank = ctx.rank
+            return True
+
+    handlers = [logging.FileHandler(log_dir / f"rank{ctx.rank}.log", encoding="utf-8")]
+    if ctx.is_main:
+        handlers.append(TqdmHandler())
+    for handler in handlers:
+        handler.addFilter(RankFilter())
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return logging.getLogger("trainer")
+
+
+class MetricsWriter:
+    """TensorBoard scalars + the progress bar. Inert on every rank but global rank 0."""
+
+    def __init__(self, output_dir: Path, ctx: DistContext, total_steps: int, initial_step: int = 0):
+        self.active = ctx.is_main
+        self.writer = None
+        self.bar = None
+        if self.active:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+            self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.active:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def advance(self, steps: int = 1, postfix: dict | None = None) -> None:
+        if self.active:
+            self.bar.update(steps)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.active:
+            self.bar.close()
+            self.writer.flush()
+            self.writer.close()

@@ -1,0 +1,266 @@
+"""Train (and evaluate) a LLaMA-family model with DeepSpeed, configured by Hydra.
+
+    python trainer.py -cp conf/demo -cn sft                      # one process (CPU or one GPU)
+    deepspeed --num_gpus 2 trainer.py -cp conf/demo -cn sft      # two ranks
+    deepspeed --include localhost:0,1,2,3,4,5,6,7 trainer.py -cp conf/llama/zh -cn llama_7b_zh_instruct_v1_0_ds
+
+Every key is declared, with its effect, in conf/base.yaml; override any of them on the command line
+(`learning_rate=1e-5`).
+"""
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from data.records import DataError
+from general_util import checkpoint as ckpt
+from general_util.config import (ConfigError, deepspeed_config, memory_estimate_gib, optimizer_steps, validate,
+                                 zero_stage)
+from general_util.dist import DistContext, all_reduce, consume_local_rank_arg, init_distributed
+from general_util.logging import MetricsWriter, setup_logging
+from general_util.seeding import set_seed
+from modules.loss import count_label_tokens, token_loss_sum
+
+OmegaConf.register_new_resolver("eq", lambda a, b: a == b, replace=True)
+logger = logging.getLogger("trainer")
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and normalisation weights (all 1-d parameters)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_model(cfg: DictConfig, tokenizer, ds_config: dict):
+    dschf = None
+    if zero_stage(cfg) >= 3:
+        # Lets from_pretrained partition the weights while loading instead of materialising them per rank.
+        from transformers.integrations import HfDeepSpeedConfig
+        dschf = HfDeepSpeedConfig(ds_config)  # noqa: F841 (must stay alive while loading)
+    return instantiate(cfg.model, tokenizer=tokenizer)
+
+
+def count_parameters(cfg: DictConfig, tokenizer) -> int:
+    """Parameter count from the model config alone (meta device: nothing is allocated)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from models.loading import local_model_dir
+    config = AutoConfig.from_pretrained(local_model_dir(cfg.model_name_or_path))
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+class Trainer:
+    """The training loop and what it delegates to (logging, evaluation, checkpoints)."""
+
+    def __init__(self, cfg: DictConfig, ctx: DistContext, tokenizer, train_data, evaluators: dict):
+        self.cfg, self.ctx, self.tokenizer = cfg, ctx, tokenizer
+        self.train_data, self.evaluators = train_data, evaluators
+        self.output_dir = Path(cfg.output_dir)
+        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        self.micro_per_epoch, self.total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size)
+        self.ds_config = deepspeed_config(cfg, self.total_steps)
+        self.stage = zero_stage(cfg)
+        self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
+        self.best = ckpt.BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss sum, label tokens) since the last log
+        self.pending_tokens = self.pending_samples = 0
+        self.last_log_time = time.perf_counter()
+
+    # ---- set-up -------------------------------------------------------------------------------------
+    def setup(self, model) -> None:
+        import deepspeed
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=parameter_groups(model, self.cfg.weight_decay), config=self.ds_config)
+        from data.sampler import DistributedEpochSampler
+        self.sampler = DistributedEpochSampler(len(self.train_data), self.ctx.rank, self.ctx.world_size, self.cfg.seed)
+        self.collator = instantiate(self.cfg.collator, tokenizer=self.tokenizer)
+        self.metrics = MetricsWriter(self.output_dir, self.ctx, self.total_steps, self.step)
+        logger.info("%d samples, %d micro-batches per rank per epoch, %d optimizer steps (world %d × micro batch %d "
+                    "× accumulation %d = %d samples per step)", len(self.train_data), self.micro_per_epoch,
+                    self.total_steps, self.ctx.world_size, self.cfg.per_gpu_train_batch_size,
+                    self.cfg.gradient_accumulation_steps, self.samples_per_step)
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.ctx.world_size * self.cfg.per_gpu_train_batch_size * self.cfg.gradient_accumulation_steps
+
+    def micro_batches(self):
+        """Endless stream of this rank's micro-batches, starting at the current data position."""
+        while True:
+            self.sampler.set_epoch(self.epoch, start=self.micro_in_epoch * self.cfg.per_gpu_train_batch_size)
+            loader = DataLoader(self.train_data, batch_size=self.cfg.per_gpu_train_batch_size, sampler=self.sampler,
+                                collate_fn=self.collator, num_workers=self.cfg.num_workers,
+                                pin_memory=self.ctx.device.type == "cuda")
+            for batch in loader:
+                self.micro_in_epoch += 1
+                yield batch
+            self.epoch, self.micro_in_epoch = self.epoch + 1, 0
+
+    # ---- the loop -----------------------------------------------------------------------------------
+    def train(self) -> None:
+        self.engine.train()
+        stream = self.micro_batches()
+        accumulation = self.cfg.gradient_accumulation_steps
+        while self.step < self.total_steps:
+            self.optimizer_step([next(stream) for _ in range(accumulation)])
+            self.step += 1
+            self.metrics.advance()
+            if self.step % self.cfg.logging_steps == 0 or self.step == self.total_steps:
+                self.log()
+            self.maybe_evaluate()
+            self.maybe_save()
+        if not ckpt.checkpoint_dir(self.output_dir, self.step).exists():
+            self.save()
+        self.metrics.close()
+
+    def optimizer_step(self, window: list[dict]) -> None:
+        """One optimizer step over an accumulation window. The loss is normalised by the number of label
+        tokens in the whole global batch, so it is independent of world size and accumulation."""
+        label_tokens = torch.stack([count_label_tokens(b["labels"]) for b in window]).sum().double().to(self.ctx.device)
+        all_reduce(label_tokens)
+        scale = self.ctx.world_size * len(window) / label_tokens.clamp(min=1)  # undo DeepSpeed's mean over both
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
+        for batch in window:
+            self.pending_tokens += int(batch["attention_mask"].sum())
+            self.pending_samples += batch["input_ids"].shape[0]
+            logits = self.engine(input_ids=batch["input_ids"].to(self.ctx.device, non_blocking=True),
+                                 attention_mask=batch["attention_mask"].to(self.ctx.device, non_blocking=True)).logits
+            micro_loss = token_loss_sum(logits, batch["labels"])
+            self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
+            self.engine.step()
+            loss_sum += micro_loss.detach().double()
+        self.pending.append((loss_sum, label_tokens))
+
+    def log(self) -> None:
+        """Mean loss over the steps since the last log (exact global token mean per step), lr, grad norm,
+        throughput; one collective per logging step."""
+        local = torch.stack([loss for loss, _ in self.pending]
+                            + [torch.tensor(float(n), dtype=torch.float64, device=self.ctx.device)
+                               for n in (self.pending_tokens, self.pending_samples)])
+        totals = all_reduce(local)
+        losses = totals[:-2] / torch.stack([tokens for _, tokens in self.pending])
+        elapsed = time.perf_counter() - self.last_log_time
+        grad_norm = self.engine.get_global_grad_norm()
+        values = {"train/loss": losses.mean().item(), "train/lr": self.engine.get_lr()[0],
+                  "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                  "train/tokens_per_second": totals[-2].item() / elapsed,
+                  "train/samples_per_second": totals[-1].item() / elapsed}
+        self.metrics.scalars(values, self.step)
+        self.metrics.advance(0, {"loss": f"{values['train/loss']:.4f}", "lr": f"{values['train/lr']:.2e}",
+                                 "tok/s": f"{values['train/tokens_per_second']:.0f}"})
+        logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
+                    " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()))
+        self.pending.clear()
+        self.pending_tokens = self.pending_samples = 0
+        self.last_log_time = time.perf_counter()
+
+    # ---- evaluation and checkpoints -----------------------------------------------------------------
+    def evaluate(self, tag: str) -> dict[str, float]:
+        """Run every evaluator (on all ranks) and log `eval/<evaluator>/<metric>`."""
+        self.engine.eval()
+        metrics = {}
+        for name, evaluator in self.evaluators.items():
+            result = evaluator(self.engine, self.tokenizer, self.output_dir / "eval" / tag / name)
+            metrics.update({f"{name}/{key}": value for key, value in result.items()})
+        self.engine.train()
+        self.metrics.scalars({f"eval/{k}": v for k, v in metrics.items()}, self.step)
+        logger.info("eval %s: %s", tag, " ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
+        return metrics
+
+    def maybe_evaluate(self) -> None:
+        if not (self.cfg.evaluate_during_training and self.step % self.cfg.eval_steps == 0):
+            return
+        metrics = self.evaluate(f"step-{self.step}")
+        will_save = self.cfg.save_steps > 0 and self.step % self.cfg.save_steps == 0
+        checkpoint = ckpt.checkpoint_dir(self.output_dir, self.step).name if will_save else None
+        if self.best.update(metrics, self.step, checkpoint):
+            if self.ctx.is_main:
+                self.best.write()
+            if self.cfg.save_best:
+                ckpt.save_hf_weights(self.engine, self.output_dir / "best", self.tokenizer, self.config_yaml,
+                                     self.stage, self.ctx)
+
+    def maybe_save(self) -> None:
+        if self.cfg.save_steps > 0 and self.step % self.cfg.save_steps == 0:
+            self.save()
+
+    def save(self) -> None:
+        state = {"global_step": self.step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
+                 "seed": self.cfg.seed, "world_size": self.ctx.world_size}
+        ckpt.save_checkpoint(self.engine, self.output_dir, self.step, state, self.tokenizer, self.config_yaml,
+                             self.stage, self.ctx)
+        if self.ctx.is_main:
+            ckpt.apply_retention(self.output_dir, self.cfg.save_total_limit,
+                                 {self.best.best_checkpoint} if self.best.best_checkpoint else set())
+
+
+def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
+    micro_per_epoch, total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size)
+    num_params = count_parameters(cfg, tokenizer)
+    memory = memory_estimate_gib(num_params, cfg, ctx.world_size)
+    if ctx.is_main:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        print(f"parameters: {num_params:,}")
+        print(f"samples: {len(train_data)}; micro-batches per rank per epoch: {micro_per_epoch}; "
+              f"optimizer steps: {total_steps}")
+        print(f"per-GPU memory estimate (ZeRO-{zero_stage(cfg)}, {cfg.precision}, world {ctx.world_size}, "
+              f"activations excluded): " + ", ".join(f"{k} {v:.2f} GiB" for k, v in memory.items())
+              + f", total {sum(memory.values()):.2f} GiB")
+
+
+def evaluate_model(cfg: DictConfig, ctx: DistContext, tokenizer, evaluators: dict) -> None:
+    """do_train=false: evaluate `model_name_or_path` as it is."""
+    model = instantiate(cfg.model, tokenizer=tokenizer).to(ctx.device).eval()
+    for name, evaluator in evaluators.items():
+        metrics = evaluator(model, tokenizer, Path(cfg.output_dir) / "eval" / name)
+        logger.info("eval %s: %s", name, " ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
+
+
+def run(cfg: DictConfig) -> None:
+    import os
+    validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+    ctx = init_distributed()
+    output_dir = Path(cfg.output_dir)
+    setup_logging(output_dir, ctx)
+    set_seed(cfg.seed)
+    tokenizer = instantiate(cfg.tokenizer)
+    train_data = instantiate(cfg.train_dataset, tokenizer=tokenizer) if cfg.do_train else None
+    if cfg.dry_run:
+        return dry_run(cfg, ctx, tokenizer, train_data)
+    evaluators = instantiate(cfg.evaluators) if cfg.do_eval else {}
+    if not cfg.do_train:
+        return evaluate_model(cfg, ctx, tokenizer, evaluators)
+    trainer = Trainer(cfg, ctx, tokenizer, train_data, evaluators)
+    model = build_model(cfg, tokenizer, trainer.ds_config)
+    trainer.setup(model)
+    trainer.train()
+    if cfg.do_eval and not (cfg.evaluate_during_training and trainer.step % cfg.eval_steps == 0):
+        trainer.evaluate(f"step-{trainer.step}")
+    if ctx.is_main:
+        print(f"done: {trainer.step} optimizer steps; checkpoints in {output_dir.resolve()}, "
+              f"TensorBoard logs in {(output_dir / 'tensorboard').resolve()}, per-rank logs in {(output_dir / 'logs').resolve()}")
+
+
+@hydra.main(config_path="conf", config_name=None, version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, DataError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    sys.argv = consume_local_rank_arg(sys.argv)
+    main()
