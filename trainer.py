@@ -18,10 +18,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from data.collators import model_inputs
 from data.records import DataError
 from general_util import checkpoint as ckpt
-from general_util.config import (ConfigError, deepspeed_config, memory_estimate_gib, optimizer_steps, validate,
-                                 zero_stage)
+from general_util.config import (ConfigError, deepspeed_config, human_bytes, lr_scheduler_factory,
+                                 memory_estimate_bytes, optimizer_steps, validate, zero_stage)
 from general_util.dist import DistContext, all_reduce, consume_local_rank_arg, init_distributed
 from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
@@ -74,14 +75,15 @@ class Trainer:
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
         self.best = ckpt.BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss sum, label tokens) since the last log
-        self.pending_tokens = self.pending_samples = 0
+        self.pending_tokens = self.pending_slots = self.pending_samples = 0
         self.last_log_time = time.perf_counter()
 
     # ---- set-up -------------------------------------------------------------------------------------
     def setup(self, model) -> None:
         import deepspeed
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=parameter_groups(model, self.cfg.weight_decay), config=self.ds_config)
+            model=model, model_parameters=parameter_groups(model, self.cfg.weight_decay), config=self.ds_config,
+            lr_scheduler=lr_scheduler_factory(self.cfg, self.total_steps))
         from data.sampler import DistributedEpochSampler
         self.sampler = DistributedEpochSampler(len(self.train_data), self.ctx.rank, self.ctx.world_size, self.cfg.seed)
         self.collator = instantiate(self.cfg.collator, tokenizer=self.tokenizer)
@@ -132,10 +134,10 @@ class Trainer:
         scale = self.ctx.world_size * len(window) / label_tokens.clamp(min=1)  # undo DeepSpeed's mean over both
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         for batch in window:
-            self.pending_tokens += int(batch["attention_mask"].sum())
-            self.pending_samples += batch["input_ids"].shape[0]
-            logits = self.engine(input_ids=batch["input_ids"].to(self.ctx.device, non_blocking=True),
-                                 attention_mask=batch["attention_mask"].to(self.ctx.device, non_blocking=True)).logits
+            self.pending_tokens += int(batch["num_tokens"])
+            self.pending_slots += batch["input_ids"].numel()
+            self.pending_samples += int(batch["num_samples"])
+            logits = self.engine(**model_inputs(batch, self.ctx.device)).logits
             micro_loss = token_loss_sum(logits, batch["labels"])
             self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
             self.engine.step()
@@ -147,22 +149,23 @@ class Trainer:
         throughput; one collective per logging step."""
         local = torch.stack([loss for loss, _ in self.pending]
                             + [torch.tensor(float(n), dtype=torch.float64, device=self.ctx.device)
-                               for n in (self.pending_tokens, self.pending_samples)])
+                               for n in (self.pending_tokens, self.pending_slots, self.pending_samples)])
         totals = all_reduce(local)
-        losses = totals[:-2] / torch.stack([tokens for _, tokens in self.pending])
+        losses = totals[:-3] / torch.stack([tokens for _, tokens in self.pending])
         elapsed = time.perf_counter() - self.last_log_time
         grad_norm = self.engine.get_global_grad_norm()
         values = {"train/loss": losses.mean().item(), "train/lr": self.engine.get_lr()[0],
                   "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                  "train/tokens_per_second": totals[-2].item() / elapsed,
-                  "train/samples_per_second": totals[-1].item() / elapsed}
+                  "train/tokens_per_second": totals[-3].item() / elapsed,
+                  "train/samples_per_second": totals[-1].item() / elapsed,
+                  "train/non_pad_fraction": totals[-3].item() / totals[-2].item()}
         self.metrics.scalars(values, self.step)
         self.metrics.advance(0, {"loss": f"{values['train/loss']:.4f}", "lr": f"{values['train/lr']:.2e}",
                                  "tok/s": f"{values['train/tokens_per_second']:.0f}"})
         logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
                     " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()))
         self.pending.clear()
-        self.pending_tokens = self.pending_samples = 0
+        self.pending_tokens = self.pending_slots = self.pending_samples = 0
         self.last_log_time = time.perf_counter()
 
     # ---- evaluation and checkpoints -----------------------------------------------------------------
@@ -208,15 +211,15 @@ class Trainer:
 def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
     micro_per_epoch, total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size)
     num_params = count_parameters(cfg, tokenizer)
-    memory = memory_estimate_gib(num_params, cfg, ctx.world_size)
+    memory = memory_estimate_bytes(num_params, cfg, ctx.world_size)
     if ctx.is_main:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         print(f"parameters: {num_params:,}")
         print(f"samples: {len(train_data)}; micro-batches per rank per epoch: {micro_per_epoch}; "
               f"optimizer steps: {total_steps}")
         print(f"per-GPU memory estimate (ZeRO-{zero_stage(cfg)}, {cfg.precision}, world {ctx.world_size}, "
-              f"activations excluded): " + ", ".join(f"{k} {v:.2f} GiB" for k, v in memory.items())
-              + f", total {sum(memory.values()):.2f} GiB")
+              f"activations excluded): " + ", ".join(f"{k} {human_bytes(v)}" for k, v in memory.items())
+              + f", total {human_bytes(sum(memory.values()))}")
 
 
 def evaluate_model(cfg: DictConfig, ctx: DistContext, tokenizer, evaluators: dict) -> None:
@@ -235,7 +238,10 @@ def run(cfg: DictConfig) -> None:
     setup_logging(output_dir, ctx)
     set_seed(cfg.seed)
     tokenizer = instantiate(cfg.tokenizer)
-    train_data = instantiate(cfg.train_dataset, tokenizer=tokenizer) if cfg.do_train else None
+    train_data = instantiate(cfg.train_dataset, tokenizer=tokenizer) if cfg.do_train or cfg.do_preprocess else None
+    if cfg.do_preprocess:
+        logger.info("training data ready: %d samples", len(train_data))
+        return
     if cfg.dry_run:
         return dry_run(cfg, ctx, tokenizer, train_data)
     evaluators = instantiate(cfg.evaluators) if cfg.do_eval else {}
@@ -262,5 +268,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = consume_local_rank_arg(sys.argv)
+    sys.argv = consume_local_rank_arg(sys.argv)  # the deepspeed launcher's --local_rank=N; Hydra would reject it
     main()

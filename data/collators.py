@@ -1,8 +1,20 @@
 """Lists of examples → padded tensors. Padding positions get label -100 and attention 0; which token id
-pads is irrelevant to the loss."""
+pads is irrelevant to the loss.
+
+The batch contract the trainer relies on: model inputs (`input_ids`, optional `attention_mask`,
+`position_ids`, ...) plus metadata it never feeds the model: `labels`, `index` (dataset indices),
+`num_tokens` (non-pad tokens) and `num_samples` (samples, which differ from rows when packing).
+"""
 import torch
 
 from data.sft import IGNORE_INDEX
+
+BATCH_METADATA = ("labels", "index", "num_tokens", "num_samples")
+
+
+def model_inputs(batch: dict, device: torch.device) -> dict:
+    """The model's inputs of a batch (everything but the metadata), on `device`."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in BATCH_METADATA}
 
 
 class PaddingCollator:
@@ -24,4 +36,5 @@ class PaddingCollator:
             labels[row, :n] = torch.tensor(example["labels"])
             attention_mask[row, :n] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                "index": torch.tensor([e["index"] for e in examples])}
+                "index": torch.tensor([e["index"] for e in examples]),
+                "num_tokens": attention_mask.sum(), "num_samples": torch.tensor(len(examples))}

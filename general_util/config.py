@@ -64,6 +64,7 @@ def validate(cfg: DictConfig, world_size: int) -> None:
           "set the batch size with per_gpu_train_batch_size only")
     check(cfg.ds_cfg.gradient_accumulation_steps == cfg.gradient_accumulation_steps,
           "ds_cfg.gradient_accumulation_steps", f"must equal gradient_accumulation_steps ({cfg.gradient_accumulation_steps})")
+    check("scheduler" not in cfg.ds_cfg, "ds_cfg.scheduler", "remove it; set lr_scheduler and warmup_steps/warmup_proportion")
     if "train_batch_size" in cfg.ds_cfg:
         expected = cfg.per_gpu_train_batch_size * cfg.gradient_accumulation_steps * world_size
         check(cfg.ds_cfg.train_batch_size == expected, "ds_cfg.train_batch_size",
@@ -107,26 +108,39 @@ def deepspeed_config(cfg: DictConfig, total_steps: int) -> dict:
     params = ds["optimizer"]["params"]
     if params.get("torch_adam") == "auto":
         params["torch_adam"] = not torch.cuda.is_available()
-    scheduler = ds.get("scheduler")
-    if scheduler:
-        scheduler["params"]["warmup_num_steps"] = warmup_steps(cfg, total_steps)
-        if scheduler["type"] == "WarmupDecayLR":
-            scheduler["params"]["total_num_steps"] = total_steps
     return ds
+
+
+def lr_scheduler_factory(cfg: DictConfig, total_steps: int):
+    """`optimizer -> scheduler` for deepspeed.initialize. The shapes of DeepSpeed's linear WarmupDecayLR /
+    WarmupLR, but without warmup the first step already gets the full learning rate (DeepSpeed's own
+    schedulers start every run at warmup_min_lr)."""
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+    warmup = warmup_steps(cfg, total_steps)
+    if cfg.lr_scheduler == "WarmupDecayLR":
+        return lambda optimizer: get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    return lambda optimizer: get_constant_schedule_with_warmup(optimizer, warmup)
 
 
 def zero_stage(cfg: DictConfig) -> int:
     return int(OmegaConf.select(cfg, "ds_cfg.zero_optimization.stage", default=0))
 
 
-def memory_estimate_gib(num_params: int, cfg: DictConfig, world_size: int) -> dict[str, float]:
+def memory_estimate_bytes(num_params: int, cfg: DictConfig, world_size: int) -> dict[str, float]:
     """Rough per-GPU bytes of weights, gradients and optimizer states (activations excluded)."""
     stage = zero_stage(cfg)
     weight_bytes = 4 if cfg.precision == "fp32" else 2
     optimizer_bytes = 8 if cfg.precision == "fp32" else 12  # Adam m, v (+ fp32 master weights)
-    gib = 1024 ** 3
     return {
-        "weights": num_params * weight_bytes / (world_size if stage >= 3 else 1) / gib,
-        "gradients": num_params * weight_bytes / (world_size if stage >= 2 else 1) / gib,
-        "optimizer": num_params * optimizer_bytes / (world_size if stage >= 1 else 1) / gib,
+        "weights": num_params * weight_bytes / (world_size if stage >= 3 else 1),
+        "gradients": num_params * weight_bytes / (world_size if stage >= 2 else 1),
+        "optimizer": num_params * optimizer_bytes / (world_size if stage >= 1 else 1),
     }
+
+
+def human_bytes(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024:
+            return f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} TiB"

@@ -50,5 +50,5 @@ def load_causal_lm(name_or_path: str, torch_dtype: str = "fp32", attn_implementa
         model.config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = False  # no KV cache in training
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model

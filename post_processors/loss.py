@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from data.collators import model_inputs
 from general_util.dist import all_reduce, current, shard_range
 from modules.loss import count_label_tokens, token_loss_sum
 
@@ -33,8 +34,7 @@ class LossEvaluator:
                 batch = batches[min(i, len(batches) - 1)] if batches else None
                 if batch is None:  # this rank has no items at all: any input keeps the forward count aligned
                     batch = next(iter(DataLoader(Subset(self._dataset, [0]), collate_fn=self.collator_factory(tokenizer=tokenizer))))
-                logits = model(input_ids=batch["input_ids"].to(ctx.device),
-                               attention_mask=batch["attention_mask"].to(ctx.device)).logits
+                logits = model(**model_inputs(batch, ctx.device)).logits
                 if i < len(batches):
                     totals[0] += token_loss_sum(logits, batch["labels"]).double()
                     totals[1] += count_label_tokens(batch["labels"]).double()

@@ -1,0 +1,39 @@
+"""Unusable configs stop before any model is loaded, with one line naming the key, and exit ≠ 0."""
+import pytest
+
+from tests.trainer_runs import FAST, run_trainer
+
+BAD_CONFIGS = {
+    "missing train file": (["train_file=data/samples/nope.jsonl"], "train_file="),
+    "unknown top-level key": (["+lerning_rate=1e-4"], "unknown top-level key 'lerning_rate'; did you mean 'learning_rate'?"),
+    "batch mismatch with ds_cfg": (["ds_cfg.train_micro_batch_size_per_gpu=3"], "ds_cfg.train_micro_batch_size_per_gpu=3"),
+    "accumulation mismatch with ds_cfg": (["ds_cfg.gradient_accumulation_steps=5"], "ds_cfg.gradient_accumulation_steps=5"),
+    "train_batch_size mismatch": (["+ds_cfg.train_batch_size=7"], "ds_cfg.train_batch_size=7"),
+    "save_best without save_steps": (["save_best=true", "save_steps=0"], "save_steps=0"),
+    "eval_steps not set": (["evaluate_during_training=true", "eval_steps=0"], "eval_steps=0"),
+    "missing model": (["model_name_or_path=/nonexistent/model"], "model_name_or_path='/nonexistent/model'"),
+    "unknown precision": (["precision=fp8"], "precision='fp8'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_config_gives_one_line_error(tmp_path, name):
+    overrides, expected = BAD_CONFIGS[name]
+    result = run_trainer(tmp_path / "out", overrides, check=False)
+    assert result.returncode != 0
+    stderr = result.stderr.strip()
+    assert "Traceback" not in stderr and "Traceback" not in result.stdout
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("error: ") and expected in stderr, stderr
+    assert not (tmp_path / "out" / "logs").exists()  # stopped before set-up
+
+
+def test_dry_run_prints_the_plan(tmp_path):
+    result = run_trainer(tmp_path, FAST + ["dry_run=true", "per_gpu_train_batch_size=4", "num_train_epochs=2"])
+    assert "parameters: 231,744" in result.stdout  # the tiny LLaMA's size, from its config alone
+    assert "samples: 148; micro-batches per rank per epoch: 37; optimizer steps: 74" in result.stdout
+    # fp32: 4 bytes of weights and 4 of gradients, 8 of Adam states per parameter
+    assert ("per-GPU memory estimate (ZeRO-1, fp32, world 1, activations excluded): weights 905.2 KiB, "
+            "gradients 905.2 KiB, optimizer 1.8 MiB, total 3.5 MiB") in result.stdout
+    assert "learning_rate: 0.003" in result.stdout  # the resolved config
+    assert not list(tmp_path.glob("checkpoint-*"))

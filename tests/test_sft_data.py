@@ -1,0 +1,69 @@
+"""Instruction data: labels only on the response + EOS, truncation that keeps EOS, padding, sampling."""
+import pytest
+import torch
+
+from data.collators import PaddingCollator
+from data.records import DataError
+from data.sampler import DistributedEpochSampler
+from data.sft import IGNORE_INDEX, InstructionDataset, build_example
+from models.loading import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("models/tiny_llama", pad_token="<unk>")
+
+
+def test_labels_cover_exactly_the_response_and_eos():
+    example = build_example([10, 11, 12], [20, 21], bos_id=1, eos_id=2, max_seq_length=16)
+    assert example.input_ids == [1, 10, 11, 12, 20, 21, 2]
+    assert example.labels == [IGNORE_INDEX] * 4 + [20, 21, 2]
+
+
+def test_truncation_cuts_prompt_first_then_response_never_eos():
+    example = build_example([10, 11, 12, 13], [20, 21], bos_id=1, eos_id=2, max_seq_length=6)
+    assert example.input_ids == [1, 12, 13, 20, 21, 2]
+    assert example.labels == [IGNORE_INDEX] * 3 + [20, 21, 2]
+    example = build_example([10, 11], [20, 21, 22, 23, 24], bos_id=1, eos_id=2, max_seq_length=4)
+    assert example.input_ids == [1, 20, 21, 2]
+    assert example.labels == [IGNORE_INDEX, 20, 21, 2]
+
+
+def test_dataset_masks_prompt_tokens_of_real_records(tokenizer):
+    dataset = InstructionDataset("data/samples/alpaca_zh_en_dev.jsonl", tokenizer, template="zh", max_seq_length=256)
+    assert len(dataset) == 24
+    record, item = dataset.records[0], dataset[0]
+    response_ids = tokenizer(record.data["output"], add_special_tokens=False)["input_ids"]
+    trained = [label for label in item["labels"] if label != IGNORE_INDEX]
+    assert trained == response_ids + [tokenizer.eos_token_id]
+    assert item["input_ids"][-len(trained):] == trained and item["input_ids"][0] == tokenizer.bos_token_id
+
+
+def test_padding_is_masked_whatever_the_pad_token(tokenizer):
+    batch = PaddingCollator(tokenizer, pad_to_multiple_of=8)([
+        {"input_ids": [1, 5, 6], "labels": [IGNORE_INDEX, 6, 2], "index": 0},
+        {"input_ids": [1, 7], "labels": [IGNORE_INDEX, 7], "index": 1}])
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["labels"][1].tolist() == [IGNORE_INDEX, 7] + [IGNORE_INDEX] * 6
+    assert batch["attention_mask"].sum(dim=1).tolist() == [3, 2]
+
+
+def test_bad_record_names_file_and_line(tmp_path, tokenizer):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": ""}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:2: empty response"):
+        InstructionDataset(str(path), tokenizer)
+    path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": "b"\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:2: malformed JSON"):
+        InstructionDataset(str(path), tokenizer)
+
+
+def test_sampler_splits_each_epoch_disjointly_and_resumes_at_an_offset():
+    shares = [DistributedEpochSampler(10, rank, 2, seed=3).epoch_indices(0) for rank in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == list(range(10))
+    sampler = DistributedEpochSampler(10, 0, 2, seed=3)
+    sampler.set_epoch(0, start=2)
+    assert list(sampler) == shares[0][2:] and len(sampler) == 3
+    assert DistributedEpochSampler(10, 0, 2, seed=3).epoch_indices(1) != shares[0]
+    uneven = [DistributedEpochSampler(5, rank, 2, seed=0).epoch_indices(0) for rank in (0, 1)]
+    assert len(uneven[0]) == len(uneven[1]) == 3 and set(uneven[0] + uneven[1]) == set(range(5))

@@ -1,0 +1,114 @@
+"""End-to-end runs of trainer.py on the tiny model: 1 and 2 ranks, ZeRO-1 and ZeRO-3, gradient
+checkpointing on, checkpoints reloaded, TensorBoard read back, two simulated nodes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from general_util.dist import free_port
+from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
+
+pytestmark = pytest.mark.slow
+STEPS = 15
+GLOBAL_BATCH = ["max_steps=15", "gradient_accumulation_steps=1", "model.gradient_checkpointing=true"]
+SCALARS = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_second", "train/samples_per_second"}
+
+
+@pytest.fixture(scope="module")
+def one_rank_zero1(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_rank_zero1")
+    run_trainer(out, FAST + GLOBAL_BATCH + ["per_gpu_train_batch_size=4", "save_steps=10",
+                                            "do_eval=true", "evaluate_during_training=true", "eval_steps=5"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks_zero1(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two_ranks_zero1")
+    run_trainer(out, FAST + GLOBAL_BATCH + ["per_gpu_train_batch_size=2"], launcher="deepspeed", nproc=2)
+    return out
+
+
+def losses(output_dir):
+    return [value for _, value in read_scalars(output_dir)["train/loss"]]
+
+
+def engine_weights(checkpoint):
+    """The fp32 weights of the DeepSpeed state in a checkpoint (what training would resume from)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+
+
+def assert_reload_matches_engine(checkpoint):
+    hf_model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    engine_model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    engine_model.load_state_dict(engine_weights(checkpoint))
+    input_ids = torch.tensor([[1, 300, 301, 302, 303, 304, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(input_ids).logits, engine_model(input_ids).logits, atol=1e-6, rtol=0)
+
+
+def assert_trained(output_dir):
+    values = losses(output_dir)
+    assert len(values) == STEPS
+    assert sum(values[-3:]) / 3 < sum(values[:3]) / 3 - 0.3, values
+    final = output_dir / f"checkpoint-{STEPS}"
+    assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
+    assert (final / "training_config.yaml").is_file()
+    assert_reload_matches_engine(final)
+
+
+def test_one_rank_zero1_trains_saves_and_reloads(one_rank_zero1):
+    assert_trained(one_rank_zero1)
+    assert sorted(p.name for p in one_rank_zero1.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-15"]
+    assert not list(one_rank_zero1.glob(".tmp-*"))
+
+
+def test_tensorboard_holds_every_scalar(one_rank_zero1):
+    scalars = read_scalars(one_rank_zero1)
+    assert SCALARS <= set(scalars)
+    assert [step for step, _ in scalars["train/loss"]] == list(range(1, STEPS + 1))
+    assert {"eval/dev_loss/loss", "eval/dev_loss/perplexity"} <= set(scalars)
+    assert [step for step, _ in scalars["eval/dev_loss/loss"]] == [5, 10, 15]
+    best = json.loads((one_rank_zero1 / "best_checkpoint.json").read_text())
+    assert best["metric"] == "dev_loss/loss" and best["step"] in (5, 10, 15)
+
+
+def test_two_ranks_zero1_shards_optimizer_and_matches_one_rank(one_rank_zero1, two_ranks_zero1):
+    assert_trained(two_ranks_zero1)
+    shards = sorted(p.name for p in (two_ranks_zero1 / f"checkpoint-{STEPS}").glob("*optim_states.pt"))
+    assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    # Same global batch (1 × 4 vs 2 × 2): the same samples, the same loss normalisation.
+    for one, two in zip(losses(one_rank_zero1)[:5], losses(two_ranks_zero1)[:5]):
+        assert abs(one - two) < 1e-4
+    rank_logs = sorted(p.name for p in (two_ranks_zero1 / "logs").glob("rank*.log"))
+    assert rank_logs == ["rank0.log", "rank1.log"]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_zero3_with_gradient_checkpointing(tmp_path, nproc):
+    run_trainer(tmp_path, FAST + GLOBAL_BATCH + ["deepspeed@ds_cfg=zero3", f"per_gpu_train_batch_size={4 // nproc}"],
+                launcher="torchrun" if nproc > 1 else "python", nproc=nproc)
+    assert_trained(tmp_path)
+
+
+def test_two_nodes_only_global_rank0_writes(tmp_path):
+    """Two single-process 'nodes' on localhost: local rank 0 of node 1 must not write shared outputs."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "trainer.py", "-cp", "conf/demo", "-cn", "sft", f"output_dir={tmp_path}", "max_steps=4",
+                               "per_gpu_train_batch_size=2", *FAST],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for node in (0, 1)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert "wrote Hugging Face weights" in (tmp_path / "logs" / "rank0.log").read_text()
+    assert "wrote Hugging Face weights" not in (tmp_path / "logs" / "rank1.log").read_text()
+    assert (tmp_path / "checkpoint-4" / "model.safetensors").is_file()

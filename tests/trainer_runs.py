@@ -1,0 +1,40 @@
+"""Run the trainer as users do (python / deepspeed / torchrun) and read back what it wrote."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from general_util.dist import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["logging_steps=1", "evaluate_during_training=false", "do_eval=false", "save_steps=-1"]
+
+
+def trainer_command(launcher: str, nproc: int) -> list[str]:
+    if launcher == "python":
+        return [sys.executable, "trainer.py"]
+    if launcher == "deepspeed":
+        return ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), "trainer.py"]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "trainer.py"]
+    raise ValueError(launcher)
+
+
+def run_trainer(output_dir: Path, overrides: list[str], launcher: str = "python", nproc: int = 1,
+                config: tuple[str, str] = ("conf/demo", "sft"), check: bool = True, timeout: int = 600):
+    cmd = trainer_command(launcher, nproc) + ["-cp", config[0], "-cn", config[1], f"output_dir={output_dir}"] + overrides
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def read_scalars(output_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """TensorBoard scalars as {tag: [(step, value), ...]} read with tensorboard's EventAccumulator."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    event_files = list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(event_files) == 1, event_files
+    accumulator = EventAccumulator(str(event_files[0]))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
