@@ -8,6 +8,7 @@ Every key is declared, with its effect, in conf/base.yaml; override any of them 
 (`learning_rate=1e-5`).
 """
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,8 @@ class Trainer:
         self.ds_config = deepspeed_config(cfg, self.total_steps)
         self.stage = zero_stage(cfg)
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
+        self.fingerprints = {"data": ckpt.data_fingerprint(train_data), "tokenizer": ckpt.tokenizer_fingerprint(tokenizer)}
+        self.stop_requested = False
         self.best = ckpt.BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss sum, label tokens) since the last log
         self.pending_tokens = self.pending_slots = self.pending_samples = 0
@@ -87,11 +90,42 @@ class Trainer:
         from data.sampler import DistributedEpochSampler
         self.sampler = DistributedEpochSampler(len(self.train_data), self.ctx.rank, self.ctx.world_size, self.cfg.seed)
         self.collator = instantiate(self.cfg.collator, tokenizer=self.tokenizer)
+        resume_from = ckpt.resolve_resume(self.cfg.resume, self.output_dir)
+        if resume_from is not None:
+            self.resume(resume_from)
         self.metrics = MetricsWriter(self.output_dir, self.ctx, self.total_steps, self.step)
+        signal.signal(signal.SIGTERM, self.request_stop)
         logger.info("%d samples, %d micro-batches per rank per epoch, %d optimizer steps (world %d × micro batch %d "
                     "× accumulation %d = %d samples per step)", len(self.train_data), self.micro_per_epoch,
                     self.total_steps, self.ctx.world_size, self.cfg.per_gpu_train_batch_size,
                     self.cfg.gradient_accumulation_steps, self.samples_per_step)
+
+    def layout(self) -> dict:
+        """What must match for a checkpoint to continue this run exactly."""
+        return {"world_size": self.ctx.world_size, "per_gpu_train_batch_size": self.cfg.per_gpu_train_batch_size,
+                "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps, "seed": self.cfg.seed,
+                "data_fingerprint": self.fingerprints["data"], "tokenizer_fingerprint": self.fingerprints["tokenizer"]}
+
+    def resume(self, checkpoint: Path) -> None:
+        """Continue from `checkpoint`: exactly (weights, optimizer, scheduler, step, data position, RNG) or,
+        with resume_mode=weights_only, from its weights alone with a fresh optimizer at step 0."""
+        if self.cfg.resume_mode == "weights_only":
+            self.engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name, load_module_only=True,
+                                        load_optimizer_states=False, load_lr_scheduler_states=False)
+            logger.info("initialised weights from %s (resume_mode=weights_only: fresh optimizer, step 0)", checkpoint)
+            return
+        state = ckpt.read_trainer_state(checkpoint)
+        ckpt.check_resumable(checkpoint, state, self.layout())
+        self.engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+        self.step, self.epoch, self.micro_in_epoch = state["global_step"], state["epoch"], state["micro_in_epoch"]
+        ckpt.restore_rng_state(checkpoint, self.ctx.rank)
+        logger.info("resumed from %s at step %d (epoch %d, micro-batch %d of the epoch)", checkpoint, self.step,
+                    self.epoch, self.micro_in_epoch)
+
+    def request_stop(self, signum, frame) -> None:
+        """SIGTERM (schedulers send it before preemption): finish this step, save, exit 0."""
+        logger.warning("received signal %d: saving a checkpoint after the current step, then stopping", signum)
+        self.stop_requested = True
 
     @property
     def samples_per_step(self) -> int:
@@ -103,7 +137,9 @@ class Trainer:
             self.sampler.set_epoch(self.epoch, start=self.micro_in_epoch * self.cfg.per_gpu_train_batch_size)
             loader = DataLoader(self.train_data, batch_size=self.cfg.per_gpu_train_batch_size, sampler=self.sampler,
                                 collate_fn=self.collator, num_workers=self.cfg.num_workers,
-                                pin_memory=self.ctx.device.type == "cuda")
+                                pin_memory=self.ctx.device.type == "cuda",
+                                # worker seeds depend on (seed, epoch) only, so a resumed epoch gets the same ones
+                                generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch))
             for batch in loader:
                 self.micro_in_epoch += 1
                 yield batch
@@ -115,22 +151,29 @@ class Trainer:
         stream = self.micro_batches()
         accumulation = self.cfg.gradient_accumulation_steps
         while self.step < self.total_steps:
-            self.optimizer_step([next(stream) for _ in range(accumulation)])
+            stop = self.optimizer_step([next(stream) for _ in range(accumulation)])
             self.step += 1
             self.metrics.advance()
-            if self.step % self.cfg.logging_steps == 0 or self.step == self.total_steps:
+            if self.step % self.cfg.logging_steps == 0 or self.step == self.total_steps or stop:
                 self.log()
+            if stop:
+                logger.warning("stopping at step %d on request; continue with resume=auto", self.step)
+                break
             self.maybe_evaluate()
             self.maybe_save()
         if not ckpt.checkpoint_dir(self.output_dir, self.step).exists():
             self.save()
         self.metrics.close()
 
-    def optimizer_step(self, window: list[dict]) -> None:
-        """One optimizer step over an accumulation window. The loss is normalised by the number of label
-        tokens in the whole global batch, so it is independent of world size and accumulation."""
-        label_tokens = torch.stack([count_label_tokens(b["labels"]) for b in window]).sum().double().to(self.ctx.device)
-        all_reduce(label_tokens)
+    def optimizer_step(self, window: list[dict]) -> bool:
+        """One optimizer step over an accumulation window; returns whether any rank was asked to stop.
+        The loss is normalised by the number of label tokens in the whole global batch, so it is
+        independent of world size and accumulation."""
+        label_tokens = torch.stack([count_label_tokens(b["labels"]) for b in window]).sum().double()
+        # one collective agrees on both the token count and a stop request (all ranks stop at the same step)
+        agreed = all_reduce(torch.stack([label_tokens, torch.tensor(float(self.stop_requested), dtype=torch.float64)])
+                            .to(self.ctx.device))
+        label_tokens = agreed[0]
         scale = self.ctx.world_size * len(window) / label_tokens.clamp(min=1)  # undo DeepSpeed's mean over both
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         for batch in window:
@@ -143,6 +186,7 @@ class Trainer:
             self.engine.step()
             loss_sum += micro_loss.detach().double()
         self.pending.append((loss_sum, label_tokens))
+        return bool(agreed[1].item())
 
     def log(self) -> None:
         """Mean loss over the steps since the last log (exact global token mean per step), lr, grad norm,
@@ -200,7 +244,7 @@ class Trainer:
 
     def save(self) -> None:
         state = {"global_step": self.step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
-                 "seed": self.cfg.seed, "world_size": self.ctx.world_size}
+                 **self.layout()}
         ckpt.save_checkpoint(self.engine, self.output_dir, self.step, state, self.tokenizer, self.config_yaml,
                              self.stage, self.ctx)
         if self.ctx.is_main:
@@ -262,7 +306,7 @@ def run(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (ConfigError, DataError, FileNotFoundError) as error:
+    except (ConfigError, DataError, FileNotFoundError, ckpt.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

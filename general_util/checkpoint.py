@@ -5,18 +5,47 @@ Layout: `output_dir/checkpoint-<step>/` holds the DeepSpeed tag folder content (
 `training_config.yaml`. A checkpoint is first written as `.tmp-checkpoint-<step>` and renamed when
 complete, so a folder named `checkpoint-*` is always whole.
 """
+import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from general_util.dist import DistContext, barrier
 
 logger = logging.getLogger(__name__)
 PREFIX = "checkpoint-"
 BEST_RECORD = "best_checkpoint.json"
+TRAINER_STATE = "trainer_state.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or continued; the message is one line."""
+
+
+def data_fingerprint(dataset) -> str:
+    """Identifies the training data: the dataset's own `fingerprint` (e.g. its token-cache key) or a hash
+    of every example's token ids and labels."""
+    if getattr(dataset, "fingerprint", None):
+        return dataset.fingerprint
+    digest = hashlib.sha256(str(len(dataset)).encode())
+    for index in range(len(dataset)):
+        item = dataset[index]
+        digest.update(json.dumps([list(map(int, item["input_ids"])), list(map(int, item["labels"]))]).encode())
+    return digest.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    return hashlib.sha256((text + special).encode()).hexdigest()[:16]
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:
@@ -59,15 +88,85 @@ def save_checkpoint(engine, output_dir: Path, step: int, client_state: dict, tok
     if ctx.is_main and tmp.exists():
         shutil.rmtree(tmp)  # left over by a crash during an earlier save
     barrier()
-    engine.save_checkpoint(str(output_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
-    save_hf_weights(engine, tmp, tokenizer, config_yaml, zero_stage, ctx)
-    if ctx.is_main:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        logger.info("saved %s", final)
+    try:
+        engine.save_checkpoint(str(output_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+        save_rng_state(tmp, ctx.rank)
+        save_hf_weights(engine, tmp, tokenizer, config_yaml, zero_stage, ctx)
+        if ctx.is_main:
+            write_json_atomic(tmp / TRAINER_STATE, client_state)
+        barrier()
+        if ctx.is_main:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)  # the checkpoint appears whole, or not at all
+            logger.info("saved %s", final)
+    except OSError as error:
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not save checkpoint {final} ({error.strerror or error}: "
+                              f"{error.filename or tmp}); the previous checkpoints are intact") from None
     barrier()
     return final
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_rng_state(directory: Path, rank: int) -> None:
+    """This rank's python / numpy / torch RNG states (tensors and plain lists: loadable with weights_only)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "numpy": [kind, torch.from_numpy(keys.astype(np.int64)),
+             pos, has_gauss, cached], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    torch.save(state, directory / f"rng_state_rank{rank}.pt")
+
+
+def restore_rng_state(checkpoint: Path, rank: int) -> None:
+    path = checkpoint / f"rng_state_rank{rank}.pt"
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing: the checkpoint was written by a different number of ranks")
+    state = torch.load(path, weights_only=True)
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """`resume: auto` → the newest complete checkpoint in output_dir (None if there is none yet);
+    a path → that checkpoint, which must exist."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume)
+    if not (path / TRAINER_STATE).is_file():
+        raise CheckpointError(f"resume={resume}: not a complete checkpoint folder (no {TRAINER_STATE})")
+    return path
+
+
+def read_trainer_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / TRAINER_STATE).read_text())
+
+
+def check_resumable(checkpoint: Path, state: dict, layout: dict) -> None:
+    """Refuse a checkpoint that this run cannot continue exactly."""
+    different = [f"{key} {state.get(key)} → {value}" for key, value in layout.items() if state.get(key) != value]
+    if different:
+        raise CheckpointError(f"cannot resume exactly from {checkpoint}: {', '.join(different)}; "
+                              f"pass resume_mode=weights_only to start from its weights with a fresh optimizer")
 
 
 def apply_retention(output_dir: Path, limit: int, protected: set[Path]) -> list[Path]:

@@ -52,7 +52,9 @@ class MetricsWriter:
         self.bar = None
         if self.active:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+            # after a resume, TensorBoard drops the events the interrupted run wrote past the checkpoint
+            self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"),
+                                        purge_step=initial_step + 1 if initial_step else None)
             self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True)
 
     def scalars(self, values: dict[str, float], step: int) -> None:

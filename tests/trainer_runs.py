@@ -31,10 +31,9 @@ def run_trainer(output_dir: Path, overrides: list[str], launcher: str = "python"
 
 
 def read_scalars(output_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """TensorBoard scalars as {tag: [(step, value), ...]} read with tensorboard's EventAccumulator."""
+    """TensorBoard scalars as {tag: [(step, value), ...]} read with tensorboard's EventAccumulator (all the
+    event files of the run, as TensorBoard shows them)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    event_files = list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(event_files) == 1, event_files
-    accumulator = EventAccumulator(str(event_files[0]))
+    accumulator = EventAccumulator(str(output_dir / "tensorboard"))
     accumulator.Reload()
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
