@@ -24,7 +24,7 @@ from data.records import DataError
 from general_util import checkpoint as ckpt
 from general_util.config import (ConfigError, deepspeed_config, human_bytes, lr_scheduler_factory,
                                  memory_estimate_bytes, optimizer_steps, validate, zero_stage)
-from general_util.dist import DistContext, all_reduce, consume_local_rank_arg, init_distributed
+from general_util.dist import DistContext, all_reduce, consume_local_rank_arg, gather_objects, init_distributed
 from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
 from modules.loss import count_label_tokens, token_loss_sum
@@ -62,6 +62,10 @@ def count_parameters(cfg: DictConfig, tokenizer) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message is one line."""
+
+
 class Trainer:
     """The training loop and what it delegates to (logging, evaluation, checkpoints)."""
 
@@ -76,6 +80,7 @@ class Trainer:
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
         self.fingerprints = {"data": ckpt.data_fingerprint(train_data), "tokenizer": ckpt.tokenizer_fingerprint(tokenizer)}
         self.stop_requested = False
+        self.nan_skips = 0
         self.best = ckpt.BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss sum, label tokens) since the last log
         self.pending_tokens = self.pending_slots = self.pending_samples = 0
@@ -147,12 +152,21 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------------
     def train(self) -> None:
+        try:
+            self.train_loop()
+        finally:
+            self.metrics.close()  # also on errors: the bar must not print after the error line
+
+    def train_loop(self) -> None:
         self.engine.train()
         stream = self.micro_batches()
         accumulation = self.cfg.gradient_accumulation_steps
         while self.step < self.total_steps:
-            stop = self.optimizer_step([next(stream) for _ in range(accumulation)])
+            window = [next(stream) for _ in range(accumulation)]
+            stop = self.optimizer_step(window)
             self.step += 1
+            if not self.engine.was_step_applied():
+                self.non_finite_step(window)
             self.metrics.advance()
             if self.step % self.cfg.logging_steps == 0 or self.step == self.total_steps or stop:
                 self.log()
@@ -163,7 +177,6 @@ class Trainer:
             self.maybe_save()
         if not ckpt.checkpoint_dir(self.output_dir, self.step).exists():
             self.save()
-        self.metrics.close()
 
     def optimizer_step(self, window: list[dict]) -> bool:
         """One optimizer step over an accumulation window; returns whether any rank was asked to stop.
@@ -211,6 +224,26 @@ class Trainer:
         self.pending.clear()
         self.pending_tokens = self.pending_slots = self.pending_samples = 0
         self.last_log_time = time.perf_counter()
+
+    def non_finite_step(self, window: list[dict]) -> None:
+        """DeepSpeed skipped the update because the loss or gradient norm was not finite (the check is
+        all-reduced, so every rank gets here at the same step)."""
+        self.nan_skips += 1
+        self.metrics.scalars({"train/nan_skips": self.nan_skips}, self.step)
+        indices = sorted(int(i) for rank_indices in gather_objects([b["index"].tolist() for b in window])
+                         for batch_indices in rank_indices for i in batch_indices)
+        if self.cfg.nan_policy == "stop":
+            path = self.output_dir / "nan_diagnostics.json"
+            if self.ctx.is_main:
+                ckpt.write_json_atomic(path, {"step": self.step, "epoch": self.epoch, "sample_indices": indices,
+                                              "lr": self.engine.get_lr()[0]})
+            raise TrainingError(f"non-finite loss or gradient norm at step {self.step} (nan_policy=stop); "
+                                f"the batch's sample indices are in {path}")
+        logger.warning("step %d: non-finite loss or gradient norm, update skipped (%d of at most %d; samples %s)",
+                       self.step, self.nan_skips, self.cfg.max_nan_skips, indices)
+        if self.nan_skips > self.cfg.max_nan_skips:
+            raise TrainingError(f"{self.nan_skips} non-finite steps exceed max_nan_skips={self.cfg.max_nan_skips}; "
+                                f"lower learning_rate or inspect the samples logged in {self.output_dir / 'logs'}")
 
     # ---- evaluation and checkpoints -----------------------------------------------------------------
     def evaluate(self, tag: str) -> dict[str, float]:
@@ -306,7 +339,7 @@ def run(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (ConfigError, DataError, FileNotFoundError, ckpt.CheckpointError) as error:
+    except (ConfigError, DataError, FileNotFoundError, ckpt.CheckpointError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

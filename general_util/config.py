@@ -48,6 +48,7 @@ def validate(cfg: DictConfig, world_size: int) -> None:
     check(cfg.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be ≥ 1")
     check(cfg.learning_rate > 0, "learning_rate", "must be > 0")
     check(0 <= cfg.warmup_proportion < 1, "warmup_proportion", "must be in [0, 1)")
+    check(cfg.nan_policy in ("skip", "stop"), "nan_policy", "use skip or stop")
     check(cfg.resume_mode in ("exact", "weights_only"), "resume_mode", "use exact or weights_only")
     check(cfg.logging_steps >= 1, "logging_steps", "must be ≥ 1")
     check(cfg.max_steps > 0 or cfg.num_train_epochs > 0, "num_train_epochs", "must be > 0 unless max_steps > 0")

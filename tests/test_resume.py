@@ -5,7 +5,7 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
+import time
 
 import pytest
 import torch
@@ -51,20 +51,22 @@ def assert_identical(run_a, run_b, from_step=1):
 
 
 def run_until(output_dir, nproc, marker, sig):
-    """Start a run and send `sig` to it once `marker` appears in its log."""
+    """Start a run and send `sig` to it as soon as `marker` appears in its rank-0 log; returns the exit code."""
     cmd = trainer_command(launcher(nproc), nproc) + ["-cp", "conf/demo", "-cn", "sft", f"output_dir={output_dir}",
                                                        *RUN, *layout(nproc)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    seen, sent = [], False
-    for line in proc.stderr:  # read to the end: a closed pipe would break the run's own shutdown
-        seen.append(line)
-        if marker in line and not sent:
-            os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
-            sent = True
-    proc.wait(timeout=300)
-    assert any(marker in line for line in seen), "".join(seen[-30:])
+    log = output_dir / "logs" / "rank0.log"
+    with open(output_dir.parent / f"{output_dir.name}.stderr", "w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            if log.exists() and marker in log.read_text():
+                os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=300)
+    assert marker in log.read_text(), log.read_text()[-3000:]
     return proc.returncode
 
 
