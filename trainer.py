@@ -27,6 +27,7 @@ from general_util.config import (ConfigError, deepspeed_config, human_bytes, lr_
 from general_util.dist import DistContext, all_reduce, consume_local_rank_arg, gather_objects, init_distributed
 from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
+from modules.flops import device_peak_flops, training_flops_per_token
 from modules.loss import count_label_tokens, token_loss_sum
 
 OmegaConf.register_new_resolver("eq", lambda a, b: a == b, replace=True)
@@ -83,12 +84,14 @@ class Trainer:
         self.nan_skips = 0
         self.best = ckpt.BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss sum, label tokens) since the last log
-        self.pending_tokens = self.pending_slots = self.pending_samples = 0
+        self.pending_tokens = self.pending_slots = self.pending_rows = self.pending_samples = 0
         self.last_log_time = time.perf_counter()
+        self.peak_flops = device_peak_flops(cfg.peak_flops_per_gpu)
 
     # ---- set-up -------------------------------------------------------------------------------------
     def setup(self, model) -> None:
         import deepspeed
+        self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=parameter_groups(model, self.cfg.weight_decay), config=self.ds_config,
             lr_scheduler=lr_scheduler_factory(self.cfg, self.total_steps))
@@ -192,6 +195,7 @@ class Trainer:
         for batch in window:
             self.pending_tokens += int(batch["num_tokens"])
             self.pending_slots += batch["input_ids"].numel()
+            self.pending_rows += batch["input_ids"].shape[0]
             self.pending_samples += int(batch["num_samples"])
             logits = self.engine(**model_inputs(batch, self.ctx.device)).logits
             micro_loss = token_loss_sum(logits, batch["labels"])
@@ -216,9 +220,17 @@ class Trainer:
                   "train/tokens_per_second": totals[-3].item() / elapsed,
                   "train/samples_per_second": totals[-1].item() / elapsed,
                   "train/non_pad_fraction": totals[-3].item() / totals[-2].item()}
+        if self.peak_flops:
+            config = self.engine.module.config
+            flops_per_token = training_flops_per_token(self.num_params, config.num_hidden_layers, config.hidden_size,
+                                                       self.pending_slots / max(1, self.pending_rows))
+            values["train/mfu"] = values["train/tokens_per_second"] * flops_per_token / (self.peak_flops * self.ctx.world_size)
         self.metrics.scalars(values, self.step)
-        self.metrics.advance(0, {"loss": f"{values['train/loss']:.4f}", "lr": f"{values['train/lr']:.2e}",
-                                 "tok/s": f"{values['train/tokens_per_second']:.0f}"})
+        postfix = {"loss": f"{values['train/loss']:.4f}", "lr": f"{values['train/lr']:.2e}",
+                   "tok/s": f"{values['train/tokens_per_second']:.0f}"}
+        if "train/mfu" in values:
+            postfix["mfu"] = f"{values['train/mfu']:.1%}"
+        self.metrics.advance(0, postfix)
         logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
                     " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()))
         self.pending.clear()

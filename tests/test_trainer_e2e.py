@@ -21,7 +21,7 @@ SCALARS = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_second
 @pytest.fixture(scope="module")
 def one_rank_zero1(tmp_path_factory):
     out = tmp_path_factory.mktemp("one_rank_zero1")
-    run_trainer(out, FAST + GLOBAL_BATCH + ["per_gpu_train_batch_size=4", "save_steps=10",
+    run_trainer(out, FAST + GLOBAL_BATCH + ["per_gpu_train_batch_size=4", "save_steps=10", "peak_flops_per_gpu=1e12",
                                             "do_eval=true", "evaluate_during_training=true", "eval_steps=5"])
     return out
 
@@ -74,6 +74,10 @@ def test_tensorboard_holds_every_scalar(one_rank_zero1):
     assert [step for step, _ in scalars["train/loss"]] == list(range(1, STEPS + 1))
     assert {"eval/dev_loss/loss", "eval/dev_loss/perplexity"} <= set(scalars)
     assert [step for step, _ in scalars["eval/dev_loss/loss"]] == [5, 10, 15]
+    # MFU = tokens/s × FLOPs per token / peak: 6 per parameter plus attention (2 layers, hidden 64, ≤ 256 tokens)
+    for (_, mfu), (_, tokens_per_second) in zip(scalars["train/mfu"], scalars["train/tokens_per_second"]):
+        flops_per_token = mfu * 1e12 / tokens_per_second
+        assert 6 * 231_744 <= flops_per_token <= 6 * 231_744 + 12 * 2 * 64 * 256
     best = json.loads((one_rank_zero1 / "best_checkpoint.json").read_text())
     assert best["metric"] == "dev_loss/loss" and best["step"] in (5, 10, 15)
 
