@@ -1,0 +1,199 @@
+"""Training throughput: our trainer vs a bare DeepSpeed loop vs transformers' Trainer (same DeepSpeed config).
+
+Same random LLaMA, same random token batches, same global batch and steps; each measurement runs in its
+own process, the variants alternate within every repetition, and the ratios are taken within a
+repetition (shared CPUs are noisy: only ratios measured side by side count).
+
+    python bench/train_throughput.py             # both sizes, 3 repetitions (about 10 minutes on 2 cores)
+    python bench/train_throughput.py --quick     # tiny and short: checks the comparison code (CI)
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SIZES = {  # name: (layers, hidden, heads, intermediate, batch, seq)
+    "small": (2, 64, 4, 176, 8, 128),
+    "large": (4, 256, 8, 688, 8, 512),
+    "quick": (1, 32, 2, 64, 4, 32),
+}
+VARIANTS = ("ours", "bare", "hf_trainer")
+LEARNING_RATE = 1e-4
+
+
+def ds_config(batch: int) -> dict:
+    """The DeepSpeed config all three variants share (conf/deepspeed/zero1.yaml with the same values)."""
+    import torch
+    return {"train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
+            "steps_per_print": 10**9, "zero_optimization": {"stage": 1},
+            "optimizer": {"type": "AdamW", "params": {"lr": LEARNING_RATE, "weight_decay": 0.0,
+                                                      "torch_adam": not torch.cuda.is_available()}}}
+
+
+def build_model_dir(size: str, directory: Path) -> Path:
+    from models.tiny import build_model
+    from transformers import AutoTokenizer
+    layers, hidden, heads, intermediate, _, seq = SIZES[size]
+    model = build_model(vocab_size=1024, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                        intermediate_size=intermediate, max_position_embeddings=max(seq, 128))
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(REPO / "models" / "tiny_llama").save_pretrained(directory)
+    return directory
+
+
+class RandomTokens:
+    """Fixed-length rows of random token ids, every token trained (no padding)."""
+
+    def __init__(self, rows: int, seq: int, seed: int = 0):
+        import torch
+        self.ids = torch.randint(3, 1024, (rows, seq), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        ids = self.ids[index].tolist()
+        return {"input_ids": ids, "labels": ids, "index": index}
+
+
+def measure_ours(model_dir: Path, size: str, warmup: int, steps: int, out: Path) -> float:
+    """Our Trainer, composed from the demo config like `python trainer.py` does; timed between the logs at
+    the end of warm-up and at the end of the run (the logging collective is part of what is timed)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    import trainer as trainer_module
+    from general_util.dist import init_distributed
+    _, _, _, _, batch, seq = SIZES[size]
+    overrides = [f"model_name_or_path={model_dir}", f"output_dir={out}", "precision=fp32", "do_eval=false",
+                 "evaluate_during_training=false", f"per_gpu_train_batch_size={batch}", f"max_steps={warmup + steps}",
+                 f"logging_steps={warmup}", "save_steps=-1", f"learning_rate={LEARNING_RATE}", "weight_decay=0.0",
+                 "warmup_proportion=0.0", "lr_scheduler=WarmupLR", "collator.pad_to_multiple_of=1"]
+    with initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
+        cfg = compose("sft", overrides=overrides)
+    ctx = init_distributed()
+    tokenizer = instantiate(cfg.tokenizer)
+    trainer = trainer_module.Trainer(cfg, ctx, tokenizer, RandomTokens(batch * (warmup + steps), seq), {})
+    trainer.setup(trainer_module.build_model(cfg, tokenizer, trainer.ds_config))
+    log_times = {}
+    record = trainer.metrics.scalars
+    trainer.metrics.scalars = lambda values, step: (log_times.setdefault(step, time.perf_counter()), record(values, step))
+    trainer.train()
+    return batch * seq * steps / (log_times[warmup + steps] - log_times[warmup])
+
+
+def measure_bare(model_dir: Path, size: str, warmup: int, steps: int, out: Path) -> float:
+    """initialize, forward, backward, step — nothing else."""
+    import deepspeed
+    import torch
+    from transformers import AutoModelForCausalLM
+    from general_util.dist import init_distributed
+    _, _, _, _, batch, seq = SIZES[size]
+    ctx = init_distributed()
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config(batch))
+    data = RandomTokens(batch * (warmup + steps), seq).ids.to(ctx.device)
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = time.perf_counter()
+        ids = data[step * batch:(step + 1) * batch]
+        engine.backward(engine(input_ids=ids, labels=ids).loss)
+        engine.step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return batch * seq * steps / (time.perf_counter() - start)
+
+
+def measure_hf_trainer(model_dir: Path, size: str, warmup: int, steps: int, out: Path) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from general_util.dist import fill_single_process_env
+    import deepspeed
+    _, _, _, _, batch, seq = SIZES[size]
+    fill_single_process_env()
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    step_times = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            step_times[state.global_step] = time.perf_counter()
+
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=batch, max_steps=warmup + steps,
+                             learning_rate=LEARNING_RATE, weight_decay=0.0, lr_scheduler_type="constant",
+                             logging_steps=10**6, save_strategy="no", report_to=[], deepspeed=ds_config(batch),
+                             use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True)
+    data = RandomTokens(batch * (warmup + steps), seq)
+    collate = lambda rows: {"input_ids": torch.tensor([r["input_ids"] for r in rows]),  # noqa: E731
+                            "labels": torch.tensor([r["labels"] for r in rows])}
+    trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args, train_dataset=data,
+                      data_collator=collate, callbacks=[Clock()])
+    trainer.train()
+    return batch * seq * steps / (step_times[warmup + steps] - step_times[warmup])
+
+
+def run_worker(args) -> None:
+    out = Path(args.workdir) / f"{args.worker}-{time.time_ns()}"
+    measure = {"ours": measure_ours, "bare": measure_bare, "hf_trainer": measure_hf_trainer}[args.worker]
+    tokens_per_second = measure(Path(args.model_dir), args.size, args.warmup, args.steps, out)
+    print("RESULT " + json.dumps({"tokens_per_second": tokens_per_second}))
+
+
+def measure_in_subprocess(variant: str, size: str, model_dir: Path, workdir: Path, warmup: int, steps: int) -> float:
+    cmd = [sys.executable, __file__, "--worker", variant, "--size", size, "--model-dir", str(model_dir),
+           "--workdir", str(workdir), "--warmup", str(warmup), "--steps", str(steps)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"{variant}/{size} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])["tokens_per_second"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model, few steps, one repetition")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", default="small,large")
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    if args.worker:
+        return run_worker(args)
+    sizes = ["quick"] if args.quick else args.sizes.split(",")
+    repeats, warmup, steps = (1, 2, 4) if args.quick else (args.repeats, args.warmup, args.steps)
+    results = {"sizes": {}, "repeats": repeats, "warmup_steps": warmup, "measured_steps": steps}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            model_dir = build_model_dir(size, Path(tmp) / f"model-{size}")
+            runs = []
+            for repeat in range(repeats):
+                order = VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]  # alternate who goes first
+                runs.append({v: measure_in_subprocess(v, size, model_dir, Path(tmp), warmup, steps) for v in order})
+            layers, hidden, _, _, batch, seq = SIZES[size]
+            results["sizes"][size] = {
+                "model": f"{layers} layers, hidden {hidden}", "batch": batch, "seq": seq,
+                "tokens_per_second": {v: statistics.median(r[v] for r in runs) for v in VARIANTS},
+                "ours_over_bare": statistics.median(r["ours"] / r["bare"] for r in runs),
+                "ours_over_hf_trainer": statistics.median(r["ours"] / r["hf_trainer"] for r in runs),
+                "runs": runs}
+    print(json.dumps(results, indent=2))
+    print(f"\n| size | ours tok/s | bare tok/s | HF Trainer tok/s | ours/bare | ours/Trainer |\n|---|---|---|---|---|---|")
+    for size, r in results["sizes"].items():
+        t = r["tokens_per_second"]
+        print(f"| {size} ({r['model']}, {r['batch']}×{r['seq']}) | {t['ours']:.0f} | {t['bare']:.0f} | "
+              f"{t['hf_trainer']:.0f} | {r['ours_over_bare']:.3f} | {r['ours_over_hf_trainer']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
