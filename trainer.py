@@ -82,6 +82,7 @@ class Trainer:
         self.fingerprints = {"data": ckpt.data_fingerprint(train_data), "tokenizer": ckpt.tokenizer_fingerprint(tokenizer)}
         self.stop_requested = False
         self.nan_skips = 0
+        self.last_eval: dict[str, float] = {}
         self.best = ckpt.BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss sum, label tokens) since the last log
         self.pending_tokens = self.pending_slots = self.pending_rows = self.pending_samples = 0
@@ -268,6 +269,7 @@ class Trainer:
         self.engine.train()
         self.metrics.scalars({f"eval/{k}": v for k, v in metrics.items()}, self.step)
         logger.info("eval %s: %s", tag, " ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
+        self.last_eval = metrics
         return metrics
 
     def maybe_evaluate(self) -> None:
@@ -340,8 +342,13 @@ def run(cfg: DictConfig) -> None:
     model = build_model(cfg, tokenizer, trainer.ds_config)
     trainer.setup(model)
     trainer.train()
-    if cfg.do_eval and not (cfg.evaluate_during_training and trainer.step % cfg.eval_steps == 0):
-        trainer.evaluate(f"step-{trainer.step}")
+    if cfg.do_eval:
+        if cfg.evaluate_during_training and trainer.step % cfg.eval_steps == 0:
+            metrics = trainer.last_eval  # the final step was just evaluated
+        else:
+            metrics = trainer.evaluate(f"step-{trainer.step}")
+        if ctx.is_main:
+            ckpt.write_json_atomic(output_dir / "eval_results.json", {"step": trainer.step, **metrics})
     if ctx.is_main:
         print(f"done: {trainer.step} optimizer steps; checkpoints in {output_dir.resolve()}, "
               f"TensorBoard logs in {(output_dir / 'tensorboard').resolve()}, per-rank logs in {(output_dir / 'logs').resolve()}")
