@@ -52,9 +52,9 @@ def build_model_dir(size: str, directory: Path) -> Path:
 class RandomTokens:
     """Fixed-length rows of random token ids, every token trained (no padding)."""
 
-    def __init__(self, rows: int, seq: int, seed: int = 0):
+    def __init__(self, rows: int, seq: int, seed: int = 0, vocab: int = 1024):
         import torch
-        self.ids = torch.randint(3, 1024, (rows, seq), generator=torch.Generator().manual_seed(seed))
+        self.ids = torch.randint(3, vocab, (rows, seq), generator=torch.Generator().manual_seed(seed))
 
     def __len__(self):
         return len(self.ids)

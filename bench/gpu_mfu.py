@@ -1,0 +1,108 @@
+"""GPU throughput and MFU of our trainer on a ~1B-parameter LLaMA (random weights), bf16, seq 2048,
+ZeRO-1 on one GPU, with gradient checkpointing off and on. Runs in well under 5 minutes on an H100.
+
+    python bench/gpu_mfu.py [--attn sdpa|flash_attention_2] [--steps 20]
+
+MFU = tokens/s × model FLOPs per token (6 × parameters + attention, modules/flops.py) / the GPU's
+dense bf16 peak (table in modules/flops.py, or --peak-flops).
+
+On a machine without internet, carry the wheels: on a connected machine with the same Python,
+`pip download -r requirements.txt -d wheels/ --platform manylinux2014_x86_64 --only-binary=:all:` plus
+`pip wheel --no-deps deepspeed==0.19.8 -w wheels/` (DeepSpeed ships an sdist; its wheel builds ops
+just in time), copy `wheels/` over and `pip install --no-index --find-links wheels/ -r requirements.txt`.
+Keep the CUDA build of torch that the machine has (install the rest with `--no-deps` if pip would
+replace it).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ONE_B = {"hidden_size": 2048, "num_layers": 16, "num_heads": 16, "intermediate_size": 5632}
+SEQ, BATCH, VOCAB = 2048, 4, 32000
+
+
+def build_model_dir(directory: Path) -> Path:
+    from transformers import AutoTokenizer
+    from models.tiny import build_model
+    model = build_model(vocab_size=VOCAB, max_position_embeddings=SEQ, **ONE_B)
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(REPO / "models" / "tiny_llama").save_pretrained(directory)
+    return directory
+
+
+def run_worker(model_dir: Path, attn: str, checkpointing: bool, warmup: int, steps: int, peak: float | None) -> dict:
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    import trainer as trainer_module
+    from bench.train_throughput import RandomTokens
+    from general_util.dist import init_distributed
+    from modules.flops import device_peak_flops, training_flops_per_token
+    overrides = [f"model_name_or_path={model_dir}", f"output_dir={model_dir.parent / 'out'}", "precision=bf16",
+                 "do_eval=false", "evaluate_during_training=false", f"per_gpu_train_batch_size={BATCH}",
+                 f"max_steps={warmup + steps}", f"logging_steps={warmup}", "save_steps=-1", "torch_adam=true",
+                 f"model.attn_implementation={attn}", f"model.gradient_checkpointing={str(checkpointing).lower()}",
+                 "collator.pad_to_multiple_of=1"]
+    with initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
+        cfg = compose("sft", overrides=overrides)
+    ctx = init_distributed()
+    tokenizer = instantiate(cfg.tokenizer)
+    trainer = trainer_module.Trainer(cfg, ctx, tokenizer, RandomTokens(BATCH * (warmup + steps), SEQ, vocab=VOCAB), {})
+    trainer.setup(trainer_module.build_model(cfg, tokenizer, trainer.ds_config))
+    trainer.save = lambda: None  # the benchmark measures training steps only
+    log_times = {}
+    record = trainer.metrics.scalars
+    trainer.metrics.scalars = lambda values, step: (log_times.setdefault(step, time.perf_counter()), record(values, step))
+    trainer.train()
+    tokens_per_second = BATCH * SEQ * steps / (log_times[warmup + steps] - log_times[warmup])
+    flops_per_token = training_flops_per_token(trainer.num_params, ONE_B["num_layers"], ONE_B["hidden_size"], SEQ)
+    peak = device_peak_flops(peak)
+    return {"attn": attn, "gradient_checkpointing": checkpointing, "parameters": trainer.num_params,
+            "tokens_per_second": tokens_per_second, "mfu": tokens_per_second * flops_per_token / peak if peak else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "gpu": torch.cuda.get_device_name()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--attn", default="sdpa")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--peak-flops", type=float, default=None)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = run_worker(Path(args.worker), args.attn, args.checkpointing, args.warmup, args.steps, args.peak_flops)
+        print("RESULT " + json.dumps(result))
+        return
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_model_dir(Path(tmp) / "model-1b")
+        for checkpointing in (False, True):  # one process each: a clean CUDA memory peak
+            cmd = [sys.executable, __file__, "--worker", str(model_dir), "--attn", args.attn, "--warmup",
+                   str(args.warmup), "--steps", str(args.steps)] + (["--checkpointing"] if checkpointing else [])
+            if args.peak_flops:
+                cmd += ["--peak-flops", str(args.peak_flops)]
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+            if out.returncode != 0 or not lines:
+                raise SystemExit(f"worker failed:\n{out.stderr[-4000:]}")
+            results.append(json.loads(lines[-1][len("RESULT "):]))
+    print(json.dumps(results, indent=2))
+    print("\n| GPU | attention | grad. checkpointing | tokens/s | MFU | peak memory |\n|---|---|---|---|---|---|")
+    for r in results:
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+        print(f"| {r['gpu']} | {r['attn']} | {r['gradient_checkpointing']} | {r['tokens_per_second']:.0f} | {mfu} | "
+              f"{r['peak_memory_gib']:.1f} GiB |")
+
+
+if __name__ == "__main__":
+    main()
