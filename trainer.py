@@ -29,6 +29,7 @@ from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
 from modules.flops import device_peak_flops, training_flops_per_token
 from modules.loss import count_label_tokens, token_loss_sum
+from post_processors.summary import write_summary
 
 OmegaConf.register_new_resolver("eq", lambda a, b: a == b, replace=True)
 logger = logging.getLogger("trainer")
@@ -313,12 +314,30 @@ def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
               + f", total {human_bytes(sum(memory.values()))}")
 
 
-def evaluate_model(cfg: DictConfig, ctx: DistContext, tokenizer, evaluators: dict) -> None:
-    """do_train=false: evaluate `model_name_or_path` as it is."""
-    model = instantiate(cfg.model, tokenizer=tokenizer).to(ctx.device).eval()
-    for name, evaluator in evaluators.items():
-        metrics = evaluator(model, tokenizer, Path(cfg.output_dir) / "eval" / name)
-        logger.info("eval %s: %s", name, " ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
+def evaluate_checkpoints(cfg: DictConfig, ctx: DistContext, tokenizer, evaluators: dict) -> None:
+    """do_train=false: evaluate every `output_dir/<eval_sub_path>` in step order (or `model_name_or_path`
+    when there is none), track the best, and write a summary table, CSV and plot of the metric vs step."""
+    output_dir = Path(cfg.output_dir)
+    checkpoints = sorted((p for p in output_dir.glob(cfg.eval_sub_path) if p.is_dir() and ckpt.step_of(p) is not None),
+                         key=ckpt.step_of)
+    targets = [(ckpt.step_of(p), p) for p in checkpoints] or [(0, Path(cfg.model_name_or_path))]
+    best = ckpt.BestTracker(output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
+    rows = []
+    for step, path in targets:
+        model = instantiate(cfg.model, name_or_path=str(path), tokenizer=tokenizer).to(ctx.device).eval()
+        metrics = {}
+        for name, evaluator in evaluators.items():
+            result = evaluator(model, tokenizer, output_dir / "eval" / path.name / name)
+            metrics.update({f"{name}/{key}": value for key, value in result.items()})
+        logger.info("eval %s: %s", path, " ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
+        rows.append((step, metrics))
+        if best.update(metrics, step, path.name) and ctx.is_main:
+            best.write()
+        del model
+    if ctx.is_main:
+        paths = write_summary(rows, output_dir, metric=best.key(rows[-1][1]))
+        print(f"evaluated {len(rows)} model(s); summary in {paths['md']}, {paths['csv']}, {paths['png']}; "
+              f"best: {best.record}")
 
 
 def run(cfg: DictConfig) -> None:
@@ -337,7 +356,7 @@ def run(cfg: DictConfig) -> None:
         return dry_run(cfg, ctx, tokenizer, train_data)
     evaluators = instantiate(cfg.evaluators) if cfg.do_eval else {}
     if not cfg.do_train:
-        return evaluate_model(cfg, ctx, tokenizer, evaluators)
+        return evaluate_checkpoints(cfg, ctx, tokenizer, evaluators)
     trainer = Trainer(cfg, ctx, tokenizer, train_data, evaluators)
     model = build_model(cfg, tokenizer, trainer.ds_config)
     trainer.setup(model)

@@ -52,10 +52,15 @@ def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return output_dir / f"{PREFIX}{step}"
 
 
+def step_of(path: Path) -> int | None:
+    """The step of a `checkpoint-<step>` folder (None for any other name)."""
+    match = re.fullmatch(rf"{PREFIX}(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest step first."""
-    found = [p for p in output_dir.glob(f"{PREFIX}*") if p.is_dir() and re.fullmatch(rf"{PREFIX}\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted((p for p in output_dir.glob(f"{PREFIX}*") if p.is_dir() and step_of(p) is not None), key=step_of)
 
 
 def consolidated_state_dict(engine, zero_stage: int) -> dict | None:
@@ -190,13 +195,17 @@ class BestTracker:
         self.metric, self.measure = metric, measure
         self.record = json.loads(self.path.read_text()) if self.path.exists() else None
 
-    def lookup(self, metrics: dict[str, float]) -> float:
+    def key(self, metrics: dict[str, float]) -> str:
+        """The full name (`<evaluator>/<metric>`) that `prediction_cfg.metric` designates in `metrics`."""
         if self.metric in metrics:
-            return metrics[self.metric]
+            return self.metric
         matches = [k for k in metrics if k.endswith("/" + self.metric)]
         if len(matches) != 1:
             raise KeyError(f"prediction_cfg.metric={self.metric!r} matches {matches or 'nothing'} in {sorted(metrics)}")
-        return metrics[matches[0]]
+        return matches[0]
+
+    def lookup(self, metrics: dict[str, float]) -> float:
+        return metrics[self.key(metrics)]
 
     def update(self, metrics: dict[str, float], step: int, checkpoint: str | None) -> bool:
         """Record `metrics` of `step`; True when they are the new best (written by the caller's rank 0)."""
