@@ -1,0 +1,199 @@
+"""Weight deltas between two checkpoints of one model: make (target − base) and apply (base + delta).
+
+Both directions stream: tensors are processed in blocks of rows (`CHUNK_ELEMENTS` at a time) and
+written straight into safetensors shards, so memory stays near one `.bin` shard (safetensors inputs:
+near one block) whatever the model size.
+
+Precision. Each block is converted to float64, subtracted (make) or added (apply), and rounded once
+to the output dtype: the delta's dtype (default: each tensor's own dtype; `--delta-dtype` overrides)
+or the target's recorded dtype. float64 holds T − B and B + D exactly for bf16/fp16/fp32 operands of
+similar magnitude, so those two final roundings are the only ones. Writing ulp_X(v) for the spacing
+of dtype X at |v|, T for the target, B for the base, D for the stored delta, T' for apply(make(T)):
+- always |T' − T| ≤ ulp_D(T − B): two roundings of at most half a delta ulp each;
+- delta wider than the model (an fp32 delta of a bf16/fp16 model): T' == T bit for bit wherever
+  |T − B| < 2^14·|T| (bf16) or 2^11·|T| (fp16), i.e. for every weight of a fine-tuned model except
+  ones that nearly vanished;
+- delta in the model's dtype: |T' − T| ≤ ulp_T(T) wherever |T − B| ≤ |T| (the change is no larger
+  than the weight); elsewhere the first bound applies.
+
+Vocabulary growth. `embed_tokens` / `lm_head` may have more rows in the target (an added [PAD], a
+Chinese-extended vocabulary): rows the base has are stored as deltas, the extra rows as-is. Any other
+difference in names or shapes stops before anything is written.
+
+Wrong-base detection. `delta_meta.json` records, per tensor, the shapes, the target dtype and a
+fingerprint of the base tensor: sha256 of its dtype, shape and bytes, all of them for tensors up to
+`FULL_HASH_BYTES` and otherwise `SAMPLE_ROWS` evenly spaced rows. A different model or release differs
+in every sampled row, and the sample costs about 60 MB of reads for a 13B model (hashing everything would
+read the whole base once more before anything is written).
+"""
+import hashlib
+import itertools
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from models.weights_io import (DEFAULT_MAX_SHARD_SIZE, DTYPES, ShardedWriter, TensorSpec, WeightsError, WeightsReader,
+                               check_output_folder, copy_side_files, dtype_name, format_size, parse_size,
+                               staged_folder, tensor_bytes)
+
+META_FILE = "delta_meta.json"
+META_FORMAT = "llama-delta/1"
+VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight")
+CHUNK_ELEMENTS = 2**21  # rows per block ≈ this many elements: 16 MB as float64
+FULL_HASH_BYTES = 2**20
+SAMPLE_ROWS = 16
+
+
+def base_fingerprint(reader: WeightsReader, name: str) -> str:
+    """sha256 of dtype, shape and bytes: all of them, or `SAMPLE_ROWS` evenly spaced rows of a large tensor."""
+    spec = reader.specs[name]
+    digest = hashlib.sha256(f"{dtype_name(spec.dtype)}{list(spec.shape)}".encode())
+    if spec.nbytes <= FULL_HASH_BYTES or not spec.shape:
+        digest.update(tensor_bytes(reader.read(name)))
+    else:
+        rows = spec.shape[0]
+        for row in sorted({round(i * (rows - 1) / (SAMPLE_ROWS - 1)) for i in range(SAMPLE_ROWS)}):
+            digest.update(tensor_bytes(reader.read(name, row, row + 1)))
+    return digest.hexdigest()[:32]
+
+
+def shared_rows(name: str, base: TensorSpec, target: TensorSpec) -> int:
+    """How many leading rows of `name` the base has: all of them, or fewer for a grown vocabulary."""
+    if base.shape == target.shape:
+        return base.shape[0] if base.shape else 0
+    grown = (name.endswith(VOCAB_TENSORS) and len(base.shape) == len(target.shape) == 2
+             and base.shape[1] == target.shape[1] and base.shape[0] < target.shape[0])
+    if not grown:
+        raise WeightsError(f"tensor '{name}': base shape {list(base.shape)} vs target shape {list(target.shape)}; "
+                           f"only {' / '.join(VOCAB_TENSORS)} may differ, by extra rows")
+    return base.shape[0]
+
+
+def check_same_names(first: dict, first_label: str, second: dict, second_label: str) -> None:
+    only_first, only_second = sorted(first.keys() - second.keys()), sorted(second.keys() - first.keys())
+    if only_first:
+        raise WeightsError(f"tensor '{only_first[0]}' is in the {first_label} but not in the {second_label}")
+    if only_second:
+        raise WeightsError(f"tensor '{only_second[0]}' is in the {second_label} but not in the {first_label}")
+
+
+def check_floating(reader: WeightsReader) -> None:
+    for name, spec in reader.specs.items():
+        if not spec.dtype.is_floating_point:
+            raise WeightsError(f"tensor '{name}' in {reader.folder} has dtype {dtype_name(spec.dtype)}; "
+                               f"only floating-point weights can be diffed")
+
+
+def combined_blocks(x: WeightsReader, base: WeightsReader, name: str, base_rows: int, sign: int,
+                    dtype: torch.dtype) -> Iterator[torch.Tensor]:
+    """`x + sign·base` over the rows the base has and `x` alone over the rest, in blocks of rows, each
+    computed in float64 and rounded once to `dtype`."""
+    shape = x.specs[name].shape
+    if not shape:
+        yield (x.read(name).double() + sign * base.read(name).double()).to(dtype)
+        return
+    step = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+    bounds = sorted({*range(0, base_rows, step), *range(base_rows, shape[0], step), shape[0]})
+    for start, stop in itertools.pairwise(bounds):
+        block = x.read(name, start, stop).double()
+        if start < base_rows:
+            block.add_(base.read(name, start, stop).double(), alpha=sign)
+        yield block.to(dtype)
+
+
+
+def make_delta(base_path, target_path, delta_path, delta_dtype: str | None = None,
+               max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False) -> Path:
+    """Write target − base (plus the target's config and tokenizer) to `delta_path`."""
+    started = time.perf_counter()
+    base_path, target_path, delta_path = Path(base_path), Path(target_path), Path(delta_path)
+    max_shard_bytes = parse_size(max_shard_size)
+    if delta_dtype is not None and delta_dtype not in DTYPES:
+        raise WeightsError(f"delta dtype {delta_dtype!r}: use one of {', '.join(DTYPES)}")
+    base, target = WeightsReader(base_path), WeightsReader(target_path)
+    check_same_names(base.specs, "base", target.specs, "target")
+    check_floating(base)
+    check_floating(target)
+    rows = {name: shared_rows(name, base.specs[name], spec) for name, spec in target.specs.items()}
+    check_output_folder(delta_path, overwrite, [base_path, target_path])
+
+    tensors = {name: {"base_shape": list(base.specs[name].shape), "target_shape": list(spec.shape),
+                      "target_dtype": dtype_name(spec.dtype), "base_fingerprint": base_fingerprint(base, name)}
+               for name, spec in tqdm(target.specs.items(), desc="fingerprint base", unit="tensor")}
+    specs = {name: TensorSpec(spec.shape, DTYPES[delta_dtype] if delta_dtype else spec.dtype)
+             for name, spec in target.specs.items()}
+    with staged_folder(delta_path) as staging:
+        writer = ShardedWriter(staging, specs, max_shard_bytes)
+        for name, spec in tqdm(specs.items(), desc="make delta", unit="tensor"):
+            writer.add(name, combined_blocks(target, base, name, rows[name], -1, spec.dtype))
+        shards = writer.close()
+        meta = {"format": META_FORMAT, "arithmetic": "float64, rounded once to the output dtype",
+                "fingerprint": f"sha256 of dtype, shape and bytes (all if <= {FULL_HASH_BYTES} bytes, "
+                               f"else {SAMPLE_ROWS} evenly spaced rows)",
+                "tensors": tensors}
+        (staging / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        copy_side_files(target_path, staging)
+    print_summary("delta", delta_path, specs, len(shards), started, base=base, target=target)
+    return delta_path
+
+
+def read_meta(delta_path: Path) -> dict:
+    path = delta_path / META_FILE
+    if not path.is_file():
+        raise WeightsError(f"{delta_path}: no {META_FILE}; not a delta written by make_delta.py")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != META_FORMAT:
+        raise WeightsError(f"{path}: format {meta.get('format')!r}, expected {META_FORMAT!r}")
+    return meta
+
+
+def apply_delta(base_path, delta_path, target_path, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+                overwrite: bool = False, verify: bool = True) -> Path:
+    """Write base + delta (plus the delta's config and tokenizer) to `target_path`; with `verify`, first
+    refuse a base whose fingerprints differ from the one the delta was made from."""
+    started = time.perf_counter()
+    base_path, delta_path, target_path = Path(base_path), Path(delta_path), Path(target_path)
+    max_shard_bytes = parse_size(max_shard_size)
+    tensors = read_meta(delta_path)["tensors"]
+    base, delta = WeightsReader(base_path), WeightsReader(delta_path)
+    check_same_names(base.specs, "base", tensors, "delta")
+    check_same_names(tensors, META_FILE, delta.specs, "delta weights")
+    for name, info in tensors.items():
+        if list(base.specs[name].shape) != info["base_shape"]:
+            raise WeightsError(f"tensor '{name}': base shape {list(base.specs[name].shape)}, but the delta was made "
+                               f"from a base of shape {info['base_shape']}")
+        if list(delta.specs[name].shape) != info["target_shape"]:
+            raise WeightsError(f"tensor '{name}': delta shape {list(delta.specs[name].shape)} disagrees with its "
+                               f"{META_FILE} ({info['target_shape']}); the delta folder is damaged")
+    check_output_folder(target_path, overwrite, [base_path, delta_path])
+    if verify:
+        differing = [name for name in tqdm(tensors, desc="verify base", unit="tensor")
+                     if base_fingerprint(base, name) != tensors[name]["base_fingerprint"]]
+        if differing:
+            raise WeightsError(f"{base_path} is not the base this delta was made from: {len(differing)} of "
+                               f"{len(tensors)} tensors differ (first: '{differing[0]}'); "
+                               f"pass --no-verify to apply anyway")
+
+    specs = {name: TensorSpec(tuple(tensors[name]["target_shape"]), getattr(torch, tensors[name]["target_dtype"]))
+             for name in delta.specs}
+    with staged_folder(target_path) as staging:
+        writer = ShardedWriter(staging, specs, max_shard_bytes)
+        for name, spec in tqdm(specs.items(), desc="apply delta", unit="tensor"):
+            base_rows = tensors[name]["base_shape"][0] if spec.shape else 0
+            writer.add(name, combined_blocks(delta, base, name, base_rows, +1, spec.dtype))
+        shards = writer.close()
+        copy_side_files(delta_path, staging)
+    print_summary("target", target_path, specs, len(shards), started, base=base, delta=delta)
+    return target_path
+
+
+def print_summary(label: str, path: Path, specs: dict[str, TensorSpec], num_shards: int, started: float,
+                  **inputs: WeightsReader) -> None:
+    sources = ", ".join(f"{key} {format_size(reader.total_bytes)}" for key, reader in inputs.items())
+    print(f"wrote {label} {path}: {len(specs)} tensors, {format_size(sum(s.nbytes for s in specs.values()))} "
+          f"in {num_shards} shard(s) from {sources} in {time.perf_counter() - started:.1f} s")

@@ -1,0 +1,19 @@
+"""`python -m bench.delta_memory --quick` runs end to end and reports every figure it promises."""
+import json
+import subprocess
+import sys
+
+
+def test_quick_bench_reports_peak_memory():
+    result = subprocess.run([sys.executable, "-m", "bench.delta_memory", "--quick"], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert {"mode", "model_bytes", "num_shards", "largest_shard_bytes", "baseline_rss_bytes", "goal_rss_bytes",
+            "make_delta", "apply_delta", "from_pretrained_both", "within_goal", "machine", "date"} <= report.keys()
+    assert report["mode"] == "quick" and report["num_shards"] >= 4
+    assert report["largest_shard_bytes"] < report["model_bytes"] < 10**7
+    for step in ("make_delta", "apply_delta", "from_pretrained_both"):
+        assert report[step]["peak_rss_bytes"] > report["baseline_rss_bytes"] > 50 * 2**20
+        assert report[step]["seconds"] > 0 and "over_baseline_in_largest_shards" in report[step]
+    assert "make_delta" in result.stderr and "peak RSS" in result.stderr  # the table
