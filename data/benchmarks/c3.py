@@ -1,0 +1,50 @@
+"""C3 (Chinese multiple-choice reading comprehension): `c3-d-<split>.json` (dialogue) and
+`c3-m-<split>.json` (mixed genre). A JSON list of documents `[[context lines], [{"question", "choice",
+"answer": <choice text>}, ...], "<id>"]`; one item per question, id `<document id>-<question number>`."""
+from pathlib import Path
+
+from data.benchmarks.items import (MultipleChoiceItem, check_options, check_unique_ids, load_json_list,
+                                   require_file)
+from data.paths import resolve_path
+from data.records import DataError
+
+
+class C3Reader:
+    """`subset`: d (dialogue) or m (mixed). Few-shot exemplars come from `exemplar_split`, or from the
+    evaluated split itself when None (never the item itself)."""
+
+    def __init__(self, data_dir: str | Path, subset: str = "d", split: str = "dev", exemplar_split: str | None = None):
+        if subset not in ("d", "m"):
+            raise ValueError(f"C3 subset={subset!r}: use d (dialogue) or m (mixed)")
+        self.data_dir, self.subset = resolve_path(data_dir), subset
+        self.split, self.exemplar_split = split, exemplar_split
+
+    def items(self) -> list[MultipleChoiceItem]:
+        return self._read(self.split)
+
+    def exemplars(self) -> list[MultipleChoiceItem]:
+        return self._read(self.exemplar_split or self.split)
+
+    def _read(self, split: str) -> list[MultipleChoiceItem]:
+        path = require_file(self.data_dir / f"c3-{self.subset}-{split}.json")
+        source = str(path)
+        items = []
+        for r, document in enumerate(load_json_list(path)):
+            if not (isinstance(document, list) and len(document) == 3 and isinstance(document[0], list)
+                    and isinstance(document[1], list) and isinstance(document[2], str)):
+                raise DataError(source, None, f"record {r}: expected [[context lines], [questions], id]")
+            lines, questions, doc_id = document
+            if not all(isinstance(line, str) for line in lines):
+                raise DataError(source, None, f"record {r} ({doc_id}): context lines must be strings")
+            for q, entry in enumerate(questions):
+                where = f"record {r} ({doc_id}), question {q}"
+                if not isinstance(entry, dict) or not {"question", "choice", "answer"} <= entry.keys():
+                    raise DataError(source, None, f"{where}: expected {{question, choice, answer}}")
+                options = check_options(entry["choice"], source, None, where, counts=range(2, 5))
+                if entry["answer"] not in options:
+                    raise DataError(source, None, f"{where}: answer {entry['answer']!r} is not among the choices "
+                                                  f"{list(options)}")
+                items.append(MultipleChoiceItem(
+                    id=f"{doc_id}-{q}", passage="\n".join(lines), question=str(entry["question"]), options=options,
+                    gold=options.index(entry["answer"]), source=source, position=f"record {r}, question {q}"))
+        return check_unique_ids(items)

@@ -1,0 +1,48 @@
+"""ReClor: `train.json`, `val.json`, `test.json`, each a JSON list of `{"context", "question",
+"answers": [4], "label": int, "id_string"}`. The test split has no labels: its items have gold None and
+are only predicted (the evaluator then writes the leaderboard's `predictions.npy`)."""
+from pathlib import Path
+
+from data.benchmarks.items import (MultipleChoiceItem, check_label, check_options, check_unique_ids, load_json_list,
+                                   require_file)
+from data.paths import resolve_path
+from data.records import DataError
+
+FIELDS = ("context", "question", "answers", "id_string")
+UNLABELLED_SPLITS = ("test",)
+
+
+class ReClorReader:
+    def __init__(self, data_dir: str | Path, split: str = "val", exemplar_split: str | None = "train"):
+        self.data_dir, self.split, self.exemplar_split = resolve_path(data_dir), split, exemplar_split
+        if exemplar_split in UNLABELLED_SPLITS:
+            raise ValueError(f"ReClor exemplar_split={exemplar_split!r} has no labels; use train or val")
+
+    def items(self) -> list[MultipleChoiceItem]:
+        return self._read(self.split)
+
+    def exemplars(self) -> list[MultipleChoiceItem]:
+        return self._read(self.exemplar_split or self.split)
+
+    def _read(self, split: str) -> list[MultipleChoiceItem]:
+        path = require_file(self.data_dir / f"{split}.json")
+        source = str(path)
+        items = []
+        for r, row in enumerate(load_json_list(path)):
+            where = f"record {r}"
+            if not isinstance(row, dict):
+                raise DataError(source, None, f"{where}: expected a JSON object, got {type(row).__name__}")
+            missing = [key for key in FIELDS if key not in row]
+            if missing:
+                raise DataError(source, None, f"{where}: missing field(s) {', '.join(missing)}")
+            options = check_options(row["answers"], source, None, where)
+            if "label" in row:
+                gold = check_label(row["label"], len(options), source, None, where)
+            elif split in UNLABELLED_SPLITS:
+                gold = None
+            else:
+                raise DataError(source, None, f"{where}: missing field label (only the test split is unlabelled)")
+            items.append(MultipleChoiceItem(
+                id=str(row["id_string"]), passage=str(row["context"]), question=str(row["question"]), options=options,
+                gold=gold, source=source, position=where))
+        return check_unique_ids(items)

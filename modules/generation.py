@@ -1,0 +1,20 @@
+"""Batched generation of continuations: prompts left-padded, only the new tokens decoded."""
+import torch
+
+DEFAULT_GENERATION = {"max_new_tokens": 16, "num_beams": 1, "do_sample": False}
+
+
+@torch.no_grad()
+def generate_continuations(model, tokenizer, prompts: list[list[int]], generation: dict, device: torch.device,
+                           synced_gpus: bool = False) -> list[str]:
+    """The text each prompt (token ids) continues with — never the prompt itself. `model` is a HF model
+    or a DeepSpeed engine (its `module` generates). `synced_gpus` keeps every rank stepping until all
+    are done, which ZeRO-3 needs with more than one rank (parameters are gathered inside forward)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    output = getattr(model, "module", model).generate(
+        input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_id, use_cache=True,
+        synced_gpus=synced_gpus, **{**DEFAULT_GENERATION, **generation})
+    return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)

@@ -1,0 +1,151 @@
+"""Multiple-choice benchmark evaluation (LogiQA 2.0, C3, ReClor, MMLU), by option log-likelihood or by
+generating an answer, on one rank or many.
+
+Every rank scores a contiguous share of the items (no duplicates, unlike DistributedSampler). All ranks
+make the same number of model calls — ZeRO-3 gathers parameters inside forward, so a rank that stopped
+early would hang the others: the batch count is agreed by an all-reduce MAX and a rank with fewer
+batches repeats one whose results it discards. The predictions are gathered on every rank, checked to
+hold exactly one per item, and scored there, so every rank returns the same metrics; global rank 0
+writes the files (see `post_processors.prediction_files`).
+"""
+from pathlib import Path
+
+import torch
+
+from general_util.dist import all_reduce, current, gather_objects, shard_range
+from modules.generation import DEFAULT_GENERATION, generate_continuations
+from modules.scoring import choose, encode_pair, score_requests
+from post_processors.answer_extraction import extract_choice
+from post_processors.gathering import merge_by_index
+from post_processors.mc_metrics import multiple_choice_metrics
+from post_processors.prediction_files import write_outputs
+
+SCORINGS = ("loglikelihood", "generate")
+
+
+class MultipleChoiceEvaluator:
+    """`reader`: a callable taking `data_dir=` and returning a benchmark reader (a `_partial_: true` node
+    in YAML), e.g. `data.benchmarks.LogiQAReader`. `prompt`: a `data.benchmarks.MultipleChoicePrompt`.
+    `batch_size`: items per model call (log-likelihood: each item adds one row per option, fewer where
+    options share a prefix). `max_seq_length`: longer prompts lose tokens from the left (counted in the
+    metric `truncated`). `generation`: keyword arguments of `generate` (scoring `generate`), over
+    `modules.generation.DEFAULT_GENERATION`. `answer_trigger`: the generated answer is read after this
+    text. `limit`: evaluate only the first N items (quick checks). The files are read here, so a bad
+    record stops the run before training starts."""
+
+    def __init__(self, name: str, reader, prompt, scoring: str = "loglikelihood", batch_size: int = 8,
+                 max_seq_length: int = 1024, generation: dict | None = None, *, data_dir: str | Path,
+                 answer_trigger: str | None = None, add_bos: bool = True, limit: int | None = None):
+        if scoring not in SCORINGS:
+            raise ValueError(f"evaluator {name}: scoring={scoring!r}; use one of {', '.join(SCORINGS)}")
+        if scoring == "generate" and prompt.answer_format != "letter":
+            raise ValueError(f"evaluator {name}: scoring=generate reads an option letter; set the prompt's "
+                             f"answer_format=letter so the exemplars answer with letters too")
+        self.generation = {**DEFAULT_GENERATION, **dict(generation or {})}
+        if scoring == "generate" and self.generation["max_new_tokens"] >= max_seq_length:
+            raise ValueError(f"evaluator {name}: max_new_tokens={self.generation['max_new_tokens']} leaves no room "
+                             f"for the prompt in max_seq_length={max_seq_length}")
+        if batch_size < 1:
+            raise ValueError(f"evaluator {name}: batch_size={batch_size}; must be ≥ 1")
+        self.name, self.prompt, self.scoring = name, prompt, scoring
+        self.batch_size, self.max_seq_length = batch_size, max_seq_length
+        self.answer_trigger, self.add_bos = answer_trigger, add_bos
+        source = reader(data_dir=data_dir)
+        self.items = source.items()[:limit]
+        if not self.items:
+            raise ValueError(f"evaluator {name}: no items in {data_dir}")
+        self.prompts = prompt.render(self.items, source.exemplars() if prompt.num_shots else [])
+
+    def __call__(self, model, tokenizer, output_dir: str | Path) -> dict[str, float]:
+        ctx = current()
+        share = list(shard_range(len(self.items), ctx.rank, ctx.world_size))
+        if self.scoring == "loglikelihood":
+            local = self._loglikelihood(model, tokenizer, share, ctx.device)
+        else:
+            zero3 = getattr(model, "zero_optimization_partition_weights", None)
+            synced = ctx.world_size > 1 and callable(zero3) and bool(zero3())
+            local = self._generate(model, tokenizer, share, ctx.device, synced)
+        predictions = merge_by_index(gather_objects(local), len(self.items))
+        metrics = multiple_choice_metrics(predictions)
+        if ctx.is_main:
+            write_outputs(output_dir, predictions, metrics)
+        return metrics
+
+    # ---- scoring ------------------------------------------------------------------------------------
+    def _loglikelihood(self, model, tokenizer, share: list[int], device) -> list[dict]:
+        def encode(i: int) -> list:
+            return [encode_pair(tokenizer, self.prompts[i], c, self.add_bos) for c in self.prompt.continuations(self.items[i])]
+
+        requests = {i: encode(i) for i in share}
+        # longest first: batches of similar length pad little (as lm-eval sorts)
+        order = sorted(share, key=lambda i: -max(len(r.context) + len(r.continuation) for r in requests[i]))
+
+        def run(indices: list[int]) -> list[dict]:
+            per_item = [requests[i] if i in requests else encode(i) for i in indices]
+            sums, truncated = score_requests(model, [r for item in per_item for r in item], self.max_seq_length, device)
+            out, at = [], 0
+            for i, item_requests in zip(indices, per_item):
+                n = len(item_requests)
+                out.append(self._scored(i, sums[at:at + n], any(truncated[at:at + n])))
+                at += n
+            return out
+
+        return self._aligned(order, run, device)
+
+    def _generate(self, model, tokenizer, share: list[int], device, synced_gpus: bool) -> list[dict]:
+        room = self.max_seq_length - self.generation["max_new_tokens"]
+        bos = [tokenizer.bos_token_id] if self.add_bos and tokenizer.bos_token_id is not None else []
+
+        def encode(i: int) -> list[int]:
+            return bos + tokenizer(self.prompts[i], add_special_tokens=False)["input_ids"]
+
+        prompt_ids = {i: encode(i) for i in share}
+        order = sorted(share, key=lambda i: -len(prompt_ids[i]))
+
+        def run(indices: list[int]) -> list[dict]:
+            ids = [prompt_ids[i] if i in prompt_ids else encode(i) for i in indices]
+            texts = generate_continuations(model, tokenizer, [x[-room:] for x in ids], self.generation, device,
+                                           synced_gpus)
+            return [self._generated(i, text, len(x) > room) for i, text, x in zip(indices, texts, ids)]
+
+        return self._aligned(order, run, device)
+
+    def _aligned(self, order: list[int], run, device) -> list[dict]:
+        """`run` over batches of `order`; every rank calls it the same number of times (extra calls on a
+        stand-in batch — the first one, or item 0 on a rank without items — are discarded)."""
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        num_batches = int(all_reduce(torch.tensor([len(batches)], device=device), "max").item())
+        results = []
+        for b in range(num_batches):
+            if b < len(batches):
+                results.extend(run(batches[b]))
+            else:
+                run(batches[0] if batches else [0])
+        return results
+
+    # ---- prediction records -------------------------------------------------------------------------
+    def _record(self, i: int, truncated: bool) -> dict:
+        item = self.items[i]
+        record = {"index": i, "id": item.id, "source": item.location, "prompt": self.prompts[i],
+                  "options": list(item.options), "gold": item.gold, "truncated": truncated}
+        if item.subject is not None:
+            record.update(subject=item.subject, category=item.category)
+        return record
+
+    def _scored(self, i: int, sums: list[float], truncated: bool) -> dict:
+        item = self.items[i]
+        answer_chars = [len(answer) for answer in self.prompt.answers(item)]
+        prediction, prediction_norm = choose(sums, answer_chars)
+        labelled = item.gold is not None
+        return {**self._record(i, truncated),
+                "continuations": self.prompt.continuations(item),
+                "scores": {"loglikelihood": sums, "per_char": [s / n for s, n in zip(sums, answer_chars)]},
+                "prediction": prediction, "prediction_norm": prediction_norm,
+                "correct": prediction == item.gold if labelled else None,
+                "correct_norm": prediction_norm == item.gold if labelled else None}
+
+    def _generated(self, i: int, text: str, truncated: bool) -> dict:
+        item = self.items[i]
+        prediction = extract_choice(text, len(item.options), self.answer_trigger)
+        return {**self._record(i, truncated), "generation": text, "prediction": prediction,
+                "correct": prediction == item.gold if item.gold is not None else None}
