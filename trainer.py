@@ -301,17 +301,21 @@ class Trainer:
 
 
 def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
-    micro_per_epoch, total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size)
     num_params = count_parameters(cfg, tokenizer)
+    if not ctx.is_main:
+        return
+    print(OmegaConf.to_yaml(cfg, resolve=True))
+    print(f"parameters: {num_params:,}")
+    if train_data is None:
+        print(f"evaluation only: {', '.join(cfg.evaluators) or 'no evaluators'}")
+        return
+    micro_per_epoch, total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size)
     memory = memory_estimate_bytes(num_params, cfg, ctx.world_size)
-    if ctx.is_main:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
-        print(f"parameters: {num_params:,}")
-        print(f"samples: {len(train_data)}; micro-batches per rank per epoch: {micro_per_epoch}; "
-              f"optimizer steps: {total_steps}")
-        print(f"per-GPU memory estimate (ZeRO-{zero_stage(cfg)}, {cfg.precision}, world {ctx.world_size}, "
-              f"activations excluded): " + ", ".join(f"{k} {human_bytes(v)}" for k, v in memory.items())
-              + f", total {human_bytes(sum(memory.values()))}")
+    print(f"samples: {len(train_data)}; micro-batches per rank per epoch: {micro_per_epoch}; "
+          f"optimizer steps: {total_steps}")
+    print(f"per-GPU memory estimate (ZeRO-{zero_stage(cfg)}, {cfg.precision}, world {ctx.world_size}, "
+          f"activations excluded): " + ", ".join(f"{k} {human_bytes(v)}" for k, v in memory.items())
+          + f", total {human_bytes(sum(memory.values()))}")
 
 
 def evaluate_checkpoints(cfg: DictConfig, ctx: DistContext, tokenizer, evaluators: dict) -> None:

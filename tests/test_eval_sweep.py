@@ -37,3 +37,19 @@ def test_standalone_evaluation_of_every_checkpoint(tmp_path):
     assert (tmp_path / "eval_summary.png").stat().st_size > 1000 and (tmp_path / "eval_summary.md").is_file()
     assert all((tmp_path / "eval" / f"checkpoint-{s}" / "dev_loss" / "metrics.json").is_file() for s in (2, 4, 6))
     assert "evaluated 3 model(s)" in result.stdout
+
+
+@pytest.mark.slow
+def test_benchmark_evaluator_during_training_and_demo_eval_config(tmp_path):
+    run = tmp_path / "run"
+    run_trainer(run, FAST + ["max_steps=4", "per_gpu_train_batch_size=4", "+eval@evaluators.logiqa=logiqa_v2_zh",
+                             "evaluators.logiqa.limit=6", "do_eval=true", "evaluate_during_training=true", "eval_steps=2",
+                             "prediction_cfg.metric=logiqa/acc", "prediction_cfg.measure=1"])
+    from tests.trainer_runs import read_scalars
+    assert [step for step, _ in read_scalars(run)["eval/logiqa/acc"]] == [2, 4]
+    predictions = (run / "eval" / "step-4" / "logiqa" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 6
+    result = run_trainer(tmp_path / "eval", [], config=("conf/demo", "eval"))
+    assert "evaluated 1 model(s)" in result.stdout
+    header = (tmp_path / "eval" / "eval_summary.csv").read_text().splitlines()[0].split(",")
+    assert {"logiqa_v2_zh/acc", "c3_d/acc_norm", "mmlu/acc"} <= set(header)
