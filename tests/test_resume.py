@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer, trainer_command
+from tests.trainer_runs import FAST, REPO, child_env, read_scalars, run_trainer, trainer_command
 
 pytestmark = pytest.mark.slow
 STEPS = 12
@@ -54,7 +54,7 @@ def run_until(output_dir, nproc, marker, sig):
     """Start a run and send `sig` to it as soon as `marker` appears in its rank-0 log; returns the exit code."""
     cmd = trainer_command(launcher(nproc), nproc) + ["-cp", "conf/demo", "-cn", "sft", f"output_dir={output_dir}",
                                                        *RUN, *layout(nproc)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = child_env()
     log = output_dir / "logs" / "rank0.log"
     with open(output_dir.parent / f"{output_dir.name}.stderr", "w") as stderr:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr,

@@ -1,7 +1,6 @@
 """End-to-end runs of trainer.py on the tiny model: 1 and 2 ranks, ZeRO-1 and ZeRO-3, gradient
 checkpointing on, checkpoints reloaded, TensorBoard read back, two simulated nodes."""
 import json
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from general_util.dist import free_port
-from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
+from tests.trainer_runs import FAST, REPO, child_env, read_scalars, run_trainer
 
 pytestmark = pytest.mark.slow
 STEPS = 15
@@ -118,7 +117,7 @@ def test_zero2_zero3_with_gradient_checkpointing(tmp_path, stage, nproc):
 def test_two_nodes_only_global_rank0_writes(tmp_path):
     """Two single-process 'nodes' on localhost: local rank 0 of node 1 must not write shared outputs."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env()
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                                "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
                                "trainer.py", "-cp", "conf/demo", "-cn", "sft", f"output_dir={tmp_path}", "max_steps=4",

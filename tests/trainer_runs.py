@@ -8,6 +8,13 @@ from general_util.dist import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["logging_steps=1", "evaluate_during_training=false", "do_eval=false", "save_steps=-1"]
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for a child trainer: this process's, minus any rendezvous variables, one thread per rank."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
 def trainer_command(launcher: str, nproc: int) -> list[str]:
@@ -23,8 +30,7 @@ def trainer_command(launcher: str, nproc: int) -> list[str]:
 def run_trainer(output_dir: Path, overrides: list[str], launcher: str = "python", nproc: int = 1,
                 config: tuple[str, str] = ("conf/demo", "sft"), check: bool = True, timeout: int = 600):
     cmd = trainer_command(launcher, nproc) + ["-cp", config[0], "-cn", config[1], f"output_dir={output_dir}"] + overrides
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
