@@ -1,15 +1,20 @@
-"""Lists of examples → padded tensors. Padding positions get label -100 and attention 0; which token id
-pads is irrelevant to the loss.
+"""Lists of dataset rows → padded tensors. Padding positions get label -100 and attention 0; which token
+id pads is irrelevant to the loss.
 
 The batch contract the trainer relies on: model inputs (`input_ids`, optional `attention_mask`,
 `position_ids`, ...) plus metadata it never feeds the model: `labels`, `index` (dataset indices),
 `num_tokens` (non-pad tokens) and `num_samples` (samples, which differ from rows when packing).
+
+A dataset row is `{"input_ids", "labels", "index"}` and, from `data.datasets`, `seq_lens`: the lengths
+of the samples packed into it (one entry unless the dataset was built with `packing: true`).
 """
 import torch
 
-from data.sft import IGNORE_INDEX
+from data.labels import IGNORE_INDEX
+from data.packing import block_causal_mask, segment_positions
 
 BATCH_METADATA = ("labels", "index", "num_tokens", "num_samples")
+MASKED_ATTENTION = ("eager", "sdpa")
 
 
 def model_inputs(batch: dict, device: torch.device) -> dict:
@@ -17,24 +22,76 @@ def model_inputs(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in BATCH_METADATA}
 
 
+def _pad_token_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token in the config")
+    return tokenizer.pad_token_id
+
+
+def _padded(rows: list[dict], pad_token_id: int, pad_to_multiple_of: int) -> dict[str, torch.Tensor]:
+    longest = max(len(row["input_ids"]) for row in rows)
+    length = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        input_ids[i, :n] = torch.as_tensor(row["input_ids"])
+        labels[i, :n] = torch.as_tensor(row["labels"])
+    return {"input_ids": input_ids, "labels": labels, "index": torch.tensor([row["index"] for row in rows])}
+
+
 class PaddingCollator:
+    """One sample per row, padded on the right, with a 2-D attention mask."""
+
     def __init__(self, tokenizer, pad_to_multiple_of: int = 1):
-        if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token in the config")
-        self.pad_token_id = tokenizer.pad_token_id
+        self.pad_token_id = _pad_token_id(tokenizer)
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
 
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(e["input_ids"]) for e in examples)
-        length = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-        for row, example in enumerate(examples):
-            n = len(example["input_ids"])
-            input_ids[row, :n] = torch.tensor(example["input_ids"])
-            labels[row, :n] = torch.tensor(example["labels"])
-            attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                "index": torch.tensor([e["index"] for e in examples]),
-                "num_tokens": attention_mask.sum(), "num_samples": torch.tensor(len(examples))}
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if any(len(row.get("seq_lens", ())) > 1 for row in rows):
+            raise ValueError("the dataset packs several samples per row (packing: true); use "
+                             "collator._target_=data.collators.PackedCollator")
+        batch = _padded(rows, self.pad_token_id, self.pad_to_multiple_of)
+        lengths = torch.tensor([len(row["input_ids"]) for row in rows])
+        attention_mask = (torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
+        return {**batch, "attention_mask": attention_mask, "num_tokens": lengths.sum(),
+                "num_samples": torch.tensor(len(rows))}
+
+
+class PackedCollator:
+    """Rows holding several samples (`seq_lens`), each isolated: position ids restart at 0 for every
+    sample, and attention cannot cross a sample boundary.
+
+    `attn_implementation` must be the model's (`${model.attn_implementation}`):
+      sdpa      4-D boolean block-causal mask (True = attend), as transformers' sdpa path expects
+      eager     the same mask as additive float32 (0 / finfo.min), as eager attention adds it
+      flash_*   every sample of the batch concatenated into one row without padding, position ids only;
+                transformers then runs flash-attention's variable-length kernel (its padding-free format)
+    A 4-D mask is passed to the model as it is (transformers.masking_utils returns 4-D masks unchanged).
+    """
+
+    def __init__(self, tokenizer, pad_to_multiple_of: int = 1, attn_implementation: str = "sdpa"):
+        if attn_implementation not in MASKED_ATTENTION and not attn_implementation.startswith("flash"):
+            raise ValueError(f"attn_implementation={attn_implementation!r}: packing supports "
+                             f"{', '.join(MASKED_ATTENTION)} and flash_attention_*")
+        self.pad_token_id = _pad_token_id(tokenizer)
+        self.pad_to_multiple_of = max(1, pad_to_multiple_of)
+        self.attn_implementation = attn_implementation
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        seq_lens = [list(row.get("seq_lens", [len(row["input_ids"])])) for row in rows]
+        meta = {"num_tokens": torch.tensor(sum(map(sum, seq_lens))),
+                "num_samples": torch.tensor(sum(map(len, seq_lens)))}
+        if self.attn_implementation.startswith("flash"):
+            input_ids, labels = (torch.cat([torch.as_tensor(row[key], dtype=torch.long) for row in rows])[None]
+                                 for key in ("input_ids", "labels"))
+            _, positions = segment_positions([n for lens in seq_lens for n in lens], input_ids.shape[1])
+            return {"input_ids": input_ids, "labels": labels, "position_ids": positions[None],
+                    "index": torch.tensor([row["index"] for row in rows]), **meta}
+        batch = _padded(rows, self.pad_token_id, self.pad_to_multiple_of)
+        length = batch["input_ids"].shape[1]
+        segments, positions = zip(*(segment_positions(lens, length) for lens in seq_lens))
+        mask = block_causal_mask(torch.stack(segments))
+        if self.attn_implementation == "eager":
+            mask = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        return {**batch, "attention_mask": mask, "position_ids": torch.stack(positions), **meta}

@@ -1,12 +1,31 @@
-"""File formats → records with provenance. Readers never drop data silently: a bad record raises
-`DataError` naming the file and line."""
+"""File formats → records with provenance (file, line).
+
+    .jsonl        one JSON value per line (alpaca/BELLE, MOSS, `{"text": ...}` corpora)
+    .json         a JSON list (WuDao, COIG, ShareGPT), or JSON lines when the file does not start with `[`
+    .txt          plain text; documents are separated by blank lines
+    any of them + .gz
+
+Readers stream: memory is bounded by one line (JSON lines, text) or one file (a JSON list is parsed item
+by item from the file's text). A bad record is passed to `on_error` (see `records.BadRecords`): the
+default raises; a callback that returns makes the reader go on with the next record.
+"""
 import glob
+import gzip
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from data.paths import resolve_path
 from data.records import DataError, Record
+
+SUFFIXES = (".jsonl", ".json", ".txt")
+DATA_SUFFIXES = SUFFIXES + tuple(s + ".gz" for s in SUFFIXES)
+OnError = Callable[[DataError], None]
+
+
+def raise_error(error: DataError) -> None:
+    raise error
 
 
 def expand_files(spec: str | list[str], suffixes: tuple[str, ...] = ()) -> list[Path]:
@@ -28,19 +47,154 @@ def expand_files(spec: str | list[str], suffixes: tuple[str, ...] = ()) -> list[
     return list(dict.fromkeys(files))
 
 
-def read_jsonl(path: Path) -> Iterator[Record]:
-    with open(path, "rb") as f:
+def read_records(path: Path, on_error: OnError = raise_error) -> Iterator[Record]:
+    """The records of one data file, whatever its format. An unreadable file (corrupt gzip) or one
+    without any record is reported as a bad record of the file."""
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    readers = {".jsonl": read_jsonl, ".json": read_json, ".txt": read_text}
+    suffix = Path(name).suffix
+    if suffix not in readers:
+        raise DataError(str(path), None, f"unsupported file type {suffix!r}; use one of {', '.join(DATA_SUFFIXES)}")
+    seen = 0  # records, good or bad
+
+    def counted(error: DataError) -> None:
+        nonlocal seen
+        seen += 1
+        on_error(error)
+
+    try:
+        for record in readers[suffix](path, counted):
+            seen += 1
+            yield record
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        on_error(DataError(str(path), None, f"unreadable file ({e})", kind="unreadable file"))
+        return
+    if seen == 0:
+        on_error(DataError(str(path), None, "empty file (no records)", kind="empty file"))
+
+
+def open_binary(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _decode(raw: bytes, path: Path, line_no: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(str(path), line_no, f"not valid UTF-8 ({e.reason} at byte {e.start})",
+                        kind="not valid UTF-8") from None
+
+
+def _check_value(data, path: Path, line_no: int) -> None:
+    if not isinstance(data, (dict, list)):
+        raise DataError(str(path), line_no, f"expected a JSON object or list, got {type(data).__name__}",
+                        kind="not a JSON object")
+
+
+def read_jsonl(path: Path, on_error: OnError = raise_error) -> Iterator[Record]:
+    with open_binary(path) as f:
         for line_no, raw in enumerate(f, start=1):
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(str(path), line_no, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not text.strip():
+                text = _decode(raw, path, line_no)
+                if not text.strip():
+                    continue
+                try:
+                    data = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise DataError(str(path), line_no, f"malformed JSON ({e.msg})", kind="malformed JSON") from None
+                _check_value(data, path, line_no)
+            except DataError as error:
+                on_error(error)
                 continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), line_no, f"malformed JSON ({e.msg})") from None
-            if not isinstance(data, dict):
-                raise DataError(str(path), line_no, f"expected a JSON object, got {type(data).__name__}")
             yield Record(data, str(path), line_no)
+
+
+def read_json(path: Path, on_error: OnError = raise_error) -> Iterator[Record]:
+    """A JSON list, item by item, each with the line it starts on. Files that do not start with `[` are
+    JSON lines (BELLE ships JSON lines named .json). Undecodable bytes spoil only the item that holds
+    them; malformed JSON ends the file (the rest cannot be re-synchronised), reported as one bad record."""
+    with open_binary(path) as f:
+        raw = f.read()
+    text = raw.decode("utf-8", errors="surrogateescape")
+    start = len(text) - len(text.lstrip())
+    if not text[start:start + 1] == "[":
+        yield from read_jsonl(path, on_error)
+        return
+    decoder, whitespace = json.JSONDecoder(), re.compile(r"\s*")
+    line_no, counted_to = 1, 0
+
+    def line_at(pos: int) -> int:
+        nonlocal line_no, counted_to
+        line_no += text.count("\n", counted_to, pos)
+        counted_to = pos
+        return line_no
+
+    pos = whitespace.match(text, start + 1).end()
+    if text.startswith("]", pos):
+        return
+    while True:
+        item_line = line_at(pos)
+        try:
+            data, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            on_error(DataError(str(path), e.lineno, f"malformed JSON ({e.msg}); the rest of the file is not read",
+                               kind="malformed JSON"))
+            return
+        try:
+            if _has_surrogates(data):
+                raise DataError(str(path), item_line, "not valid UTF-8", kind="not valid UTF-8")
+            _check_value(data, path, item_line)
+        except DataError as error:
+            on_error(error)
+        else:
+            yield Record(data, str(path), item_line)
+        pos = whitespace.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = whitespace.match(text, pos + 1).end()
+        elif text.startswith("]", pos):
+            return
+        else:
+            on_error(DataError(str(path), line_at(pos), "malformed JSON (expected ',' or ']' after an item); "
+                               "the rest of the file is not read", kind="malformed JSON"))
+            return
+
+
+def _has_surrogates(value) -> bool:
+    """Whether a parsed JSON value holds text that is not valid UTF-8 (undecodable bytes, lone surrogates)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_surrogates(k) or _has_surrogates(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogates(v) for v in value)
+    return False
+
+
+def read_text(path: Path, on_error: OnError = raise_error) -> Iterator[Record]:
+    """Plain text: one record `{"text": ...}` per block of non-blank lines. A line that is not UTF-8
+    spoils its block."""
+    lines: list[str] = []
+    first_line, bad = 0, False
+
+    def flush() -> Iterator[Record]:
+        if lines and not bad:
+            yield Record({"text": "".join(lines).strip()}, str(path), first_line)
+
+    with open_binary(path) as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                yield from flush()
+                lines, bad = [], False
+                continue
+            if not lines and not bad:
+                first_line = line_no
+            try:
+                lines.append(_decode(raw, path, line_no))
+            except DataError as error:
+                on_error(error)
+                bad = True
+    yield from flush()

@@ -1,6 +1,8 @@
 """Instruction data: labels only on the response + EOS, truncation that keeps EOS, padding, sampling."""
+import json
+from pathlib import Path
+
 import pytest
-import torch
 
 from data.collators import PaddingCollator
 from data.records import DataError
@@ -32,8 +34,10 @@ def test_truncation_cuts_prompt_first_then_response_never_eos():
 def test_dataset_masks_prompt_tokens_of_real_records(tokenizer):
     dataset = InstructionDataset("data/samples/alpaca_zh_en_dev.jsonl", tokenizer, template="zh", max_seq_length=256)
     assert len(dataset) == 24
-    record, item = dataset.records[0], dataset[0]
-    response_ids = tokenizer(record.data["output"], add_special_tokens=False)["input_ids"]
+    item = dataset[0]
+    path, line = dataset.locations(0)[0].rsplit(":", 1)
+    record = json.loads(Path(path).read_text(encoding="utf-8").splitlines()[int(line) - 1])
+    response_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"]
     trained = [label for label in item["labels"] if label != IGNORE_INDEX]
     assert trained == response_ids + [tokenizer.eos_token_id]
     assert item["input_ids"][-len(trained):] == trained and item["input_ids"][0] == tokenizer.bos_token_id

@@ -5,6 +5,7 @@ the demo and the tests exercise the same code paths as real corpora:
 
     python -m data.samples.generate
 """
+import gzip
 import json
 import random
 from pathlib import Path
@@ -58,6 +59,50 @@ def instruction_records(rng: random.Random) -> list[dict]:
     return records
 
 
+def coig_items(rng: random.Random) -> list:
+    """COIG layout: a JSON list of {inputs, targets}, and of multi-round lists of them."""
+    items: list = []
+    for country_zh, city_zh, _, _ in CAPITALS:
+        items.append({"inputs": f"{country_zh}的首都是哪里？", "targets": f"{country_zh}的首都是{city_zh}。"})
+    for zh, en in ANIMALS[:4]:
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        items.append([{"inputs": f"“{zh}”用英文怎么说？", "targets": f"“{zh}”的英文是 {en}。"},
+                      {"inputs": f"那么 {a} 加 {b} 呢？", "targets": f"{a} 加 {b} 等于 {a + b}。"}])
+    return items
+
+
+def sharegpt_items(rng: random.Random) -> list[dict]:
+    """ShareGPT layout: a JSON list of {id, conversations: [{from, value}, ...]}."""
+    items = []
+    for i, (zh, en) in enumerate(COLOURS):
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        turns = [{"from": "human", "value": f"Translate {en} into Chinese."}, {"from": "gpt", "value": zh},
+                 {"from": "human", "value": f"And what is {a} times {b}?"}, {"from": "gpt", "value": f"{a * b}."}]
+        if i % 3 == 0:
+            turns.insert(0, {"from": "system", "value": "You are a helpful bilingual assistant."})
+        items.append({"id": f"sharegpt-{i}", "conversations": turns})
+    return items
+
+
+def moss_records() -> list[dict]:
+    """moss-003-sft layout: one JSON object per line, turns as {"Human": ..., "MOSS": ...} with MOSS markup."""
+    records = []
+    for i, (country_zh, city_zh, country_en, city_en) in enumerate(CAPITALS[:4]):
+        chat = {"turn_1": {"Human": f"<|Human|>: {country_zh}的首都是哪里？<eoh>\n",
+                           "MOSS": f"<|MOSS|>: {country_zh}的首都是{city_zh}。<eom>\n"},
+                "turn_2": {"Human": "<|Human|>: 用英文再说一遍。<eoh>\n",
+                           "MOSS": f"<|MOSS|>: The capital of {country_en} is {city_en}.<eom>\n"}}
+        records.append({"conversation_id": i + 1, "meta_instruction": "You are MOSS, a helpful assistant.",
+                        "num_turns": 2, "chat": chat})
+    return records
+
+
+def write_jsonl(path: Path, rows: list) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     rng = random.Random(1234)
     records = instruction_records(rng)
@@ -70,6 +115,16 @@ def main() -> None:
               "title": title, "content": content} for i, (title, content) in enumerate(PARAGRAPHS)]
     with open(HERE / "wudao_sample.json", "w", encoding="utf-8") as f:
         json.dump(wudao, f, ensure_ascii=False, indent=1)
+
+    rng = random.Random(5678)
+    for name, items in [("coig_sample.json", coig_items(rng)), ("sharegpt_sample.json", sharegpt_items(rng))]:
+        with open(HERE / name, "w", encoding="utf-8") as f:
+            json.dump(items, f, ensure_ascii=False, indent=1)
+    write_jsonl(HERE / "moss_sample.jsonl", moss_records())
+    write_jsonl(HERE / "pretrain_sample.jsonl", [{"text": f"{title}: {content}"} for title, content in PARAGRAPHS[::2]])
+    text = "\n\n".join(f"{title}\n{content}" for title, content in PARAGRAPHS[1::2]) + "\n"
+    with gzip.GzipFile(HERE / "pretrain_sample.txt.gz", "wb", mtime=0) as f:  # mtime=0: reproducible bytes
+        f.write(text.encode("utf-8"))
 
 
 if __name__ == "__main__":

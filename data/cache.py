@@ -1,0 +1,259 @@
+"""Token cache: a source's files tokenized once into memory-mapped shards, reused by later runs and by
+every rank.
+
+Layout of `<cache_dir>/<key>/`:
+
+    meta.json                   what the key was computed from, the statistics of the build, the shards
+    shard-00000.tokens.npy      token ids of all rows of the shard, back to back (uint16, or int32 for
+                                vocabularies over 65,536)
+    shard-00000.trained.npy     bool per token: trained (label = token id) or not (label = -100)
+    shard-00000.rows.npy        per row: first token, first segment (plus one closing entry)
+    shard-00000.segments.npy    per sample in a row: length, file (index into meta's files), line
+
+The key hashes: every source file's resolved path, size and modification time (not its content: hashing
+a corpus would take longer than opening its cache; `touch` a file to force a rebuild), the tokenizer
+(its serialized vocabulary, merges, normalizer and special tokens), the prompt template's text and the
+settings (max_seq_length, packing, on_bad_record, shard size), and CACHE_VERSION. A change in any of
+them gives a new key, hence a rebuild; old caches are never deleted (remove the folder to reclaim space).
+
+Building streams: records are read one by one, tokenized in batches (in `num_proc` worker processes),
+and written one shard at a time, so memory is bounded by the shard size, not by the corpus. With
+packing, samples are packed within a shard. Only global rank 0 builds, into a temporary folder renamed
+into place when complete; the other ranks wait at a barrier, then read. `cache_dir` must therefore be on
+a filesystem every rank sees. Opening a cache reads meta.json only; shards are memory-mapped on first use.
+"""
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from data.formats import Example, to_example
+from data.labels import IGNORE_INDEX
+from data.packing import pack_lengths
+from data.readers import read_records
+from data.records import BadRecords, DataError
+from data.templates import PromptTemplate
+from data.tokenization import ExampleTokenizer, Segment, tokenize_batches
+from general_util.dist import barrier, current
+
+CACHE_VERSION = 1  # bump when tokenization or the on-disk layout changes
+ROW = np.dtype([("token_start", "<i8"), ("segment_start", "<i8")])
+SEGMENT = np.dtype([("length", "<i4"), ("file", "<i4"), ("line", "<i8")])
+BATCH_EXAMPLES = 256  # examples per tokenization task
+logger = logging.getLogger(__name__)
+
+
+def file_fingerprints(files: list[Path]) -> list[dict]:
+    return [{"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            for path in files for stat in [path.stat()]]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    special = {"class": type(tokenizer).__name__, "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
+               "size": len(tokenizer)}
+    return hashlib.sha256((vocabulary + json.dumps(special, sort_keys=True)).encode()).hexdigest()
+
+
+class BuildSettings:
+    """Everything a build depends on; `inputs()` is what the cache key hashes."""
+
+    def __init__(self, files: list[Path], tokenizer, template: PromptTemplate, max_seq_length: int, packing: bool,
+                 on_bad_record: str, shard_tokens: int, num_proc: int):
+        self.files, self.tokenizer, self.template = files, tokenizer, template
+        self.max_seq_length, self.packing, self.on_bad_record = max_seq_length, packing, on_bad_record
+        self.shard_tokens, self.num_proc = shard_tokens, num_proc
+
+    def inputs(self) -> dict:
+        return {"version": CACHE_VERSION, "files": file_fingerprints(self.files),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer), "template": asdict(self.template),
+                "max_seq_length": self.max_seq_length, "packing": self.packing,
+                "on_bad_record": self.on_bad_record, "shard_tokens": self.shard_tokens}
+
+
+def cache_key(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class TokenCache:
+    """A built cache, read-only: row i → its tokens, trained mask and samples, read lazily from the
+    memory-mapped shards. Pickles without its memory maps (DataLoader workers reopen them)."""
+
+    def __init__(self, directory: Path, built: bool = False, keep_alive=None):
+        self.directory, self.built, self._keep_alive = Path(directory), built, keep_alive
+        self.meta = json.loads((self.directory / "meta.json").read_text(encoding="utf-8"))
+        self.row_ends = np.cumsum([shard["rows"] for shard in self.meta["shards"]])
+        self._shards: dict[int, dict[str, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return int(self.row_ends[-1])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_shards": {}}
+
+    def _shard(self, number: int) -> dict[str, np.ndarray]:
+        if number not in self._shards:
+            name = self.meta["shards"][number]["name"]
+            self._shards[number] = {part: np.load(self.directory / f"{name}.{part}.npy", mmap_mode="r")
+                                    for part in ("tokens", "trained", "rows", "segments")}
+        return self._shards[number]
+
+    def _span(self, index: int) -> tuple[dict[str, np.ndarray], slice, slice]:
+        """Shard arrays of row `index`, and the row's token and segment slices in them."""
+        number = int(np.searchsorted(self.row_ends, index, side="right"))
+        shard = self._shard(number)
+        local = index - (int(self.row_ends[number - 1]) if number else 0)
+        (token_start, segment_start), (token_end, segment_end) = shard["rows"][local], shard["rows"][local + 1]
+        return shard, slice(token_start, token_end), slice(segment_start, segment_end)
+
+    def row(self, index: int) -> dict:
+        """`input_ids`, `labels` (-100 where untrained) and `seq_lens` (lengths of the samples in the row)."""
+        shard, tokens, segments = self._span(index)
+        input_ids = shard["tokens"][tokens].astype(np.int64)
+        labels = np.where(shard["trained"][tokens], input_ids, IGNORE_INDEX)
+        return {"input_ids": input_ids.tolist(), "labels": labels.tolist(),
+                "seq_lens": shard["segments"][segments]["length"].tolist()}
+
+    def locations(self, index: int) -> list[str]:
+        """"file:line" of every sample in row `index`."""
+        shard, _, segments = self._span(index)
+        files = self.meta["inputs"]["files"]
+        return [f"{files[file]['path']}:{line}" for file, line in shard["segments"][segments][["file", "line"]].tolist()]
+
+
+class ShardWriter:
+    """Collects segments and writes them a shard at a time (packed into rows when `packing`)."""
+
+    def __init__(self, directory: Path, max_seq_length: int, packing: bool, shard_tokens: int):
+        self.directory, self.max_seq_length, self.packing = directory, max_seq_length, packing
+        self.shard_tokens = shard_tokens
+        self.buffer: list[tuple[Segment, int, int]] = []  # (segment, file index, line)
+        self.buffered_tokens = 0
+        self.shards: list[dict] = []
+
+    def add(self, segment: Segment, file_index: int, line: int) -> None:
+        self.buffer.append((segment, file_index, line))
+        self.buffered_tokens += len(segment.input_ids)
+        if self.buffered_tokens >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        lengths = [len(segment.input_ids) for segment, _, _ in self.buffer]
+        rows = pack_lengths(lengths, self.max_seq_length) if self.packing else [[i] for i in range(len(lengths))]
+        order = [i for row in rows for i in row]
+        segments = [self.buffer[i] for i in order]
+        row_ids = np.concatenate([[0], np.cumsum([len(row) for row in rows])])
+        token_ends = np.concatenate([[0], np.cumsum([lengths[i] for i in order])])
+        name = f"shard-{len(self.shards):05d}"
+        arrays = {
+            "tokens": np.concatenate([segment.input_ids for segment, _, _ in segments]),
+            "trained": np.concatenate([segment.trained for segment, _, _ in segments]),
+            "rows": np.array(list(zip(token_ends[row_ids], row_ids)), dtype=ROW),
+            "segments": np.array([(lengths[i], f, line) for i, (_, f, line) in zip(order, segments)], dtype=SEGMENT),
+        }
+        for part, array in arrays.items():
+            np.save(self.directory / f"{name}.{part}.npy", array)
+        self.shards.append({"name": name, "rows": len(rows), "samples": len(segments),
+                            "tokens": int(token_ends[-1]), "trained_tokens": int(arrays["trained"].sum())})
+        self.buffer, self.buffered_tokens = [], 0
+
+
+def _batches(settings: BuildSettings, bad: BadRecords) -> Iterator[list[tuple[tuple[int, int], Example]]]:
+    """Examples tagged with their provenance (file index, line), BATCH_EXAMPLES at a time."""
+    batch = []
+    for file_index, path in enumerate(settings.files):
+        for record in read_records(path, bad):
+            try:
+                batch.append(((file_index, record.line), to_example(record, settings.template)))
+            except DataError as error:
+                bad(error)
+            if len(batch) == BATCH_EXAMPLES:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def build(directory: Path, settings: BuildSettings) -> dict:
+    """Tokenize `settings.files` into `directory` (which must exist and be empty); returns the statistics."""
+    started = time.perf_counter()
+    bad = BadRecords(settings.on_bad_record)
+    writer = ShardWriter(directory, settings.max_seq_length, settings.packing, settings.shard_tokens)
+    examples = truncated = 0
+    tokenizer = ExampleTokenizer(settings.tokenizer, settings.max_seq_length)
+    for results in tokenize_batches(_batches(settings, bad), tokenizer, settings.num_proc):
+        for (file_index, line), segments, was_truncated in results:
+            examples += 1
+            truncated += was_truncated
+            for segment in segments:
+                writer.add(segment, file_index, line)
+    writer.flush()
+    if examples == 0:
+        files = settings.files
+        where = str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)"
+        raise DataError(where, None, f"no usable records: all {bad.total} skipped {dict(bad.counts)}",
+                        kind="no usable records")
+    totals = {key: sum(shard[key] for shard in writer.shards) for key in ("rows", "samples", "tokens", "trained_tokens")}
+    return {"records": examples + bad.total, **bad.summary(), "examples": examples, "truncated": truncated, **totals,
+            "seconds": round(time.perf_counter() - started, 3), "shards": writer.shards}
+
+
+def _build_into(final: Path, settings: BuildSettings, inputs: dict) -> None:
+    """Build in a temporary sibling folder and rename it into place (atomic: a reader sees all or nothing).
+    If another process finished first, its cache is kept and this one discarded."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    temporary.mkdir()
+    try:
+        logger.info("building token cache %s from %d file(s) with %d process(es)", final, len(settings.files),
+                    settings.num_proc)
+        stats = build(temporary, settings)
+        shards = stats.pop("shards")
+        meta = {"key": final.name, "inputs": inputs, "stats": stats, "shards": shards}
+        (temporary / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+        try:
+            os.rename(temporary, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+
+
+def load_or_build(settings: BuildSettings, cache_dir: str | Path | None) -> TokenCache:
+    """The cache for `settings`: opened when it exists, else built by global rank 0 while the other ranks
+    wait. `cache_dir=None`: a private temporary cache for this process, removed when it exits."""
+    inputs = settings.inputs()
+    if cache_dir is None:
+        keep_alive = tempfile.TemporaryDirectory(prefix="token-cache-")
+        final = Path(keep_alive.name) / cache_key(inputs)
+        _build_into(final, settings, inputs)
+        return TokenCache(final, built=True, keep_alive=keep_alive)
+    final = Path(cache_dir) / cache_key(inputs)
+    built, error = False, None
+    if current().is_main and not final.is_dir():
+        try:
+            _build_into(final, settings, inputs)
+            built = True
+        except Exception as e:  # noqa: BLE001 - re-raised after the barrier, so no rank waits forever
+            error = e
+    barrier()
+    if error is not None:
+        raise error
+    if not final.is_dir():
+        raise DataError(str(final), None, "token cache missing after rank 0 built it (or failed to): cache_dir must "
+                        "be on a filesystem every rank can read; see rank 0's log", kind="cache missing")
+    return TokenCache(final, built=built)

@@ -1,0 +1,133 @@
+"""The training dataset: one or more weighted sources, each tokenized into its own token cache.
+
+    train_dataset:
+      _target_: data.datasets.TokenizedDataset
+      sources:                      # name -> files (file, directory, glob or list) and sampling weight
+        belle: {files: /data/belle/*.json, weight: 1.0}
+        coig: {files: /data/coig, weight: 3.0}
+      template: zh                  # prompt template of instruction records (data/templates.py)
+      max_seq_length: 2048
+      packing: false                # true: several samples per row (use data.collators.PackedCollator)
+
+A weight w repeats a source's rows floor(w) times and adds a random subset (seeded by `seed` and the
+source's position) of round(frac(w) × rows) more: 3.0 triples a source, 0.25 keeps a quarter of it.
+Rows are the unit: a sample, a chunk of a long document, or with packing a packed row.
+
+Every record is accounted for: the number read, skipped (by reason, with the first locations) and
+trained on, per source, is logged and written to `<report_dir>/data_<name>.json`.
+"""
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from data.cache import BuildSettings, TokenCache, load_or_build
+from data.readers import DATA_SUFFIXES, expand_files
+from data.records import BAD_RECORD_POLICIES, DataError
+from data.templates import TEMPLATES, get_template
+from general_util.dist import current
+
+SOURCE_KEYS = {"files", "weight"}
+logger = logging.getLogger(__name__)
+
+
+class TokenizedDataset(Dataset):
+    """Rows of the sources' token caches, mixed by weight: {input_ids, labels, seq_lens, index}."""
+
+    def __init__(self, sources: Mapping[str, Mapping], tokenizer, max_seq_length: int = 2048, template: str = "zh",
+                 packing: bool = False, cache_dir: str | None = None, num_proc: int = 1, on_bad_record: str = "error",
+                 report_dir: str | None = None, seed: int = 0, name: str = "train", shard_tokens: int = 1 << 24):
+        check_settings(sources, template, max_seq_length, on_bad_record)
+        self.name, self.source_names = name, list(sources)
+        self.caches: list[TokenCache] = []
+        weights = [float(source.get("weight", 1.0)) for source in sources.values()]
+        for source in sources.values():
+            settings = BuildSettings(expand_files(source["files"], DATA_SUFFIXES), tokenizer, get_template(template),
+                                     max_seq_length, packing, on_bad_record, shard_tokens, num_proc)
+            self.caches.append(load_or_build(settings, cache_dir))
+        self.blocks = mixture_blocks([len(cache) for cache in self.caches], weights, seed)
+        if not self.blocks:
+            raise DataError(f"weights={weights}", None, "no rows left to train on", kind="invalid setting")
+        self.block_ends = np.cumsum([count for _, _, count in self.blocks])
+        self.report = self._report(weights)
+        self._log()
+        if report_dir is not None and current().is_main:
+            Path(report_dir).mkdir(parents=True, exist_ok=True)
+            (Path(report_dir) / f"data_{name}.json").write_text(json.dumps(self.report, indent=1, ensure_ascii=False),
+                                                                 encoding="utf-8")
+
+    def __len__(self) -> int:
+        return int(self.block_ends[-1])
+
+    def _locate(self, index: int) -> tuple[TokenCache, int]:
+        block = int(np.searchsorted(self.block_ends, index, side="right"))
+        source, rows, _ = self.blocks[block]
+        local = index - (int(self.block_ends[block - 1]) if block else 0)
+        return self.caches[source], local if rows is None else int(rows[local])
+
+    def __getitem__(self, index: int) -> dict:
+        cache, row = self._locate(index)
+        return {**cache.row(row), "index": index}
+
+    def locations(self, index: int) -> list[str]:
+        """Where the samples of row `index` come from ("file:line" each)."""
+        cache, row = self._locate(index)
+        return cache.locations(row)
+
+    def _report(self, weights: list[float]) -> dict:
+        rows_in_mix = np.zeros(len(self.caches), dtype=np.int64)
+        for source, _, count in self.blocks:
+            rows_in_mix[source] += count
+        sources = {name: {"files": len(cache.meta["inputs"]["files"]), "weight": weight, "rows_in_mix": int(rows),
+                          "cache": str(cache.directory), "cache_built_now": cache.built, **cache.meta["stats"]}
+                   for name, cache, weight, rows in zip(self.source_names, self.caches, weights, rows_in_mix)}
+        totals = {key: sum(s[key] for s in sources.values()) for key in ("records", "skipped", "examples", "truncated")}
+        return {"dataset": self.name, "rows": len(self), **totals, "sources": sources}
+
+    def _log(self) -> None:
+        for name, s in self.report["sources"].items():
+            logger.info("data %s/%s: %d records read from %d file(s), %d skipped, %d trained on (%d truncated) → "
+                        "%d rows, %d tokens (%d trained); weight %g → %d rows; cache %s %s", self.name, name,
+                        s["records"], s["files"], s["skipped"], s["examples"], s["truncated"], s["rows"], s["tokens"],
+                        s["trained_tokens"], s["weight"], s["rows_in_mix"],
+                        "built" if s["cache_built_now"] else "reused", s["cache"])
+            if s["skipped"]:
+                logger.warning("data %s/%s: skipped %s; first: %s", self.name, name,
+                               ", ".join(f"{reason} ×{n}" for reason, n in s["by_reason"].items()), "; ".join(s["first"]))
+        r = self.report
+        logger.info("data %s: %d records read, %d skipped, %d trained on → %d rows", self.name, r["records"],
+                    r["skipped"], r["examples"], r["rows"])
+
+
+def check_settings(sources: Mapping[str, Mapping], template: str, max_seq_length: int, on_bad_record: str) -> None:
+    """Settings errors as one-line DataErrors (the trainer prints those without a traceback)."""
+    def invalid(setting: str, fix: str) -> DataError:
+        return DataError(setting, None, fix, kind="invalid setting")
+    if not sources:
+        raise invalid("sources={}", "give at least one source: {name: {files: ..., weight: ...}}")
+    for name, source in sources.items():
+        if set(source) - SOURCE_KEYS or "files" not in source:
+            raise invalid(f"sources.{name}={dict(source)}", f"use the keys {sorted(SOURCE_KEYS)} (files required)")
+        if float(source.get("weight", 1.0)) < 0:
+            raise invalid(f"sources.{name}.weight={source['weight']}", "must be ≥ 0")
+    if template not in TEMPLATES:
+        raise invalid(f"template={template!r}", f"use one of {sorted(TEMPLATES)}")
+    if max_seq_length < 2:
+        raise invalid(f"max_seq_length={max_seq_length}", "must be ≥ 2")
+    if on_bad_record not in BAD_RECORD_POLICIES:
+        raise invalid(f"on_bad_record={on_bad_record!r}", f"use one of {', '.join(BAD_RECORD_POLICIES)}")
+
+
+def mixture_blocks(sizes: list[int], weights: list[float], seed: int) -> list[tuple[int, np.ndarray | None, int]]:
+    """(source, rows or None for all of them, count) blocks realising the weights; see the module doc."""
+    blocks = []
+    for source, (size, weight) in enumerate(zip(sizes, weights)):
+        blocks += [(source, None, size)] * int(weight)
+        extra = round((weight - int(weight)) * size)
+        if extra:
+            rows = np.sort(np.random.default_rng([seed, source]).choice(size, extra, replace=False))
+            blocks.append((source, rows, extra))
+    return blocks

@@ -1,0 +1,160 @@
+"""Token cache: hit, miss and rebuild on every input, parallel tokenization and sharding give the same
+rows, two processes share one build (rank 0 writes, rank 1 waits and reads), and sampling weights."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from data.datasets import TokenizedDataset, mixture_blocks
+from general_util.dist import free_port
+from models.loading import load_tokenizer
+from tests.trainer_runs import REPO, read_scalars, run_trainer
+
+ALPACA = "data/samples/alpaca_zh_en_dev.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("models/tiny_llama", pad_token="<unk>")
+
+
+def build(tokenizer, cache_dir, files=ALPACA, **options):
+    return TokenizedDataset({"main": {"files": str(files)}}, tokenizer, cache_dir=str(cache_dir),
+                            **{"max_seq_length": 128, **options})
+
+
+def rows(dataset):
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def cache_of(dataset):
+    return dataset.caches[0]
+
+
+def test_hit_miss_and_rebuild_on_every_input(tmp_path, tokenizer):
+    data = tmp_path / "d.jsonl"
+    data.write_bytes((REPO / ALPACA).read_bytes())
+    first = build(tokenizer, tmp_path / "cache", data)
+    assert cache_of(first).built
+    again = build(tokenizer, tmp_path / "cache", data)
+    assert not cache_of(again).built and cache_of(again).directory == cache_of(first).directory
+    assert rows(again) == rows(first)
+
+    changed = {"max_seq_length": build(tokenizer, tmp_path / "cache", data, max_seq_length=64),
+               "template": build(tokenizer, tmp_path / "cache", data, template="en"),
+               "packing": build(tokenizer, tmp_path / "cache", data, packing=True)}
+    other_tokenizer = load_tokenizer("models/tiny_llama", pad_token="<unk>")
+    other_tokenizer.add_tokens(["<new>"])
+    changed["tokenizer"] = build(other_tokenizer, tmp_path / "cache", data)
+    os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
+    changed["file mtime"] = build(tokenizer, tmp_path / "cache", data)
+    for what, dataset in changed.items():
+        assert cache_of(dataset).built, what
+    directories = {cache_of(d).directory for d in [first, *changed.values()]}
+    assert len(directories) == 1 + len(changed)
+    assert not list((tmp_path / "cache").glob(".tmp-*"))
+
+
+def test_parallel_and_sharded_builds_give_the_same_rows(tmp_path, tokenizer):
+    files = [ALPACA, "data/samples/coig_sample.json", "data/samples/wudao_sample.json"]
+    def make(name, **options):
+        return TokenizedDataset({"m": {"files": files}}, tokenizer, max_seq_length=64, cache_dir=str(tmp_path / name),
+                                **options)
+    serial, parallel, sharded = make("a", num_proc=1), make("b", num_proc=2), make("c", shard_tokens=500)
+    assert len(cache_of(sharded).meta["shards"]) > 3 and len(cache_of(serial).meta["shards"]) == 1
+    assert rows(serial) == rows(parallel) == rows(sharded)
+    assert [serial.locations(i) for i in range(len(serial))] == [sharded.locations(i) for i in range(len(sharded))]
+
+
+def test_dataset_pickles_without_its_memory_maps(tmp_path, tokenizer):
+    dataset = build(tokenizer, tmp_path)
+    dataset[0]
+    assert cache_of(dataset)._shards
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert not cache_of(clone)._shards and rows(clone) == rows(dataset)
+
+
+CHILD = """
+import json, sys
+import torch.distributed as dist
+from data.datasets import TokenizedDataset
+from data.records import DataError
+from models.loading import load_tokenizer
+if int(sys.argv[3]) > 1:
+    dist.init_process_group("gloo")
+tokenizer = load_tokenizer("models/tiny_llama", pad_token="<unk>")
+try:
+    data = TokenizedDataset({"main": {"files": sys.argv[1]}}, tokenizer, max_seq_length=128, cache_dir=sys.argv[2],
+                            num_proc=2)
+except DataError as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit(3)
+print(json.dumps({"built": data.caches[0].built, "dir": str(data.caches[0].directory),
+                  "rows": [data[i] for i in range(len(data))]}))
+"""
+
+
+def run_ranks(files, cache_dir, world_size):
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(files), str(cache_dir), str(world_size)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"})
+             for rank in range(world_size)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        results.append((proc.returncode, json.loads(out.strip().splitlines()[-1]) if out.strip() else err))
+    return results
+
+
+def test_two_ranks_share_one_build_and_later_runs_reuse_it(tmp_path, tokenizer):
+    (rank0_code, rank0), (rank1_code, rank1) = run_ranks(REPO / ALPACA, tmp_path, world_size=2)
+    assert rank0_code == rank1_code == 0, (rank0, rank1)
+    assert rank0["built"] and not rank1["built"]  # only rank 0 wrote; rank 1 waited and read
+    assert rank0["dir"] == rank1["dir"] and rank0["rows"] == rank1["rows"]
+    assert len(list(tmp_path.iterdir())) == 1
+    later = build(tokenizer, tmp_path, REPO / ALPACA)  # a later run (here: this process)
+    assert not cache_of(later).built and str(cache_of(later).directory) == rank0["dir"]
+    assert rows(later) == rank0["rows"]
+
+
+def test_a_failed_build_on_rank_0_stops_every_rank(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"\n', encoding="utf-8")
+    results = run_ranks(bad, tmp_path / "cache", world_size=2)
+    assert [code for code, _ in results] == [3, 3], results
+    assert f"{bad}:2: malformed JSON" in results[0][1]["error"]
+    assert "rank 0" in results[1][1]["error"]
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_weights_repeat_and_subsample_deterministically(tmp_path, tokenizer):
+    assert mixture_blocks([10, 4], [1.0, 2.0], seed=0) == [(0, None, 10), (1, None, 4), (1, None, 4)]
+    [(source, kept, count)] = mixture_blocks([10], [0.5], seed=0)
+    assert count == 5 and len(set(kept.tolist())) == 5 and kept.tolist() == sorted(kept.tolist())
+    assert kept.tolist() == mixture_blocks([10], [0.5], seed=0)[0][1].tolist()
+    assert kept.tolist() != mixture_blocks([10], [0.5], seed=1)[0][1].tolist()
+
+    sources = {"alpaca": {"files": ALPACA, "weight": 0.5}, "coig": {"files": "data/samples/coig_sample.json", "weight": 3}}
+    mix = TokenizedDataset(sources, tokenizer, max_seq_length=128, cache_dir=str(tmp_path), seed=7)
+    assert len(mix) == 12 + 3 * 12
+    assert mix.report["sources"]["coig"]["rows_in_mix"] == 36 and mix.report["sources"]["alpaca"]["rows_in_mix"] == 12
+    coig_rows = [mix.locations(i)[0] for i in range(12, len(mix))]
+    assert coig_rows[:12] == coig_rows[12:24] == coig_rows[24:]
+
+
+@pytest.mark.slow
+def test_do_preprocess_builds_the_cache_that_packed_training_reuses(tmp_path):
+    cache_dir = [f"data.cache_dir={tmp_path / 'cache'}"]
+    run_trainer(tmp_path / "pre", cache_dir + ["do_preprocess=true"], config=("conf/demo", "pretrain"))
+    [cache] = list((tmp_path / "cache").iterdir())
+    run_trainer(tmp_path / "run", cache_dir + ["max_steps=6", "logging_steps=1"], config=("conf/demo", "pretrain"))
+    source = json.loads((tmp_path / "run" / "data_train.json").read_text(encoding="utf-8"))["sources"]["main"]
+    assert source["cache"] == str(cache) and not source["cache_built_now"]
+    scalars = read_scalars(tmp_path / "run")
+    assert len(scalars["train/loss"]) == 6
+    assert all(value > 0.8 for _, value in scalars["train/non_pad_fraction"])  # packed rows: little padding
