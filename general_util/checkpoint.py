@@ -75,10 +75,16 @@ def consolidated_state_dict(engine, zero_stage: int) -> dict | None:
 
 def save_hf_weights(engine, directory: Path, tokenizer, config_yaml: str, zero_stage: int, ctx: DistContext) -> None:
     """Called on every rank: `from_pretrained`-loadable safetensors weights, tokenizer and the resolved
-    training config, written by global rank 0."""
+    training config, written by global rank 0. A peft model writes its adapter alone
+    (adapter_model.safetensors + adapter_config.json) and, with `model.save_merged`, the merged full
+    model into `directory/merged`."""
     state_dict = consolidated_state_dict(engine, zero_stage)
     if ctx.is_main:
         engine.module.save_pretrained(directory, state_dict=state_dict)
+        if getattr(engine.module, "save_merged", False):
+            from models.lora import merged_copy
+            merged_copy(engine.module, state_dict).save_pretrained(directory / "merged")
+            tokenizer.save_pretrained(directory / "merged")
         tokenizer.save_pretrained(directory)
         (directory / "training_config.yaml").write_text(config_yaml, encoding="utf-8")
         logger.info("wrote Hugging Face weights to %s", directory)

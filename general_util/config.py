@@ -4,6 +4,7 @@ Everything that can be checked before a model is loaded is checked here, and eve
 reported at once in a single line naming the key, its value and the fix.
 """
 import difflib
+import importlib.util
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from data.paths import resolve_path
 from data.readers import expand_files
 from data.records import DataError
+from models.vocab import FREEZE_STRATEGIES
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "base.yaml"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -71,6 +73,29 @@ def validate(cfg: DictConfig, world_size: int) -> None:
         expected = cfg.per_gpu_train_batch_size * cfg.gradient_accumulation_steps * world_size
         check(cfg.ds_cfg.train_batch_size == expected, "ds_cfg.train_batch_size",
               f"must equal per_gpu_train_batch_size × gradient_accumulation_steps × world size = {expected}, or be removed")
+    model_cfg = cfg.model
+    check(model_cfg.attn_implementation in ("eager", "sdpa", "flash_attention_2"), "model.attn_implementation",
+          "use eager, sdpa or flash_attention_2")
+    check(model_cfg.attn_implementation != "flash_attention_2" or importlib.util.find_spec("flash_attn"),
+          "model.attn_implementation",
+          "flash_attn is not installed (pip install flash-attn on a CUDA machine) or use sdpa")
+    check(not model_cfg.get("load_in_4bit") or (torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes")),
+          "model.load_in_4bit", "QLoRA (4-bit bitsandbytes weights) needs a CUDA GPU and bitsandbytes; "
+          "on CPU train LoRA alone (model.load_in_4bit=false)")
+    check(not model_cfg.get("load_in_4bit") or model_cfg.get("use_peft"), "model.load_in_4bit",
+          "4-bit weights cannot be trained: set model.use_peft=true")
+    check(not model_cfg.get("save_merged") or model_cfg.get("use_peft"), "model.save_merged",
+          "only a LoRA run (model.use_peft=true) has an adapter to merge")
+    check(not (model_cfg.get("save_merged") and model_cfg.get("load_in_4bit")), "model.save_merged",
+          "a 4-bit base cannot be merged exactly: merge afterwards with python -m models.merge_lora <base> <adapter> <out>")
+    check(model_cfg.get("freeze_strategy", "none") in FREEZE_STRATEGIES, "model.freeze_strategy",
+          f"use one of {', '.join(FREEZE_STRATEGIES)}")
+    check(model_cfg.get("freeze_strategy", "none") == "none" or not model_cfg.get("use_peft"), "model.freeze_strategy",
+          "LoRA already freezes the base model: use either model.use_peft or an embeddings-only stage")
+    problems.extend(packing_problems(cfg))
+    for key in ("tokenizer.extra_tokens_file", "tokenizer.merge_tokenizer"):
+        path = OmegaConf.select(cfg, key)
+        check(path is None or resolve_path(path).exists(), key, "no such file or folder")
     model_dir = resolve_path(cfg.model_name_or_path)
     check((model_dir / "config.json").is_file(), "model_name_or_path",
           "not a local model folder with a config.json (nothing is downloaded)")
@@ -84,6 +109,23 @@ def validate(cfg: DictConfig, world_size: int) -> None:
                 problems.append(f"train_file={cfg.train_file!r}: {e.reason}")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def packing_problems(cfg: DictConfig) -> list[str]:
+    """A packed dataset needs the PackedCollator (the padding collator would let packed samples attend to
+    each other), and that collator must build the attention inputs of the model's attention implementation."""
+    packing = OmegaConf.select(cfg, "train_dataset.packing", default=False)
+    collator = OmegaConf.select(cfg, "collator._target_", default=None)
+    packed_collator = collator == "data.collators.PackedCollator"
+    if packing and not packed_collator:
+        return [f"collator._target_={collator!r}: train_dataset.packing=true needs "
+                "collator._target_=data.collators.PackedCollator (attention isolated per packed sample)"]
+    if packed_collator:
+        attention = OmegaConf.select(cfg, "collator.attn_implementation", default="sdpa")
+        if attention != cfg.model.attn_implementation:
+            return [f"collator.attn_implementation={attention!r}: must be the model's ({cfg.model.attn_implementation!r}); "
+                    "set it to ${model.attn_implementation}"]
+    return []
 
 
 def optimizer_steps(num_samples: int, cfg: DictConfig, world_size: int) -> tuple[int, int]:

@@ -5,6 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.paths import resolve_path
+from models.lora import adapter_tokenizer, apply_lora, is_adapter_dir, load_adapter_model
+from models.vocab import apply_freeze_strategy, extend_vocabulary, resize_with_mean_rows
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -18,37 +20,64 @@ def local_model_dir(name_or_path: str) -> Path:
     return path
 
 
-def load_tokenizer(name_or_path: str, pad_token: str | None = None, trust_remote_code: bool = False):
-    """The tokenizer, with a pad token: an existing token reused, or a new one added (the model's
-    embeddings are then resized by `load_causal_lm`)."""
+def load_tokenizer(name_or_path: str, pad_token: str | None = None, trust_remote_code: bool = False,
+                   extra_tokens_file: str | None = None, merge_tokenizer: str | None = None):
+    """The tokenizer, with a pad token (an existing token reused, or a new one added) and the optional
+    vocabulary extension; `load_causal_lm` grows the model's embeddings to match."""
     tokenizer = AutoTokenizer.from_pretrained(local_model_dir(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None and pad_token:
         if pad_token in tokenizer.get_vocab():
             tokenizer.pad_token = pad_token
         else:
             tokenizer.add_special_tokens({"pad_token": pad_token})
+    if extra_tokens_file or merge_tokenizer:
+        extend_vocabulary(tokenizer, extra_tokens_file, merge_tokenizer)
     return tokenizer
 
 
-def resize_embeddings(model, new_size: int) -> None:
-    """Grow embed_tokens / lm_head to `new_size` rows; new rows start at the mean of the old ones."""
-    old_size = model.get_input_embeddings().weight.shape[0]
-    if new_size <= old_size:
-        return
-    model.resize_token_embeddings(new_size, mean_resizing=True)
+def quantization_config(dtype: torch.dtype):
+    """QLoRA's 4-bit NF4 weights with double quantisation, computing in the training dtype."""
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
 
 
 def load_causal_lm(name_or_path: str, torch_dtype: str = "fp32", attn_implementation: str = "sdpa",
-                   gradient_checkpointing: bool = False, trust_remote_code: bool = False, tokenizer=None):
+                   gradient_checkpointing: bool = False, trust_remote_code: bool = False, tokenizer=None,
+                   use_peft: bool = False, lora_config: dict | None = None, load_in_4bit: bool = False,
+                   save_merged: bool = False, freeze_strategy: str = "none", train_norms: bool = False):
+    """The model for training (or evaluation). `name_or_path` may also be an adapter folder written by a LoRA
+    run: its base model is loaded with the adapter on top. The keyword arguments are the `model:` keys
+    documented in conf/model/llama.yaml."""
     if torch_dtype not in DTYPES:
         raise ValueError(f"model.torch_dtype={torch_dtype!r}: use one of {sorted(DTYPES)}")
-    model = AutoModelForCausalLM.from_pretrained(local_model_dir(name_or_path), dtype=DTYPES[torch_dtype],
-                                                 attn_implementation=attn_implementation,
-                                                 trust_remote_code=trust_remote_code)
+    dtype = DTYPES[torch_dtype]
+    if is_adapter_dir(resolve_path(name_or_path)):
+        return load_adapter_model(resolve_path(name_or_path), dtype, tokenizer, is_trainable=use_peft)
+    model = AutoModelForCausalLM.from_pretrained(
+        local_model_dir(name_or_path), dtype=dtype, attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code, quantization_config=quantization_config(dtype) if load_in_4bit else None)
     if tokenizer is not None:
-        resize_embeddings(model, len(tokenizer))
-        model.config.pad_token_id = tokenizer.pad_token_id
+        resize_with_mean_rows(model, len(tokenizer))
+        model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = False  # no KV cache in training
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if use_peft:
+        model = apply_lora(model, lora_config, gradient_checkpointing, quantized=load_in_4bit)
+        model.save_merged = save_merged  # read by general_util.checkpoint.save_hf_weights
+    apply_freeze_strategy(model, freeze_strategy, train_norms)
     return model
+
+
+def load_for_inference(path: str, dtype: str = "fp32"):
+    """(model, tokenizer) in eval mode from a full or merged Hugging Face folder or a LoRA adapter folder
+    (base model from its adapter_config.json); the tokenizer saved next to the weights wins over the base's."""
+    folder = resolve_path(path)
+    if is_adapter_dir(folder):
+        tokenizer = adapter_tokenizer(folder)
+        model = load_adapter_model(folder, DTYPES[dtype], tokenizer)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(local_model_dir(path))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
+    return model.eval(), tokenizer

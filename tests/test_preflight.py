@@ -13,6 +13,14 @@ BAD_CONFIGS = {
     "eval_steps not set": (["evaluate_during_training=true", "eval_steps=0"], "eval_steps=0"),
     "missing model": (["model_name_or_path=/nonexistent/model"], "model_name_or_path='/nonexistent/model'"),
     "unknown precision": (["precision=fp8"], "precision='fp8'"),
+    "packing with the padding collator": (["train_dataset.packing=true"],
+                                          "train_dataset.packing=true needs collator._target_=data.collators.PackedCollator"),
+    "packed collator for another attention": (["collator._target_=data.collators.PackedCollator",
+                                               "+collator.attn_implementation=eager"],
+                                              "collator.attn_implementation='eager': must be the model's ('sdpa')"),
+    "embeddings-only stage with LoRA": (["model.use_peft=true", "model.freeze_strategy=embeddings_only"],
+                                        "model.freeze_strategy='embeddings_only': LoRA already freezes"),
+    "save_merged without LoRA": (["model.save_merged=true"], "model.save_merged=True: only a LoRA run"),
 }
 
 
