@@ -3,11 +3,14 @@ passes a dry run on the tiny model with bundled samples in place of its corpora.
 
 A config whose data paths exist only on a cluster needs an entry in OVERRIDES naming bundled samples
 (and max_steps, as a few samples give no complete step at a cluster's batch size)."""
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 
-from tests.trainer_runs import REPO, run_trainer
+from tests.trainer_runs import REPO, child_env
 
 CONFIGS = sorted(path.relative_to(REPO) for folder in ("conf/demo", "conf/llama")
                  for path in (REPO / folder).rglob("*.yaml"))
@@ -39,13 +42,27 @@ def test_config_header_and_length(config):
     assert len(lines) <= 60
 
 
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory) -> dict:
+    """Every config's dry run, all in one child process (tests/dry_runs.py; the command line itself is
+    covered by test_preflight)."""
+    root = tmp_path_factory.mktemp("dry_runs")
+    runs = [[str(config.parent), config.stem,
+             ["model_name_or_path=models/tiny_llama", f"output_dir={root / str(config).replace('/', '_')}",
+              f"data.cache_dir={root / 'cache'}", *OVERRIDES.get(config.stem, [])]] for config in CONFIGS]
+    (root / "runs.json").write_text(json.dumps(runs), encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "tests.dry_runs", str(root / "runs.json")], cwd=REPO,
+                            env=child_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_config_dry_runs(tmp_path, config):
-    overrides = ["dry_run=true", "model_name_or_path=models/tiny_llama", f"data.cache_dir={tmp_path / 'cache'}",
-                 *OVERRIDES.get(config.stem, [])]
-    result = run_trainer(tmp_path / "out", overrides, config=(str(config.parent), config.stem))
-    assert "parameters: 231,744" in result.stdout  # the dry run got to the end
-    assert "optimizer steps:" in result.stdout or "evaluation only:" in result.stdout
+def test_config_dry_runs(dry_runs, config):
+    run = dry_runs[f"{config.parent}/{config.stem}"]
+    assert run["error"] is None, run["error"]
+    assert "parameters: 231,744" in run["stdout"]  # the dry run got to the end
+    assert "optimizer steps:" in run["stdout"] or "evaluation only:" in run["stdout"]
     for expected in EXPECTED.get(config.stem, []):
-        assert expected in result.stdout, expected
+        assert expected in run["stdout"], expected
