@@ -8,6 +8,7 @@ repetition (shared CPUs are noisy: only ratios measured side by side count).
     python bench/train_throughput.py --quick     # tiny and short: checks the comparison code (CI)
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -173,7 +174,8 @@ def main() -> None:
     sizes = ["quick"] if args.quick else args.sizes.split(",")
     repeats, warmup, steps = (1, 2, 4) if args.quick else (args.repeats, args.warmup, args.steps)
     results = {"sizes": {}, "repeats": repeats, "warmup_steps": warmup, "measured_steps": steps}
-    with tempfile.TemporaryDirectory() as tmp:
+    # stdout carries the report alone: library messages (DeepSpeed logs to stdout) go to stderr
+    with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             model_dir = build_model_dir(size, Path(tmp) / f"model-{size}")
             runs = []
@@ -188,7 +190,7 @@ def main() -> None:
                 "ours_over_hf_trainer": statistics.median(r["ours"] / r["hf_trainer"] for r in runs),
                 "runs": runs}
     print(json.dumps(results, indent=2))
-    print(f"\n| size | ours tok/s | bare tok/s | HF Trainer tok/s | ours/bare | ours/Trainer |\n|---|---|---|---|---|---|")
+    print("\n| size | ours tok/s | bare tok/s | HF Trainer tok/s | ours/bare | ours/Trainer |\n|---|---|---|---|---|---|")
     for size, r in results["sizes"].items():
         t = r["tokens_per_second"]
         print(f"| {size} ({r['model']}, {r['batch']}×{r['seq']}) | {t['ours']:.0f} | {t['bare']:.0f} | "

@@ -4,14 +4,26 @@ Tokenization (lm-eval `HFLM._encode_pair`): whitespace at the end of the context
 the continuation; context + continuation is encoded whole, and the context alone; the continuation's
 tokens are the whole encoding beyond the context's length (so a token merged across the boundary counts
 as the continuation's, as the whole text tokenizes). With `add_bos` the BOS token is put before the
-context (LLaMA saw it in training; lm-eval's `add_bos_token=True`).
+context (LLaMA saw it in training; lm-eval's `add_bos_token=True`). The options of one item share their
+context: it is encoded once (`encode_options`).
 
-Scoring (lm-eval `_loglikelihood_tokens`): the model reads (context + continuation)[:-1], cut from the
-left to `max_length` tokens, and the log-probs of the continuation's tokens, at the positions that
-predict them, are summed. Rows are right-padded and masked. A request whose input is a prefix of another
-request's input in the same batch takes its log-probs from that row (a causal model's logits at a
-position depend only on the tokens before it), so the options of an item share a row where they can —
-single-token letters " A".." D" (MMLU style) then cost one row per item.
+Scoring (lm-eval `_loglikelihood_tokens`): the log-probs of the continuation's tokens, each read at the
+position that predicts it, are summed — the model reading (context + continuation)[:-1], cut from the left
+to `max_length` tokens. Two row layouts compute exactly that:
+
+- shared context (attention `sdpa` or `eager`): the requests with the same context share one row, the
+  context once, then each continuation but its last token as a branch; a 4D mask lets each branch see the
+  context and itself only, and its position ids continue from the context's end. An item's four options
+  then cost one context instead of four. A row holds at most `max_length` tokens (more branches open a
+  new row); a request cut from the left gets a row of its own.
+- flat (other attention implementations, which take no custom mask): a row per request, except that a
+  request whose input is a prefix of another's takes its log-probs from that row (a causal model's logits
+  at a position depend only on the tokens before it), so single-token letters " A".." D" share a row.
+
+Rows are right-padded; without branches no mask is passed (as lm-eval): real positions never see the
+padding after them, and SDPA keeps its causal kernel. Logits are computed only at the scored positions
+(`logits_to_keep`, a boolean [rows, width] mask): the vocabulary projection and the float64 log-softmax
+skip the context.
 
 Choice: `acc` takes the option with the largest sum; `acc_norm` the largest sum per character of the
 answer (lm-eval's `acc_norm`).
@@ -28,64 +40,122 @@ class Request:
 
 
 def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool = True) -> Request:
+    return encode_options(tokenizer, context, [continuation], add_bos)[0]
+
+
+def encode_options(tokenizer, context: str, continuations: list[str], add_bos: bool = True) -> list[Request]:
+    """One request per continuation after the same context (the context is encoded once)."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        context, continuations = context[:-spaces], [context[-spaces:] + c for c in continuations]
+    context_ids, *wholes = tokenizer([context] + [context + c for c in continuations],
+                                     add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
-    request = Request(bos + context_ids, whole[len(context_ids):])
-    if not request.context or not request.continuation:
-        raise ValueError(f"cannot score continuation {continuation!r} after context {context[-40:]!r}: "
-                         f"{'the context' if not request.context else 'the continuation'} has no tokens"
-                         f"{' (set add_bos=true)' if not request.context else ''}")
-    return request
+    requests = [Request(bos + context_ids, whole[len(context_ids):]) for whole in wholes]
+    for request, continuation in zip(requests, continuations):
+        if not request.context or not request.continuation:
+            raise ValueError(f"cannot score continuation {continuation!r} after context {context[-40:]!r}: "
+                             f"{'the context' if not request.context else 'the continuation'} has no tokens"
+                             f"{' (set add_bos=true)' if not request.context else ''}")
+    return requests
+
+
+SHARED_CONTEXT_ATTENTION = ("sdpa", "eager")  # attention implementations that apply a custom 4D mask
 
 
 @dataclass
 class PackedBatch:
     input_ids: torch.Tensor         # [rows, width], right-padded
-    attention_mask: torch.Tensor
-    targets: list[tuple[int, int, list[int]]]  # per request: row, position predicting its first token, its tokens
+    position_ids: torch.Tensor      # [rows, width]: a branch continues from its context's end
+    segments: torch.Tensor          # [rows, width]: 0 context, k ≥ 1 the row's k-th branch, -1 padding
+    logits_to_keep: torch.Tensor    # [rows, width] bool: the positions whose logits are scored
+    targets: list[tuple[int, list[int], list[int]]]  # per request: row, positions predicting its tokens, tokens
     truncated: list[bool]           # per request: context cut from the left to fit max_length
 
+    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive [rows, 1, width, width] mask (None without branches: plain causal attention). A token sees
+        the earlier tokens of the context and of its own branch; padding sees itself (no NaN rows)."""
+        if not bool((self.segments > 0).any()):
+            return None
+        query, key = self.segments[:, :, None], self.segments[:, None, :]
+        width = self.segments.shape[1]
+        seen = torch.ones(width, width, dtype=torch.bool).tril() & (key >= 0) & ((key == 0) | (key == query))
+        seen |= torch.eye(width, dtype=torch.bool)
+        return torch.zeros(seen.shape, dtype=dtype).masked_fill_(~seen, torch.finfo(dtype).min)[:, None]
 
-def pack(requests: list[Request], max_length: int) -> PackedBatch:
+
+def pack(requests: list[Request], max_length: int, shared_context: bool = True) -> PackedBatch:
     for request in requests:
         if len(request.continuation) > max_length:
             raise ValueError(f"a continuation of {len(request.continuation)} tokens exceeds max_seq_length={max_length}")
-    inputs = [(r.context + r.continuation)[-(max_length + 1):][:-1] for r in requests]
-    rows: list[list[int]] = []
-    row_of = [0] * len(requests)
-    for i in sorted(range(len(requests)), key=lambda i: -len(inputs[i])):
-        row_of[i] = next((r for r, row in enumerate(rows) if row[:len(inputs[i])] == inputs[i]), len(rows))
-        if row_of[i] == len(rows):
-            rows.append(inputs[i])
-    width = max(len(row) for row in rows)
-    input_ids = torch.zeros((len(rows), width), dtype=torch.long)  # padding: any id, masked out
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        input_ids[r, :len(row)] = torch.tensor(row)
-        attention_mask[r, :len(row)] = 1
-    targets = [(row_of[i], len(inputs[i]) - len(r.continuation), r.continuation) for i, r in enumerate(requests)]
     truncated = [len(r.context) + len(r.continuation) > max_length + 1 for r in requests]
-    return PackedBatch(input_ids, attention_mask, targets, truncated)
+    rows: list[tuple[list[int], list[list[int]]]] = []  # (context or whole input, branches)
+    placed: list[tuple[int, list[int]]] = [(0, [])] * len(requests)  # per request: row, predicting positions
+    open_row: dict[tuple[int, ...], int] = {}  # shared context: the row still taking branches of a context
+    flat = [i for i in range(len(requests)) if not shared_context or truncated[i]]
+    for i in sorted(flat, key=lambda i: -len(requests[i].context) - len(requests[i].continuation)):
+        r = requests[i]
+        row = (r.context + r.continuation)[-(max_length + 1):][:-1]
+        at = next((k for k, (other, branches) in enumerate(rows) if not branches and other[:len(row)] == row), len(rows))
+        if at == len(rows):
+            rows.append((row, []))
+        placed[i] = (at, list(range(len(row) - len(r.continuation), len(row))))
+    for i in sorted(set(range(len(requests))) - set(flat)):
+        r, branch = requests[i], requests[i].continuation[:-1]
+        at = open_row.get(tuple(r.context))
+        if at is None or len(rows[at][0]) + sum(map(len, rows[at][1])) + len(branch) > max_length:
+            at = open_row[tuple(r.context)] = len(rows)
+            rows.append((r.context, []))
+        context, branches = rows[at]
+        start = len(context) + sum(map(len, branches))
+        branches.append(branch)
+        placed[i] = (at, [len(context) - 1] + list(range(start, start + len(branch))))
+    width = max(len(context) + sum(map(len, branches)) for context, branches in rows)
+    input_ids = torch.zeros((len(rows), width), dtype=torch.long)  # padding: any id, never attended to
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), -1, dtype=torch.long)
+    for k, (context, branches) in enumerate(rows):
+        ids, positions, segment = list(context), list(range(len(context))), [0] * len(context)
+        for b, branch in enumerate(branches, 1):
+            ids += branch
+            positions += range(len(context), len(context) + len(branch))
+            segment += [b] * len(branch)
+        input_ids[k, :len(ids)], position_ids[k, :len(ids)] = torch.tensor(ids), torch.tensor(positions)
+        segments[k, :len(ids)] = torch.tensor(segment)
+    keep = torch.zeros((len(rows), width), dtype=torch.bool)
+    targets = [(row, positions, r.continuation) for (row, positions), r in zip(placed, requests)]
+    for row, positions, _ in targets:
+        keep[row, positions] = True
+    return PackedBatch(input_ids, position_ids, segments, keep, targets, truncated)
 
 
 def continuation_logprobs(logits: torch.Tensor, batch: PackedBatch) -> list[float]:
-    """Summed log-prob of each request's continuation (log-softmax in float64, only at the positions needed)."""
-    sums = []
-    for row, start, tokens in batch.targets:
-        log_probs = logits[row, start:start + len(tokens)].double().log_softmax(dim=-1)
-        sums.append(log_probs.gather(-1, torch.tensor(tokens, device=logits.device).unsqueeze(-1)).sum())
-    return torch.stack(sums).tolist()  # one device-to-host copy per batch
+    """Summed log-prob of each request's continuation. `logits`: [kept positions, vocab], the rows of
+    `batch.logits_to_keep`'s True positions in row-major order (log-softmax in float64)."""
+    log_probs = logits.double().log_softmax(dim=-1)
+    width = batch.logits_to_keep.shape[1]
+    flat = (batch.logits_to_keep.flatten().cumsum(0) - 1).tolist()  # (row, position) → index in `logits`
+    index, tokens, owner = [], [], []
+    for i, (row, positions, continuation) in enumerate(batch.targets):
+        index += [flat[row * width + p] for p in positions]
+        tokens += continuation
+        owner += [i] * len(continuation)
+    picked = log_probs[torch.tensor(index, device=logits.device), torch.tensor(tokens, device=logits.device)]
+    sums = torch.zeros(len(batch.targets), dtype=picked.dtype, device=logits.device)
+    return sums.index_add_(0, torch.tensor(owner, device=logits.device), picked).tolist()  # one copy to host
 
 
 @torch.no_grad()
 def score_requests(model, requests: list[Request], max_length: int, device: torch.device) -> tuple[list[float], list[bool]]:
-    """One forward call over all `requests`: their summed continuation log-probs and truncation flags."""
-    batch = pack(requests, max_length)
-    logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+    """One forward call over all `requests`: their summed continuation log-probs and truncation flags.
+    `model`: a transformers causal LM, or a wrapper of one (DeepSpeed engine: `.module`; peft)."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    batch = pack(requests, max_length, getattr(config, "_attn_implementation", None) in SHARED_CONTEXT_ATTENTION)
+    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "logits_to_keep": batch.logits_to_keep}
+    mask = batch.attention_mask(next(model.parameters()).dtype)
+    if mask is not None:
+        inputs["attention_mask"] = mask
+    logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
     return continuation_logprobs(logits, batch), batch.truncated
 
 

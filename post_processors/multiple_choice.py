@@ -14,7 +14,7 @@ import torch
 
 from general_util.dist import all_reduce, current, gather_objects, shard_range
 from modules.generation import DEFAULT_GENERATION, generate_continuations
-from modules.scoring import choose, encode_pair, score_requests
+from modules.scoring import choose, encode_options, score_requests
 from post_processors.answer_extraction import extract_choice
 from post_processors.gathering import merge_by_index
 from post_processors.mc_metrics import multiple_choice_metrics
@@ -74,7 +74,7 @@ class MultipleChoiceEvaluator:
     # ---- scoring ------------------------------------------------------------------------------------
     def _loglikelihood(self, model, tokenizer, share: list[int], device) -> list[dict]:
         def encode(i: int) -> list:
-            return [encode_pair(tokenizer, self.prompts[i], c, self.add_bos) for c in self.prompt.continuations(self.items[i])]
+            return encode_options(tokenizer, self.prompts[i], self.prompt.continuations(self.items[i]), self.add_bos)
 
         requests = {i: encode(i) for i in share}
         # longest first: batches of similar length pad little (as lm-eval sorts)

@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.benchmarks import LogiQAReader, MMLUReader, MultipleChoicePrompt
-from modules.scoring import choose, encode_pair, pack, score_requests
+from modules import scoring
+from modules.scoring import choose, encode_options, encode_pair, pack, score_requests
 from post_processors.mc_metrics import multiple_choice_metrics
 from post_processors.multiple_choice import MultipleChoiceEvaluator
 
@@ -92,6 +93,26 @@ def test_options_sharing_a_prefix_share_a_row(model, tokenizer):
     sums, _ = score_requests(model, requests, 1024, torch.device("cpu"))
     for letter, score in zip("ABCD", sums):
         assert score == pytest.approx(direct_loglikelihood(model, tokenizer, context, f" {letter}"), abs=1e-5)
+
+
+def test_options_share_their_context_row_in_every_layout(model, tokenizer, monkeypatch):
+    contexts = ["Question: who is the shortest?\nAnswer:", "答案：", "hello"]
+    options = [" Bob", " It cannot be determined", " 北京", " A"]
+    requests = [r for c in contexts for r in encode_options(tokenizer, c, options)]
+    assert requests == [encode_pair(tokenizer, c, x) for c in contexts for x in options]
+    assert pack(requests, 1024).input_ids.shape[0] == len(contexts)  # one row per context, options as branches
+    direct = [direct_loglikelihood(model, tokenizer, c, x) for c in contexts for x in options]
+    eager = AutoModelForCausalLM.from_pretrained(TINY, attn_implementation="eager").eval()  # additive mask path
+    for scorer in (model, eager):
+        assert score_requests(scorer, requests, 1024, torch.device("cpu"))[0] == pytest.approx(direct, abs=1e-5)
+    # a short max_length: branches overflow into more rows of the same context, long requests are cut (own rows)
+    tight = max(len(r.context) for r in requests) + 4
+    assert pack(requests, tight).input_ids.shape[0] > len(contexts)
+    shared, cut = score_requests(model, requests, tight, torch.device("cpu"))
+    monkeypatch.setattr(scoring, "SHARED_CONTEXT_ATTENTION", ())  # e.g. flash attention: flat rows, no mask
+    assert pack(requests, tight, shared_context=False).segments.max() == 0
+    flat, flat_cut = score_requests(model, requests, tight, torch.device("cpu"))
+    assert any(cut) and cut == flat_cut and shared == pytest.approx(flat, abs=1e-5)
 
 
 def test_long_inputs_are_cut_from_the_left(model, tokenizer):
