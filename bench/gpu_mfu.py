@@ -2,6 +2,7 @@
 ZeRO-1 on one GPU, with gradient checkpointing off and on. Runs in well under 5 minutes on an H100.
 
     python bench/gpu_mfu.py [--attn sdpa|flash_attention_2] [--steps 20]
+    python bench/gpu_mfu.py --quick --peak-flops 1e12   # a tiny LLaMA, fp32 on CPU: checks the measuring code (CI)
 
 MFU = tokens/s × model FLOPs per token (6 × parameters + attention, modules/flops.py) / the GPU's
 dense bf16 peak (table in modules/flops.py, or --peak-flops).
@@ -14,6 +15,7 @@ Keep the CUDA build of torch that the machine has (install the rest with `--no-d
 replace it).
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -25,20 +27,41 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ONE_B = {"hidden_size": 2048, "num_layers": 16, "num_heads": 16, "intermediate_size": 5632}
-SEQ, BATCH, VOCAB = 2048, 4, 32000
+SIZES = {  # name: (model shape, sequence length, batch, vocabulary)
+    "1b": ({"hidden_size": 2048, "num_layers": 16, "num_heads": 16, "intermediate_size": 5632}, 2048, 4, 32000),
+    "quick": ({"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}, 128, 4, 1024),
+}
 
 
-def build_model_dir(directory: Path) -> Path:
+def build_model_dir(directory: Path, size: str) -> Path:
     from transformers import AutoTokenizer
     from models.tiny import build_model
-    model = build_model(vocab_size=VOCAB, max_position_embeddings=SEQ, **ONE_B)
+    shape, seq, _, vocab = SIZES[size]
+    model = build_model(vocab_size=vocab, max_position_embeddings=seq, **shape)
     model.save_pretrained(directory)
     AutoTokenizer.from_pretrained(REPO / "models" / "tiny_llama").save_pretrained(directory)
     return directory
 
 
-def run_worker(model_dir: Path, attn: str, checkpointing: bool, warmup: int, steps: int, peak: float | None) -> dict:
+def peak_memory_gib() -> float:
+    """CUDA: the allocator's peak; CPU: the process's resident-set high-water mark."""
+    import resource
+
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def device_name() -> str:
+    import platform
+
+    import torch
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'unknown'})"
+
+
+def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, warmup: int, steps: int,
+               peak: float | None) -> dict:
     import torch
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -46,8 +69,10 @@ def run_worker(model_dir: Path, attn: str, checkpointing: bool, warmup: int, ste
     from bench.train_throughput import RandomTokens
     from general_util.dist import init_distributed
     from modules.flops import device_peak_flops, training_flops_per_token
-    overrides = [f"model_name_or_path={model_dir}", f"output_dir={model_dir.parent / 'out'}", "precision=bf16",
-                 "do_eval=false", "evaluate_during_training=false", f"per_gpu_train_batch_size={BATCH}",
+    shape, seq, batch, vocab = SIZES[size]
+    precision = "bf16" if torch.cuda.is_available() else "fp32"
+    overrides = [f"model_name_or_path={model_dir}", f"output_dir={model_dir.parent / 'out'}", f"precision={precision}",
+                 "do_eval=false", "evaluate_during_training=false", f"per_gpu_train_batch_size={batch}",
                  f"max_steps={warmup + steps}", f"logging_steps={warmup}", "save_steps=-1", "torch_adam=true",
                  f"model.attn_implementation={attn}", f"model.gradient_checkpointing={str(checkpointing).lower()}",
                  "collator.pad_to_multiple_of=1"]
@@ -55,19 +80,20 @@ def run_worker(model_dir: Path, attn: str, checkpointing: bool, warmup: int, ste
         cfg = compose("sft", overrides=overrides)
     ctx = init_distributed()
     tokenizer = instantiate(cfg.tokenizer)
-    trainer = trainer_module.Trainer(cfg, ctx, tokenizer, RandomTokens(BATCH * (warmup + steps), SEQ, vocab=VOCAB), {})
+    trainer = trainer_module.Trainer(cfg, ctx, tokenizer, RandomTokens(batch * (warmup + steps), seq, vocab=vocab), {})
     trainer.setup(trainer_module.build_model(cfg, tokenizer, trainer.ds_config))
     trainer.save = lambda: None  # the benchmark measures training steps only
     log_times = {}
     record = trainer.metrics.scalars
     trainer.metrics.scalars = lambda values, step: (log_times.setdefault(step, time.perf_counter()), record(values, step))
     trainer.train()
-    tokens_per_second = BATCH * SEQ * steps / (log_times[warmup + steps] - log_times[warmup])
-    flops_per_token = training_flops_per_token(trainer.num_params, ONE_B["num_layers"], ONE_B["hidden_size"], SEQ)
+    tokens_per_second = batch * seq * steps / (log_times[warmup + steps] - log_times[warmup])
+    flops_per_token = training_flops_per_token(trainer.num_params, shape["num_layers"], shape["hidden_size"], seq)
     peak = device_peak_flops(peak)
-    return {"attn": attn, "gradient_checkpointing": checkpointing, "parameters": trainer.num_params,
-            "tokens_per_second": tokens_per_second, "mfu": tokens_per_second * flops_per_token / peak if peak else None,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "gpu": torch.cuda.get_device_name()}
+    return {"size": size, "precision": precision, "attn": attn, "gradient_checkpointing": checkpointing,
+            "parameters": trainer.num_params, "tokens_per_second": tokens_per_second,
+            "mfu": tokens_per_second * flops_per_token / peak if peak else None,
+            "peak_memory_gib": peak_memory_gib(), "gpu": device_name()}
 
 
 def main() -> None:
@@ -76,19 +102,28 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--peak-flops", type=float, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny model, few steps (runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    size = "quick" if args.quick else "1b"
+    if args.quick:
+        args.warmup, args.steps = 2, 4
+    if args.steps % args.warmup:
+        raise SystemExit("--steps must be a multiple of --warmup (the trainer logs, hence times, every --warmup steps)")
     if args.worker:
-        result = run_worker(Path(args.worker), args.attn, args.checkpointing, args.warmup, args.steps, args.peak_flops)
+        result = run_worker(Path(args.worker), size, args.attn, args.checkpointing, args.warmup, args.steps,
+                            args.peak_flops)
         print("RESULT " + json.dumps(result))
         return
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model_dir(Path(tmp) / "model-1b")
+    # stdout carries the report alone: library messages go to stderr
+    with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_model_dir(Path(tmp) / f"model-{size}", size)
         for checkpointing in (False, True):  # one process each: a clean CUDA memory peak
             cmd = [sys.executable, __file__, "--worker", str(model_dir), "--attn", args.attn, "--warmup",
-                   str(args.warmup), "--steps", str(args.steps)] + (["--checkpointing"] if checkpointing else [])
+                   str(args.warmup), "--steps", str(args.steps)] + (["--checkpointing"] if checkpointing else []) \
+                + (["--quick"] if args.quick else [])
             if args.peak_flops:
                 cmd += ["--peak-flops", str(args.peak_flops)]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -1,5 +1,5 @@
-"""Lists of dataset rows → padded tensors. Padding positions get label -100 and attention 0; which token
-id pads is irrelevant to the loss.
+"""Lists of dataset rows → padded tensors. Padding positions get label -100 and are never attended to by a
+real token; which token id pads is irrelevant to the loss.
 
 The batch contract the trainer relies on: model inputs (`input_ids`, optional `attention_mask`,
 `position_ids`, ...) plus metadata it never feeds the model: `labels`, `index` (dataset indices),
@@ -41,7 +41,10 @@ def _padded(rows: list[dict], pad_token_id: int, pad_to_multiple_of: int) -> dic
 
 
 class PaddingCollator:
-    """One sample per row, padded on the right, with a 2-D attention mask."""
+    """One sample per row, padded on the right, and no attention mask: under causal attention a real
+    token only attends to the positions before it, which are all real, and padding positions carry no
+    label, so a mask would change nothing that is trained or scored; without one, SDPA keeps its fast
+    causal kernel (the masked path cost ~12% per step on the small model of bench/train_throughput.py)."""
 
     def __init__(self, tokenizer, pad_to_multiple_of: int = 1):
         self.pad_token_id = _pad_token_id(tokenizer)
@@ -52,10 +55,8 @@ class PaddingCollator:
             raise ValueError("the dataset packs several samples per row (packing: true); use "
                              "collator._target_=data.collators.PackedCollator")
         batch = _padded(rows, self.pad_token_id, self.pad_to_multiple_of)
-        lengths = torch.tensor([len(row["input_ids"]) for row in rows])
-        attention_mask = (torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
-        return {**batch, "attention_mask": attention_mask, "num_tokens": lengths.sum(),
-                "num_samples": torch.tensor(len(rows))}
+        num_tokens = torch.tensor(sum(len(row["input_ids"]) for row in rows))
+        return {**batch, "num_tokens": num_tokens, "num_samples": torch.tensor(len(rows))}
 
 
 class PackedCollator:

@@ -8,9 +8,10 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed next-token cross entropy over positions whose label is not -100 (fp32 accumulation).
     The caller divides by the number of label tokens of the whole global batch, so the loss does not
     depend on how the batch is split across ranks and accumulation steps."""
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+    # Shift the labels, not the logits: slicing the logits would copy them (and their gradient) every step.
+    shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].to(logits.device)
+    logits = logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), shift_labels.reshape(-1),
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 

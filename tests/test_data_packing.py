@@ -93,7 +93,7 @@ def test_packed_losses_equal_unpacked(datasets, tokenizer, attn_implementation):
         rows = [unpacked[i] for i in range(start, min(start + 8, len(unpacked)))]
         batch = padding(rows)
         with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"]).logits
         losses = sample_losses(logits, batch["labels"], [[len(r["input_ids"])] for r in rows])
         expected.update(zip((unpacked.locations(i)[0] for i in range(start, start + len(rows))), losses))
     collator = PackedCollator(tokenizer, pad_to_multiple_of=8, attn_implementation=attn_implementation)

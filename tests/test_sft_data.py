@@ -3,12 +3,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from data.collators import PaddingCollator
 from data.records import DataError
 from data.sampler import DistributedEpochSampler
 from data.sft import IGNORE_INDEX, InstructionDataset, build_example
-from models.loading import load_tokenizer
+from models.loading import load_causal_lm, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +44,24 @@ def test_dataset_masks_prompt_tokens_of_real_records(tokenizer):
     assert item["input_ids"][-len(trained):] == trained and item["input_ids"][0] == tokenizer.bos_token_id
 
 
-def test_padding_is_masked_whatever_the_pad_token(tokenizer):
-    batch = PaddingCollator(tokenizer, pad_to_multiple_of=8)([
-        {"input_ids": [1, 5, 6], "labels": [IGNORE_INDEX, 6, 2], "index": 0},
-        {"input_ids": [1, 7], "labels": [IGNORE_INDEX, 7], "index": 1}])
-    assert batch["input_ids"].shape == (2, 8)
+def test_padding_changes_nothing_whatever_the_pad_token(tokenizer):
+    """Right padding without a mask: the logits of real tokens equal the unpadded sample's, whichever id pads."""
+    rows = [{"input_ids": [1, 5, 6], "labels": [IGNORE_INDEX, 6, 2], "index": 0},
+            {"input_ids": [1, 7], "labels": [IGNORE_INDEX, 7], "index": 1}]
+    batch = PaddingCollator(tokenizer, pad_to_multiple_of=8)(rows)
+    assert batch["input_ids"].shape == (2, 8) and "attention_mask" not in batch
     assert batch["labels"][1].tolist() == [IGNORE_INDEX, 7] + [IGNORE_INDEX] * 6
-    assert batch["attention_mask"].sum(dim=1).tolist() == [3, 2]
+    assert int(batch["num_tokens"]) == 5
+    model = load_causal_lm("models/tiny_llama").eval()
+    with torch.no_grad():
+        for pad_id in (tokenizer.pad_token_id, 9):
+            input_ids = batch["input_ids"].clone()
+            for i, row in enumerate(rows):
+                input_ids[i, len(row["input_ids"]):] = pad_id
+            logits = model(input_ids=input_ids).logits
+            for i, row in enumerate(rows):
+                alone = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
+                torch.testing.assert_close(logits[i, :len(row["input_ids"])], alone, atol=1e-5, rtol=0)
 
 
 def test_bad_record_names_file_and_line(tmp_path, tokenizer):

@@ -1,0 +1,26 @@
+"""bench/gpu_mfu.py --quick: the measuring code (trainer steps timed through its logging, MFU from the model
+FLOPs and a peak) runs on a tiny model on CPU; the real figures need a lent GPU."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from modules.flops import training_flops_per_token
+from tests.trainer_runs import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_mode_reports_both_checkpointing_settings():
+    result = subprocess.run([sys.executable, "bench/gpu_mfu.py", "--quick", "--peak-flops", "1e12"], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout.index("\n|")
+    runs = json.loads(result.stdout[:table])
+    assert [r["gradient_checkpointing"] for r in runs] == [False, True]
+    for r in runs:
+        assert r["size"] == "quick" and r["tokens_per_second"] > 0 and r["peak_memory_gib"] > 0
+        flops = training_flops_per_token(r["parameters"], 2, 64, 128)
+        assert r["mfu"] == pytest.approx(r["tokens_per_second"] * flops / 1e12)
+    assert result.stdout[table:].strip().splitlines()[0].startswith("| GPU | attention |")
