@@ -34,7 +34,9 @@ def ds_config(batch: int) -> dict:
     """The DeepSpeed config all three variants share (conf/deepspeed/zero1.yaml with the same values)."""
     import torch
     return {"train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-            "steps_per_print": 10**9, "zero_optimization": {"stage": 1},
+            "steps_per_print": 10**9,
+            "zero_optimization": {"stage": 1, "contiguous_gradients": True, "overlap_comm": True,
+                                  "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8},
             "optimizer": {"type": "AdamW", "params": {"lr": LEARNING_RATE, "weight_decay": 0.0,
                                                       "torch_adam": not torch.cuda.is_available()}}}
 
