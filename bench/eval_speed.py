@@ -35,16 +35,18 @@ VARIANTS = ("one_option_per_forward", "one_item_per_forward", "batched")
 MAX_SEQ_LENGTH = 1024
 
 
-def evaluators(limit: int | None) -> dict[str, MultipleChoiceEvaluator]:
-    """Per language, the evaluators of the two evaluator variants."""
-    built = {}
-    for batch_size, variant in ((1, "one_item_per_forward"), (8, "batched")):
-        built[variant] = [MultipleChoiceEvaluator(f"logiqa_{language}", functools.partial(LogiQAReader, language=language),
-                                                  MultipleChoicePrompt(language), batch_size=batch_size,
-                                                  max_seq_length=MAX_SEQ_LENGTH, data_dir="data/samples/logiqa_v2",
-                                                  limit=limit)
-                          for language in ("zh", "en")]
-    return built
+def logiqa_evaluators(limit: int | None, batch_size: int) -> list[MultipleChoiceEvaluator]:
+    """Log-likelihood evaluators of the bundled LogiQA 2.0 dev samples, one per language (zh, en)."""
+    return [MultipleChoiceEvaluator(f"logiqa_{language}", functools.partial(LogiQAReader, language=language),
+                                    MultipleChoicePrompt(language), batch_size=batch_size, max_seq_length=MAX_SEQ_LENGTH,
+                                    data_dir=REPO / "data" / "samples" / "logiqa_v2", limit=limit)
+            for language in ("zh", "en")]
+
+
+def evaluators(limit: int | None) -> dict[str, list[MultipleChoiceEvaluator]]:
+    """Per variant, the evaluators of both languages."""
+    return {variant: logiqa_evaluators(limit, batch_size)
+            for batch_size, variant in ((1, "one_item_per_forward"), (8, "batched"))}
 
 
 def run_evaluators(runs: list[MultipleChoiceEvaluator], model, tokenizer, workdir: Path) -> list[list[float]]:

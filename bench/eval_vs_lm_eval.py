@@ -24,7 +24,6 @@ read from the hub (HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1; the task's documents
 """
 import argparse
 import contextlib
-import functools
 import importlib.util
 import json
 import os
@@ -43,22 +42,13 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from bench.eval_speed import MAX_SEQ_LENGTH, logiqa_evaluators  # noqa: E402
 from bench.tokenize_cache import machine  # noqa: E402
-from data.benchmarks import LogiQAReader, MultipleChoicePrompt  # noqa: E402
 from post_processors.multiple_choice import MultipleChoiceEvaluator  # noqa: E402
 
 MODEL = REPO / "models" / "tiny_llama"
-LANGUAGES = ("zh", "en")
-MAX_SEQ_LENGTH = 1024
 TOLERANCE = 1e-4  # on a summed log-likelihood
 GOAL = 2.0        # ours ≥ 2× lm-eval's items/s
-
-
-def our_evaluators(limit: int | None, batch_size: int) -> list[MultipleChoiceEvaluator]:
-    return [MultipleChoiceEvaluator(f"logiqa_{language}", functools.partial(LogiQAReader, language=language),
-                                    MultipleChoicePrompt(language), batch_size=batch_size, max_seq_length=MAX_SEQ_LENGTH,
-                                    data_dir=REPO / "data" / "samples" / "logiqa_v2", limit=limit)
-            for language in LANGUAGES]
 
 
 def lm_eval_tasks(evaluators: list[MultipleChoiceEvaluator]) -> dict:
@@ -142,7 +132,7 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(MODEL).eval()
         lm = HFLM(pretrained=str(MODEL), device="cpu", dtype="float32", batch_size=4 * args.batch_size,
                   max_length=MAX_SEQ_LENGTH, add_bos_token=True)  # ours puts BOS before the prompt too
-        evaluators = our_evaluators(limit, args.batch_size)
+        evaluators = logiqa_evaluators(limit, args.batch_size)
         tasks = lm_eval_tasks(evaluators)
         num_items = sum(len(e.items) for e in evaluators)
         seconds = {"ours": [], "lm_eval": []}

@@ -11,7 +11,6 @@ word cache does not flatter the throughput.
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.delta_memory import cpu_model  # noqa: E402
 
 CJK = [chr(0x4E00 + i) for i in range(0, 20000, 7)]  # about 2,900 distinct characters
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "an", "el", "is", "or", "un", "th", "st", "qu"]
@@ -70,9 +71,7 @@ def measure(corpus: Path, workdir: Path, tokenizer, num_proc: int) -> dict:
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "date": time.strftime("%Y-%m-%d")}
+    return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "date": time.strftime("%Y-%m-%d")}
 
 
 def main() -> None:
