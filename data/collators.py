@@ -12,6 +12,7 @@ import torch
 
 from data.labels import IGNORE_INDEX
 from data.packing import block_causal_mask, segment_positions
+from general_util.errors import ConfigError
 
 BATCH_METADATA = ("labels", "index", "num_tokens", "num_samples")
 MASKED_ATTENTION = ("eager", "sdpa")
@@ -24,7 +25,7 @@ def model_inputs(batch: dict, device: torch.device) -> dict:
 
 def _pad_token_id(tokenizer) -> int:
     if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token in the config")
+        raise ConfigError("the tokenizer has no pad token; set tokenizer.pad_token in the config")
     return tokenizer.pad_token_id
 
 
@@ -52,7 +53,7 @@ class PaddingCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if any(len(row.get("seq_lens", ())) > 1 for row in rows):
-            raise ValueError("the dataset packs several samples per row (packing: true); use "
+            raise ConfigError("the dataset packs several samples per row (packing: true); use "
                              "collator._target_=data.collators.PackedCollator")
         batch = _padded(rows, self.pad_token_id, self.pad_to_multiple_of)
         num_tokens = torch.tensor(sum(len(row["input_ids"]) for row in rows))
@@ -73,7 +74,7 @@ class PackedCollator:
 
     def __init__(self, tokenizer, pad_to_multiple_of: int = 1, attn_implementation: str = "sdpa"):
         if attn_implementation not in MASKED_ATTENTION and not attn_implementation.startswith("flash"):
-            raise ValueError(f"attn_implementation={attn_implementation!r}: packing supports "
+            raise ConfigError(f"attn_implementation={attn_implementation!r}: packing supports "
                              f"{', '.join(MASKED_ATTENTION)} and flash_attention_*")
         self.pad_token_id = _pad_token_id(tokenizer)
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from general_util import faults
 from general_util.dist import DistContext, barrier
+from general_util.errors import UserError
 
 logger = logging.getLogger(__name__)
 PREFIX = "checkpoint-"
@@ -25,7 +27,7 @@ BEST_RECORD = "best_checkpoint.json"
 TRAINER_STATE = "trainer_state.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be written or continued; the message is one line."""
 
 
@@ -102,6 +104,7 @@ def save_checkpoint(engine, output_dir: Path, step: int, client_state: dict, tok
     try:
         engine.save_checkpoint(str(output_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
         save_rng_state(tmp, ctx.rank)
+        faults.fire("save", step)  # test-only: LLAMA_TRAINER_FAULT=kill@save=N, a crash mid-save (general_util/faults.py)
         save_hf_weights(engine, tmp, tokenizer, config_yaml, zero_stage, ctx)
         if ctx.is_main:
             write_json_atomic(tmp / TRAINER_STATE, client_state)

@@ -5,6 +5,7 @@ reported at once in a single line naming the key, its value and the fix.
 """
 import difflib
 import importlib.util
+import inspect
 import math
 from pathlib import Path
 
@@ -14,15 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from data.paths import resolve_path
 from data.readers import expand_files
 from data.records import DataError
+from general_util.errors import ConfigError
 from models.vocab import FREEZE_STRATEGIES
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "base.yaml"
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULERS = ("WarmupDecayLR", "WarmupLR")
-
-
-class ConfigError(ValueError):
-    """An unusable configuration; the message is one line."""
 
 
 def known_top_level_keys() -> set[str]:
@@ -93,6 +91,7 @@ def validate(cfg: DictConfig, world_size: int) -> None:
     check(model_cfg.get("freeze_strategy", "none") == "none" or not model_cfg.get("use_peft"), "model.freeze_strategy",
           "LoRA already freezes the base model: use either model.use_peft or an embeddings-only stage")
     problems.extend(packing_problems(cfg))
+    problems.extend(target_key_problems(cfg))
     for key in ("tokenizer.extra_tokens_file", "tokenizer.merge_tokenizer"):
         path = OmegaConf.select(cfg, key)
         check(path is None or resolve_path(path).exists(), key, "no such file or folder")
@@ -109,6 +108,55 @@ def validate(cfg: DictConfig, world_size: int) -> None:
                 problems.append(f"train_file={cfg.train_file!r}: {e.reason}")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def accepted_parameters(target) -> set[str] | None:
+    """Keyword parameters `target` accepts (None: any). A class whose __init__ forwards `**kwargs` to its
+    base class accepts the base's parameters too."""
+    functions = [cls.__init__ for cls in target.__mro__ if "__init__" in vars(cls)] if inspect.isclass(target) else [target]
+    names: set[str] = set()
+    for function in functions:
+        if function is object.__init__:
+            return None
+        parameters = inspect.signature(function).parameters.values()
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            return names - {"self"}
+    return None
+
+
+def target_key_problems(cfg: DictConfig) -> list[str]:
+    """Every `_target_` node's keys must be parameters of its target: a typo in a nested key
+    (`+model.gradient_checkpoint=true`) is reported here, not after the dataset has been built."""
+    from hydra.utils import get_object
+    problems = []
+
+    def walk(node, key: str) -> None:
+        if isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, f"{key}[{index}]")
+            return
+        if not isinstance(node, dict):
+            return
+        target = node.get("_target_")
+        if isinstance(target, str) and "${" not in target:
+            try:
+                accepted = accepted_parameters(get_object(target))
+            except Exception as e:  # noqa: BLE001 - any import failure is the config's problem to report
+                problems.append(f"{key}._target_={target!r}: cannot be imported ({type(e).__name__}: {e})")
+                accepted = None
+            for name in sorted(set(node) - HYDRA_KEYS - (accepted if accepted is not None else set(node))):
+                close = difflib.get_close_matches(name, sorted(accepted), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; it takes {', '.join(sorted(accepted))}"
+                problems.append(f"{key}.{name}: not a parameter of {target}{hint}")
+        for name, child in node.items():
+            walk(child, f"{key}.{name}" if key else str(name))
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return problems
 
 
 def packing_problems(cfg: DictConfig) -> list[str]:

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.paths import resolve_path
+from general_util.errors import ConfigError
 from models.lora import adapter_tokenizer, apply_lora, is_adapter_dir, load_adapter_model
 from models.vocab import apply_freeze_strategy, extend_vocabulary, resize_with_mean_rows
 
@@ -15,16 +16,21 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 def local_model_dir(name_or_path: str) -> Path:
     path = resolve_path(name_or_path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model_name_or_path={name_or_path!r} is not a local model folder with a config.json "
+        raise ConfigError(f"model_name_or_path={name_or_path!r} is not a local model folder with a config.json "
                                 f"(this trainer never downloads from a hub)")
     return path
 
 
 def load_tokenizer(name_or_path: str, pad_token: str | None = None, trust_remote_code: bool = False,
-                   extra_tokens_file: str | None = None, merge_tokenizer: str | None = None):
-    """The tokenizer, with a pad token (an existing token reused, or a new one added) and the optional
-    vocabulary extension; `load_causal_lm` grows the model's embeddings to match."""
+                   extra_tokens_file: str | None = None, merge_tokenizer: str | None = None,
+                   chat_template: str | None = None):
+    """The tokenizer, with a pad token (an existing token reused, or a new one added), the optional
+    vocabulary extension (`load_causal_lm` grows the model's embeddings to match) and an optional chat
+    template (a Jinja file, or the template text) replacing the model folder's."""
     tokenizer = AutoTokenizer.from_pretrained(local_model_dir(name_or_path), trust_remote_code=trust_remote_code)
+    if chat_template:
+        path = resolve_path(chat_template)
+        tokenizer.chat_template = path.read_text(encoding="utf-8") if path.is_file() else chat_template
     if tokenizer.pad_token is None and pad_token:
         if pad_token in tokenizer.get_vocab():
             tokenizer.pad_token = pad_token
@@ -50,7 +56,7 @@ def load_causal_lm(name_or_path: str, torch_dtype: str = "fp32", attn_implementa
     run: its base model is loaded with the adapter on top. The keyword arguments are the `model:` keys
     documented in conf/model/llama.yaml."""
     if torch_dtype not in DTYPES:
-        raise ValueError(f"model.torch_dtype={torch_dtype!r}: use one of {sorted(DTYPES)}")
+        raise ConfigError(f"model.torch_dtype={torch_dtype!r}: use one of {sorted(DTYPES)}")
     dtype = DTYPES[torch_dtype]
     if is_adapter_dir(resolve_path(name_or_path)):
         return load_adapter_model(resolve_path(name_or_path), dtype, tokenizer, is_trainable=use_peft)

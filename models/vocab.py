@@ -6,6 +6,7 @@ import torch
 from transformers import AutoTokenizer
 
 from data.paths import resolve_path
+from general_util.errors import ConfigError
 
 FREEZE_STRATEGIES = ("none", "embeddings_only")
 
@@ -64,7 +65,7 @@ def apply_freeze_strategy(model, strategy: str = "none", train_norms: bool = Fal
     """`embeddings_only`: train embed_tokens and lm_head alone (plus every RMSNorm/LayerNorm weight with
     `train_norms`), the usual first stage after a vocabulary extension. `none` leaves everything as it is."""
     if strategy not in FREEZE_STRATEGIES:
-        raise ValueError(f"model.freeze_strategy={strategy!r}: use one of {', '.join(FREEZE_STRATEGIES)}")
+        raise ConfigError(f"model.freeze_strategy={strategy!r}: use one of {', '.join(FREEZE_STRATEGIES)}")
     if strategy == "none":
         return
     trainable = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None

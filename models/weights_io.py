@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from general_util.errors import UserError
+
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # output dtypes (CLI names)
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -39,7 +41,7 @@ SIZE_UNITS = {"": 1, "b": 1, "bytes": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, 
               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weight folder that cannot be read, combined or written; the message is one line."""
 
 

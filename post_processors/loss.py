@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, Subset
 
 from data.collators import model_inputs
 from general_util.dist import all_reduce, current, shard_range
+from general_util.errors import ConfigError
 from modules.loss import count_label_tokens, token_loss_sum
 
 
@@ -17,6 +18,8 @@ class LossEvaluator:
     same number of forward calls on a repeated batch whose result is discarded, as ZeRO-3 requires."""
 
     def __init__(self, dataset, collator, batch_size: int = 8):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size}: must be ≥ 1")
         self.dataset_factory, self.collator_factory = dataset, collator
         self.batch_size = batch_size
         self._dataset = None

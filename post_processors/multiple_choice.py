@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from general_util.dist import all_reduce, current, gather_objects, shard_range
+from general_util.errors import ConfigError
 from modules.generation import DEFAULT_GENERATION, generate_continuations
 from modules.scoring import choose, encode_options, score_requests
 from post_processors.answer_extraction import extract_choice
@@ -37,23 +38,23 @@ class MultipleChoiceEvaluator:
                  max_seq_length: int = 1024, generation: dict | None = None, *, data_dir: str | Path,
                  answer_trigger: str | None = None, add_bos: bool = True, limit: int | None = None):
         if scoring not in SCORINGS:
-            raise ValueError(f"evaluator {name}: scoring={scoring!r}; use one of {', '.join(SCORINGS)}")
+            raise ConfigError(f"evaluator {name}: scoring={scoring!r}; use one of {', '.join(SCORINGS)}")
         if scoring == "generate" and prompt.answer_format != "letter":
-            raise ValueError(f"evaluator {name}: scoring=generate reads an option letter; set the prompt's "
+            raise ConfigError(f"evaluator {name}: scoring=generate reads an option letter; set the prompt's "
                              f"answer_format=letter so the exemplars answer with letters too")
         self.generation = {**DEFAULT_GENERATION, **dict(generation or {})}
         if scoring == "generate" and self.generation["max_new_tokens"] >= max_seq_length:
-            raise ValueError(f"evaluator {name}: max_new_tokens={self.generation['max_new_tokens']} leaves no room "
+            raise ConfigError(f"evaluator {name}: max_new_tokens={self.generation['max_new_tokens']} leaves no room "
                              f"for the prompt in max_seq_length={max_seq_length}")
         if batch_size < 1:
-            raise ValueError(f"evaluator {name}: batch_size={batch_size}; must be ≥ 1")
+            raise ConfigError(f"evaluator {name}: batch_size={batch_size}; must be ≥ 1")
         self.name, self.prompt, self.scoring = name, prompt, scoring
         self.batch_size, self.max_seq_length = batch_size, max_seq_length
         self.answer_trigger, self.add_bos = answer_trigger, add_bos
         source = reader(data_dir=data_dir)
         self.items = source.items()[:limit]
         if not self.items:
-            raise ValueError(f"evaluator {name}: no items in {data_dir}")
+            raise ConfigError(f"evaluator {name}: no items in {data_dir}")
         self.prompts = prompt.render(self.items, source.exemplars() if prompt.num_shots else [])
 
     def __call__(self, model, tokenizer, output_dir: str | Path) -> dict[str, float]:

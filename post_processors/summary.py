@@ -6,6 +6,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from general_util.errors import ConfigError
+
 
 def write_summary(rows: list[tuple[int, dict[str, float]]], output_dir: str | Path, metric: str,
                   columns: list[str] | None = None, name: str = "eval_summary") -> dict[str, Path]:
@@ -14,7 +16,7 @@ def write_summary(rows: list[tuple[int, dict[str, float]]], output_dir: str | Pa
     rows = sorted(rows, key=lambda row: row[0])
     seen = sorted({key for _, metrics in rows for key in metrics})
     if metric not in seen:
-        raise ValueError(f"metric {metric!r} is in none of the {len(rows)} rows; they hold {seen}")
+        raise ConfigError(f"metric {metric!r} is in none of the {len(rows)} rows; they hold {seen}")
     columns = list(columns) if columns is not None else seen
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from data.benchmarks.items import (MultipleChoiceItem, check_options, check_uniq
                                    require_file)
 from data.paths import resolve_path
 from data.records import DataError
+from general_util.errors import ConfigError
 
 
 class C3Reader:
@@ -15,7 +16,7 @@ class C3Reader:
 
     def __init__(self, data_dir: str | Path, subset: str = "d", split: str = "dev", exemplar_split: str | None = None):
         if subset not in ("d", "m"):
-            raise ValueError(f"C3 subset={subset!r}: use d (dialogue) or m (mixed)")
+            raise ConfigError(f"C3 subset={subset!r}: use d (dialogue) or m (mixed)")
         self.data_dir, self.subset = resolve_path(data_dir), subset
         self.split, self.exemplar_split = split, exemplar_split
 

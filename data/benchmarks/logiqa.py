@@ -6,6 +6,7 @@ from data.benchmarks.items import MultipleChoiceItem, check_label, check_options
 from data.paths import resolve_path
 from data.readers import read_jsonl
 from data.records import DataError
+from general_util.errors import ConfigError
 
 FIELDS = ("id", "text", "question", "options", "answer")
 
@@ -16,7 +17,7 @@ class LogiQAReader:
 
     def __init__(self, data_dir: str | Path, language: str = "zh", split: str = "dev", exemplar_split: str | None = "train"):
         if language not in ("zh", "en"):
-            raise ValueError(f"LogiQA language={language!r}: use zh or en")
+            raise ConfigError(f"LogiQA language={language!r}: use zh or en")
         self.data_dir, self.language = resolve_path(data_dir), language
         self.split, self.exemplar_split = split, exemplar_split
 

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 from data.benchmarks.items import LETTERS, MultipleChoiceItem
+from general_util.errors import ConfigError
 
 TARGET_DELIMITER = " "
 SHOT_SELECTIONS = ("first", "random")
@@ -35,13 +36,13 @@ class MultipleChoicePrompt:
     def __init__(self, language: str = "zh", num_shots: int = 0, shot_selection: str = "first", seed: int = 42,
                  instruction: str | None = None, answer_format: str = "text"):
         if language not in TEMPLATES:
-            raise ValueError(f"prompt language={language!r}: use one of {sorted(TEMPLATES)}")
+            raise ConfigError(f"prompt language={language!r}: use one of {sorted(TEMPLATES)}")
         if shot_selection not in SHOT_SELECTIONS:
-            raise ValueError(f"shot_selection={shot_selection!r}: use one of {', '.join(SHOT_SELECTIONS)}")
+            raise ConfigError(f"shot_selection={shot_selection!r}: use one of {', '.join(SHOT_SELECTIONS)}")
         if answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"answer_format={answer_format!r}: use one of {', '.join(ANSWER_FORMATS)}")
+            raise ConfigError(f"answer_format={answer_format!r}: use one of {', '.join(ANSWER_FORMATS)}")
         if num_shots < 0:
-            raise ValueError(f"num_shots={num_shots}: must be ≥ 0")
+            raise ConfigError(f"num_shots={num_shots}: must be ≥ 0")
         self.template = TEMPLATES[language]
         self.instruction = self.template.instruction if instruction is None else instruction
         self.num_shots, self.shot_selection, self.seed = num_shots, shot_selection, seed
@@ -76,7 +77,7 @@ class MultipleChoicePrompt:
         candidates = [c for c in candidates if (c.source, c.position) != (item.source, item.position)]
         if len(candidates) < self.num_shots:
             group = f" of subject {item.subject}" if item.subject else ""
-            raise ValueError(f"num_shots={self.num_shots} but only {len(candidates)} labelled exemplars{group} for "
+            raise ConfigError(f"num_shots={self.num_shots} but only {len(candidates)} labelled exemplars{group} for "
                              f"{item.location}; lower num_shots or choose a larger exemplar split")
         if self.shot_selection == "first":
             return candidates[:self.num_shots]
@@ -86,7 +87,7 @@ class MultipleChoicePrompt:
         if "{subject}" not in self.instruction:
             return self.instruction
         if item.subject is None:
-            raise ValueError(f"the instruction names {{subject}} but {item.location} has no subject")
+            raise ConfigError(f"the instruction names {{subject}} but {item.location} has no subject")
         return self.instruction.replace("{subject}", item.subject.replace("_", " "))
 
     def _body(self, item: MultipleChoiceItem) -> str:

@@ -7,6 +7,7 @@ from data.benchmarks.items import (MultipleChoiceItem, check_label, check_option
                                    require_file)
 from data.paths import resolve_path
 from data.records import DataError
+from general_util.errors import ConfigError
 
 FIELDS = ("context", "question", "answers", "id_string")
 UNLABELLED_SPLITS = ("test",)
@@ -16,7 +17,7 @@ class ReClorReader:
     def __init__(self, data_dir: str | Path, split: str = "val", exemplar_split: str | None = "train"):
         self.data_dir, self.split, self.exemplar_split = resolve_path(data_dir), split, exemplar_split
         if exemplar_split in UNLABELLED_SPLITS:
-            raise ValueError(f"ReClor exemplar_split={exemplar_split!r} has no labels; use train or val")
+            raise ConfigError(f"ReClor exemplar_split={exemplar_split!r} has no labels; use train or val")
 
     def items(self) -> list[MultipleChoiceItem]:
         return self._read(self.split)

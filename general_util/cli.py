@@ -1,0 +1,43 @@
+"""Command-line habits of the original trainer, turned into Hydra overrides.
+
+The original PandaLLM trainer turned every `--key=value` argument into the Hydra override `key=value`,
+and users' launch scripts still pass them so (often with HF-style `--key value` too). Hydra's own
+options (`--config-path`, `-cn`, `--multirun`, …) are left alone."""
+import os
+import sys
+
+HYDRA_OPTIONS = {"help", "hydra-help", "version", "cfg", "resolve", "package", "run", "multirun",
+                 "shell-completion", "config-path", "config-name", "config-dir", "experimental-rerun", "info"}
+
+
+def legacy_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """argv with `--key=value` → `key=value`, `--key value` → `key=value` and a bare `--flag` (followed by
+    another option or nothing) → `flag=true`; also returns the (given, converted) pairs."""
+    kept, converted, i = [argv[0]] if argv else [], [], 1
+    while i < len(argv):
+        arg = argv[i]
+        name = arg[2:].split("=", 1)[0]
+        if not arg.startswith("--") or not name or name in HYDRA_OPTIONS:
+            kept.append(arg)
+            i += 1
+            continue
+        if "=" in arg:
+            given, override = arg, arg[2:]
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("-") and "=" not in argv[i + 1]:
+            given, override = f"{arg} {argv[i + 1]}", f"{name}={argv[i + 1]}"
+            i += 1
+        else:
+            given, override = arg, f"{name}=true"
+        kept.append(override)
+        converted.append((given, override))
+        i += 1
+    return kept, converted
+
+
+def convert_legacy_arguments(argv: list[str]) -> list[str]:
+    """`legacy_overrides`, with one note on stderr (from the first rank only) listing what was converted."""
+    kept, converted = legacy_overrides(argv)
+    if converted and os.environ.get("RANK", "0") == "0":
+        print("note: converted to Hydra overrides: " + ", ".join(f"{given} → {override}" for given, override in converted),
+              file=sys.stderr)
+    return kept
