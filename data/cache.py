@@ -35,17 +35,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from data.formats import Example, to_example
+from data.formats import Example, RecordOptions, to_examples
 from data.labels import IGNORE_INDEX
 from data.packing import pack_lengths
 from data.readers import read_records
 from data.records import BadRecords, DataError
-from data.templates import PromptTemplate
+from data.templates import ChatTemplate, PromptTemplate
 from data.tokenization import ExampleTokenizer, Segment, tokenize_batches
 from general_util.dist import barrier, current
 
-CACHE_VERSION = 1  # bump when tokenization or the on-disk layout changes
+CACHE_VERSION = 2  # bump when tokenization or the on-disk layout changes
 ROW = np.dtype([("token_start", "<i8"), ("segment_start", "<i8")])
 SEGMENT = np.dtype([("length", "<i4"), ("file", "<i4"), ("line", "<i8")])
 BATCH_EXAMPLES = 256  # examples per tokenization task
@@ -68,16 +69,21 @@ def tokenizer_fingerprint(tokenizer) -> str:
 class BuildSettings:
     """Everything a build depends on; `inputs()` is what the cache key hashes."""
 
-    def __init__(self, files: list[Path], tokenizer, template: PromptTemplate, max_seq_length: int, packing: bool,
-                 on_bad_record: str, shard_tokens: int, num_proc: int):
+    def __init__(self, files: list[Path], tokenizer, template: PromptTemplate | ChatTemplate, max_seq_length: int,
+                 packing: bool, on_bad_record: str, shard_tokens: int, num_proc: int, truncation: str = "proportional",
+                 record_options: RecordOptions = RecordOptions(), text_documents: str = "auto", name: str = "main"):
         self.files, self.tokenizer, self.template = files, tokenizer, template
         self.max_seq_length, self.packing, self.on_bad_record = max_seq_length, packing, on_bad_record
-        self.shard_tokens, self.num_proc = shard_tokens, num_proc
+        self.shard_tokens, self.num_proc, self.truncation = shard_tokens, num_proc, truncation
+        self.record_options, self.text_documents, self.name = record_options, text_documents, name
 
     def inputs(self) -> dict:
+        template = {"chat": self.tokenizer.chat_template} if isinstance(self.template, ChatTemplate) \
+            else asdict(self.template)
         return {"version": CACHE_VERSION, "files": file_fingerprints(self.files),
-                "tokenizer": tokenizer_fingerprint(self.tokenizer), "template": asdict(self.template),
-                "max_seq_length": self.max_seq_length, "packing": self.packing,
+                "tokenizer": tokenizer_fingerprint(self.tokenizer), "template": template,
+                "max_seq_length": self.max_seq_length, "packing": self.packing, "truncation": self.truncation,
+                "record_options": asdict(self.record_options), "text_documents": self.text_documents,
                 "on_bad_record": self.on_bad_record, "shard_tokens": self.shard_tokens}
 
 
@@ -170,20 +176,60 @@ class ShardWriter:
         self.buffer, self.buffered_tokens = [], 0
 
 
-def _batches(settings: BuildSettings, bad: BadRecords) -> Iterator[list[tuple[tuple[int, int], Example]]]:
-    """Examples tagged with their provenance (file index, line), BATCH_EXAMPLES at a time."""
+def _batches(settings: BuildSettings, bad: BadRecords, progress: "BuildProgress",
+             counts: dict) -> Iterator[list[tuple[tuple[int, int], Example]]]:
+    """Examples tagged with their provenance (file index, line), BATCH_EXAMPLES at a time; counts the
+    records read (`records`: good ones and those a reader rejected)."""
+    def rejected(error: DataError) -> None:
+        counts["records"] += 1
+        bad(error)
+
     batch = []
     for file_index, path in enumerate(settings.files):
-        for record in read_records(path, bad):
+        for record in read_records(path, rejected, settings.text_documents, progress.read):
+            counts["records"] += 1
             try:
-                batch.append(((file_index, record.line), to_example(record, settings.template)))
+                batch += [((file_index, record.line), example)
+                          for example in to_examples(record, settings.template, settings.record_options)]
             except DataError as error:
                 bad(error)
-            if len(batch) == BATCH_EXAMPLES:
+            if len(batch) >= BATCH_EXAMPLES:
                 yield batch
                 batch = []
+        progress.file_done()
     if batch:
         yield batch
+
+
+class BuildProgress:
+    """A bar on the process that builds (global rank 0): files and bytes read, tokens, tokens/s, and the
+    ETA from the bytes still to read; a large corpus takes hours, and a silent build looks hung."""
+
+    def __init__(self, settings: BuildSettings):
+        total = sum(path.stat().st_size for path in settings.files)
+        self.files, self.files_done, self.tokens, self.started = len(settings.files), 0, 0, time.perf_counter()
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True,
+                        desc=f"tokenizing {settings.name}", mininterval=2.0, disable=not current().is_main)
+        self.refresh()
+
+    def read(self, count: int) -> None:
+        self.bar.update(count)
+
+    def file_done(self) -> None:
+        self.files_done += 1
+        self.refresh()
+
+    def add_tokens(self, count: int) -> None:
+        self.tokens += count
+
+    def refresh(self) -> None:
+        rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
+        self.bar.set_postfix_str(f"files {self.files_done}/{self.files}, {self.tokens:,} tokens, {rate:,.0f} tokens/s",
+                                 refresh=False)
+
+    def close(self) -> None:
+        self.refresh()
+        self.bar.close()
 
 
 def build(directory: Path, settings: BuildSettings) -> dict:
@@ -191,22 +237,36 @@ def build(directory: Path, settings: BuildSettings) -> dict:
     started = time.perf_counter()
     bad = BadRecords(settings.on_bad_record)
     writer = ShardWriter(directory, settings.max_seq_length, settings.packing, settings.shard_tokens)
-    examples = truncated = 0
-    tokenizer = ExampleTokenizer(settings.tokenizer, settings.max_seq_length)
-    for results in tokenize_batches(_batches(settings, bad), tokenizer, settings.num_proc):
-        for (file_index, line), segments, was_truncated in results:
-            examples += 1
-            truncated += was_truncated
-            for segment in segments:
-                writer.add(segment, file_index, line)
-    writer.flush()
-    if examples == 0:
+    counts = {"records": 0, "examples": 0, "truncated": 0, "prompt_lost": 0, "dropped_too_long": 0}
+    tokenizer = ExampleTokenizer(settings.tokenizer, settings.max_seq_length, settings.truncation)
+    progress = BuildProgress(settings)
+    try:
+        for results in tokenize_batches(_batches(settings, bad, progress, counts), tokenizer, settings.num_proc):
+            for (file_index, line), result in results:
+                if result.error is not None:
+                    bad(DataError(str(settings.files[file_index]), line, result.error.reason, result.error.kind))
+                    continue
+                if result.dropped:
+                    counts["dropped_too_long"] += 1
+                    continue
+                counts["examples"] += 1
+                counts["truncated"] += result.truncated
+                counts["prompt_lost"] += result.prompt_lost
+                for segment in result.segments:
+                    writer.add(segment, file_index, line)
+                    progress.add_tokens(len(segment.input_ids))
+            progress.refresh()
+        writer.flush()
+    finally:
+        progress.close()
+    if counts["examples"] == 0:
         files = settings.files
         where = str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)"
-        raise DataError(where, None, f"no usable records: all {bad.total} skipped {dict(bad.counts)}",
+        dropped = f", {counts['dropped_too_long']} too long (truncation=drop)" if counts["dropped_too_long"] else ""
+        raise DataError(where, None, f"no usable records: all {bad.total} skipped {dict(bad.counts)}{dropped}",
                         kind="no usable records")
     totals = {key: sum(shard[key] for shard in writer.shards) for key in ("rows", "samples", "tokens", "trained_tokens")}
-    return {"records": examples + bad.total, **bad.summary(), "examples": examples, "truncated": truncated, **totals,
+    return {**counts, **bad.summary(), **totals,
             "seconds": round(time.perf_counter() - started, 3), "shards": writer.shards}
 
 
@@ -220,6 +280,8 @@ def _build_into(final: Path, settings: BuildSettings, inputs: dict) -> None:
         logger.info("building token cache %s from %d file(s) with %d process(es)", final, len(settings.files),
                     settings.num_proc)
         stats = build(temporary, settings)
+        logger.info("token cache %s built: %d records, %d skipped, %d tokens in %.1f s", final.name, stats["records"],
+                    stats["skipped"], stats["tokens"], stats["seconds"])
         shards = stats.pop("shards")
         meta = {"key": final.name, "inputs": inputs, "stats": stats, "shards": shards}
         (temporary / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -7,6 +7,7 @@
         coig: {files: /data/coig, weight: 3.0}
       template: zh                  # prompt template of instruction records (data/templates.py)
       max_seq_length: 2048
+      truncation: proportional      # too long: proportional | context_first | drop (data/labels.py)
       packing: false                # true: several samples per row (use data.collators.PackedCollator)
 
 A weight w repeats a source's rows floor(w) times and adds a random subset (seeded by `seed` and the
@@ -25,10 +26,14 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from data.cache import BuildSettings, TokenCache, load_or_build
-from data.readers import DATA_SUFFIXES, expand_files
-from data.records import BAD_RECORD_POLICIES, DataError
-from data.templates import TEMPLATES, get_template
+from data.chat import check_chat_template
+from data.formats import RecordOptions
+from data.labels import TRUNCATION
+from data.readers import DATA_SUFFIXES, TEXT_DOCUMENTS, expand_files
+from data.records import BAD_RECORD_POLICIES
+from data.templates import ChatTemplate, get_template
 from general_util.dist import current
+from general_util.errors import ConfigError
 
 SOURCE_KEYS = {"files", "weight"}
 logger = logging.getLogger(__name__)
@@ -37,20 +42,27 @@ logger = logging.getLogger(__name__)
 class TokenizedDataset(Dataset):
     """Rows of the sources' token caches, mixed by weight: {input_ids, labels, seq_lens, index}."""
 
-    def __init__(self, sources: Mapping[str, Mapping], tokenizer, max_seq_length: int = 2048, template: str = "zh",
-                 packing: bool = False, cache_dir: str | None = None, num_proc: int = 1, on_bad_record: str = "error",
-                 report_dir: str | None = None, seed: int = 0, name: str = "train", shard_tokens: int = 1 << 24):
-        check_settings(sources, template, max_seq_length, on_bad_record)
+    def __init__(self, sources: Mapping[str, Mapping], tokenizer, max_seq_length: int = 2048,
+                 template: str | Mapping = "zh", truncation: str = "proportional", packing: bool = False,
+                 cache_dir: str | None = None, num_proc: int = 1, on_bad_record: str = "error",
+                 report_dir: str | None = None, seed: int = 0, name: str = "train", shard_tokens: int = 1 << 24,
+                 coig_rounds: str = "dialogue", moss_meta_instruction: str = "keep", text_documents: str = "auto"):
+        check_settings(sources, max_seq_length, on_bad_record, truncation, text_documents)
+        prompt_template = get_template(template)
+        if isinstance(prompt_template, ChatTemplate):
+            check_chat_template(tokenizer)
+        record_options = RecordOptions(coig_rounds, moss_meta_instruction)
         self.name, self.source_names = name, list(sources)
         self.caches: list[TokenCache] = []
         weights = [float(source.get("weight", 1.0)) for source in sources.values()]
-        for source in sources.values():
-            settings = BuildSettings(expand_files(source["files"], DATA_SUFFIXES), tokenizer, get_template(template),
-                                     max_seq_length, packing, on_bad_record, shard_tokens, num_proc)
+        for source_name, source in sources.items():
+            settings = BuildSettings(expand_files(source["files"], DATA_SUFFIXES), tokenizer, prompt_template,
+                                     max_seq_length, packing, on_bad_record, shard_tokens, num_proc, truncation,
+                                     record_options, text_documents, name=f"{name}/{source_name}")
             self.caches.append(load_or_build(settings, cache_dir))
         self.blocks = mixture_blocks([len(cache) for cache in self.caches], weights, seed)
         if not self.blocks:
-            raise DataError(f"weights={weights}", None, "no rows left to train on", kind="invalid setting")
+            raise ConfigError(f"weights={weights}: no rows left to train on")
         self.block_ends = np.cumsum([count for _, _, count in self.blocks])
         self.report = self._report(weights)
         self._log()
@@ -84,16 +96,22 @@ class TokenizedDataset(Dataset):
         sources = {name: {"files": len(cache.meta["inputs"]["files"]), "weight": weight, "rows_in_mix": int(rows),
                           "cache": str(cache.directory), "cache_built_now": cache.built, **cache.meta["stats"]}
                    for name, cache, weight, rows in zip(self.source_names, self.caches, weights, rows_in_mix)}
-        totals = {key: sum(s[key] for s in sources.values()) for key in ("records", "skipped", "examples", "truncated")}
+        totals = {key: sum(s.get(key, 0) for s in sources.values())
+                  for key in ("records", "skipped", "examples", "truncated", "prompt_lost", "dropped_too_long")}
         return {"dataset": self.name, "rows": len(self), **totals, "sources": sources}
 
     def _log(self) -> None:
         for name, s in self.report["sources"].items():
-            logger.info("data %s/%s: %d records read from %d file(s), %d skipped, %d trained on (%d truncated) → "
-                        "%d rows, %d tokens (%d trained); weight %g → %d rows; cache %s %s", self.name, name,
-                        s["records"], s["files"], s["skipped"], s["examples"], s["truncated"], s["rows"], s["tokens"],
+            logger.info("data %s/%s: %d records read from %d file(s), %d skipped, %d samples trained on (%d truncated, "
+                        "%d of them with no prompt token left; %d too long, dropped) → %d rows, %d tokens (%d trained); "
+                        "weight %g → %d rows; cache %s %s", self.name, name, s["records"], s["files"], s["skipped"],
+                        s["examples"], s["truncated"], s["prompt_lost"], s["dropped_too_long"], s["rows"], s["tokens"],
                         s["trained_tokens"], s["weight"], s["rows_in_mix"],
                         "built" if s["cache_built_now"] else "reused", s["cache"])
+            if s["prompt_lost"]:
+                logger.warning("data %s/%s: %d truncated samples keep no prompt token (their responses are trained "
+                               "unconditioned); raise max_seq_length or use truncation=proportional or drop",
+                               self.name, name, s["prompt_lost"])
             if s["skipped"]:
                 logger.warning("data %s/%s: skipped %s; first: %s", self.name, name,
                                ", ".join(f"{reason} ×{n}" for reason, n in s["by_reason"].items()), "; ".join(s["first"]))
@@ -102,23 +120,25 @@ class TokenizedDataset(Dataset):
                     r["skipped"], r["examples"], r["rows"])
 
 
-def check_settings(sources: Mapping[str, Mapping], template: str, max_seq_length: int, on_bad_record: str) -> None:
-    """Settings errors as one-line DataErrors (the trainer prints those without a traceback)."""
-    def invalid(setting: str, fix: str) -> DataError:
-        return DataError(setting, None, fix, kind="invalid setting")
+def check_settings(sources: Mapping[str, Mapping], max_seq_length: int, on_bad_record: str, truncation: str,
+                   text_documents: str) -> None:
+    """Settings errors as one-line ConfigErrors (the trainer prints those without a traceback); the
+    template and record options are checked where they are built."""
     if not sources:
-        raise invalid("sources={}", "give at least one source: {name: {files: ..., weight: ...}}")
+        raise ConfigError("sources={}: give at least one source: {name: {files: ..., weight: ...}}")
     for name, source in sources.items():
         if set(source) - SOURCE_KEYS or "files" not in source:
-            raise invalid(f"sources.{name}={dict(source)}", f"use the keys {sorted(SOURCE_KEYS)} (files required)")
+            raise ConfigError(f"sources.{name}={dict(source)}: use the keys {sorted(SOURCE_KEYS)} (files required)")
         if float(source.get("weight", 1.0)) < 0:
-            raise invalid(f"sources.{name}.weight={source['weight']}", "must be ≥ 0")
-    if template not in TEMPLATES:
-        raise invalid(f"template={template!r}", f"use one of {sorted(TEMPLATES)}")
+            raise ConfigError(f"sources.{name}.weight={source['weight']}: must be ≥ 0")
     if max_seq_length < 2:
-        raise invalid(f"max_seq_length={max_seq_length}", "must be ≥ 2")
+        raise ConfigError(f"max_seq_length={max_seq_length}: must be ≥ 2")
     if on_bad_record not in BAD_RECORD_POLICIES:
-        raise invalid(f"on_bad_record={on_bad_record!r}", f"use one of {', '.join(BAD_RECORD_POLICIES)}")
+        raise ConfigError(f"on_bad_record={on_bad_record!r}: use one of {', '.join(BAD_RECORD_POLICIES)}")
+    if truncation not in TRUNCATION:
+        raise ConfigError(f"truncation={truncation!r}: use one of {', '.join(TRUNCATION)}")
+    if text_documents not in TEXT_DOCUMENTS:
+        raise ConfigError(f"text_documents={text_documents!r}: use one of {', '.join(TEXT_DOCUMENTS)}")
 
 
 def mixture_blocks(sizes: list[int], weights: list[float], seed: int) -> list[tuple[int, np.ndarray | None, int]]:

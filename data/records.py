@@ -3,10 +3,12 @@ that decides what a bad record does (stop the run, or be counted and skipped).""
 from collections import Counter
 from dataclasses import dataclass
 
+from general_util.errors import ConfigError, UserError
+
 BAD_RECORD_POLICIES = ("error", "skip")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data. The message is one line: `<file>:<line>: <reason>`. `kind` is the short category
     the skip summary counts by (e.g. "malformed JSON"); it defaults to the reason itself."""
 
@@ -37,7 +39,7 @@ class BadRecords:
 
     def __init__(self, policy: str = "error", keep: int = 5):
         if policy not in BAD_RECORD_POLICIES:
-            raise ValueError(f"on_bad_record={policy!r}: use one of {', '.join(BAD_RECORD_POLICIES)}")
+            raise ConfigError(f"on_bad_record={policy!r}: use one of {', '.join(BAD_RECORD_POLICIES)}")
         self.policy, self.keep = policy, keep
         self.counts: Counter[str] = Counter()
         self.first: list[str] = []

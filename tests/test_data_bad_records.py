@@ -7,6 +7,7 @@ import pytest
 
 from data.datasets import TokenizedDataset
 from data.records import DataError
+from general_util.errors import ConfigError
 from models.loading import load_tokenizer
 
 GOOD = b'{"instruction": "a", "output": "b"}\n'
@@ -80,7 +81,7 @@ def test_skip_summary_is_logged_and_written(tmp_path, tokenizer, caplog):
     assert [entry.split(": ")[0] for entry in source["first"]] == [f"{path}:{n}" for n in (4, 5, 6, 7)]
     assert data.report == report
     log = caplog.text
-    assert "7 records read from 1 file(s), 4 skipped, 3 trained on" in log
+    assert "7 records read from 1 file(s), 4 skipped, 3 samples trained on" in log
     assert "skipped empty response ×2, malformed JSON ×1, missing field ×1; first: " + f"{path}:4" in log
 
 
@@ -95,12 +96,16 @@ def test_a_source_without_usable_records_is_an_error_even_when_skipping(tmp_path
     ({"sources": {"main": {"files": "x.jsonl", "wieght": 2}}},
      "sources.main={'files': 'x.jsonl', 'wieght': 2}: use the keys"),
     ({"sources": {"main": {"files": "x.jsonl", "weight": -1}}}, "sources.main.weight=-1: must be ≥ 0"),
-    ({"template": "fr"}, "template='fr': use one of ['en', 'none', 'zh']"),
+    ({"template": "fr"}, "template='fr': unknown prompt template; use one of ['en', 'none', 'panda', 'zh', 'chat']"),
+    ({"template": {"preset": "zh", "usr": "{message}"}}, "template.usr: not a template field"),
+    ({"template": {"user": "{msg}"}}, "template.user='{msg}': may only use {message}"),
+    ({"truncation": "left"}, "truncation='left': use one of proportional, context_first, drop"),
+    ({"coig_rounds": "each"}, "coig_rounds='each': use one of dialogue, per_round"),
     ({"on_bad_record": "ignore"}, "on_bad_record='ignore': use one of error, skip"),
 ])
 def test_invalid_settings_are_one_line_errors(tmp_path, tokenizer, options, message):
     arguments = {"sources": {"main": {"files": "data/samples/alpaca_zh_en_dev.jsonl"}}, "cache_dir": str(tmp_path),
                  **options}
-    with pytest.raises(DataError) as error:
+    with pytest.raises(ConfigError) as error:
         TokenizedDataset(tokenizer=tokenizer, **arguments)
     assert str(error.value).startswith(message)

@@ -1,10 +1,12 @@
 """Token cache: hit, miss and rebuild on every input, parallel tokenization and sharding give the same
 rows, two processes share one build (rank 0 writes, rank 1 waits and reads), and sampling weights."""
 import json
+import logging
 import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +160,16 @@ def test_do_preprocess_builds_the_cache_that_packed_training_reuses(tmp_path):
     scalars = read_scalars(tmp_path / "run")
     assert len(scalars["train/loss"]) == 6
     assert all(value > 0.8 for _, value in scalars["train/non_pad_fraction"])  # packed rows: little padding
+
+
+def test_a_build_shows_progress_and_logs_each_source(tmp_path, capsys, caplog):
+    tokenizer = load_tokenizer("models/tiny_llama", pad_token="<unk>")
+    with caplog.at_level(logging.INFO, logger="data.cache"):
+        TokenizedDataset({"zh": {"files": "data/samples/alpaca_zh_en_dev.jsonl"}, "wiki": {"files": "data/samples/wudao_sample.json"}},
+                         tokenizer, cache_dir=str(tmp_path))
+    bar = capsys.readouterr().err
+    size = Path("data/samples/alpaca_zh_en_dev.jsonl").stat().st_size
+    assert "tokenizing train/zh" in bar and "tokenizing train/wiki" in bar and "files 1/1" in bar and "tokens/s" in bar
+    assert f"{size / 1024:.2f}k/{size / 1024:.2f}k" in bar  # bytes read of the bytes to read (the ETA's basis)
+    built = [r.getMessage() for r in caplog.records if " built: " in r.getMessage()]
+    assert len(built) == 2 and built[0].endswith(" s") and "24 records, 0 skipped" in built[0]

@@ -3,7 +3,7 @@ import gzip
 
 import pytest
 
-from data.formats import Example, to_example
+from data.formats import Example, to_examples
 from data.readers import expand_files, read_records
 from data.records import Record
 from data.templates import get_template
@@ -49,7 +49,7 @@ def test_bundled_samples_in_their_real_layouts():
         read = list(read_records(expand_files(f"data/samples/{name}")[0]))
         assert len(read) == count, name
         assert read[0].source.endswith(name)
-        assert [to_example(r, ZH) for r in read]  # every record converts
+        assert [to_examples(r, ZH) for r in read]  # every record converts
     wudao = list(read_records(expand_files("data/samples/wudao_sample.json")[0]))
     assert wudao[1].line == 10 and wudao[1].data["title"] == "茶"
 
@@ -65,7 +65,8 @@ def test_directory_glob_and_list_expand_sorted(tmp_path):
 
 
 def convert(data) -> Example:
-    return to_example(Record(data, "f.jsonl", 7), ZH)
+    [example] = to_examples(Record(data, "f.jsonl", 7), ZH)
+    return example
 
 
 def test_alpaca_and_belle_instruction_lists():
@@ -104,7 +105,7 @@ def test_documents_are_fully_trained_text():
 
 def test_none_template_adds_no_decoration():
     none = get_template("none")
-    example = to_example(Record({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
-                                "f", 1), none)
+    [example] = to_examples(Record({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]},
+                                   "f", 1), none)
     assert example == Example((("u\n", False), ("a", True)))
     assert none.format("i") == "i\n"

@@ -51,18 +51,57 @@ def test_multi_turn_trains_every_assistant_turn_and_no_user_or_system_turn(tmp_p
 
 def test_multi_turn_truncation_cuts_the_oldest_context_first_and_keeps_eos():
     pieces = [([10, 11], False), ([20, 21], True), ([12, 13], False), ([22, 23, 24], True)]
-    example, truncated = build_dialogue(pieces, 1, 2, max_seq_length=64)
-    assert not truncated
+    example = build_dialogue(pieces, 1, 2, max_seq_length=64, truncation="context_first")
+    assert not example.truncated
     assert example.input_ids == [1, 10, 11, 20, 21, 2, 12, 13, 22, 23, 24, 2]
     assert example.labels == [M, M, M, 20, 21, 2, M, M, 22, 23, 24, 2]
     # 4 context tokens cut: the first answer lost its start, so its remaining EOS is not trained either
-    example, truncated = build_dialogue(pieces, 1, 2, max_seq_length=8)
-    assert truncated
+    example = build_dialogue(pieces, 1, 2, max_seq_length=8, truncation="context_first")
+    assert example.truncated and not example.prompt_lost
     assert example.input_ids == [1, 2, 12, 13, 22, 23, 24, 2]
     assert example.labels == [M, M, M, M, 22, 23, 24, 2]
     # no room for any context: then the last answer loses its end, never the EOS
-    example, _ = build_dialogue(pieces, 1, 2, max_seq_length=4)
+    example = build_dialogue(pieces, 1, 2, max_seq_length=4, truncation="context_first")
     assert example.input_ids == [1, 22, 23, 2] and example.labels == [M, 22, 23, 2]
+
+
+def test_context_first_can_leave_no_prompt_and_says_so():
+    pieces = [([10, 11, 12], False), ([20, 21, 22, 23, 24, 25], True)]
+    example = build_dialogue(pieces, 1, 2, max_seq_length=6, truncation="context_first")
+    assert example.input_ids == [1, 20, 21, 22, 23, 2] and example.truncated and example.prompt_lost
+
+
+def test_proportional_keeps_a_short_side_whole_and_cuts_long_sides_in_proportion():
+    short_prompt = [([10, 11], False), ([20, 21, 22, 23, 24, 25, 26, 27], True)]
+    example = build_dialogue(short_prompt, 1, 2, max_seq_length=8)  # budget 6: the prompt (2 ≤ 3) stays whole
+    assert example.input_ids == [1, 10, 11, 20, 21, 22, 23, 2] and not example.prompt_lost
+    assert example.labels == [M, M, M, 20, 21, 22, 23, 2]
+    short_answer = [([10, 11, 12, 13, 14, 15, 16, 17], False), ([20, 21], True)]
+    example = build_dialogue(short_answer, 1, 2, max_seq_length=8)  # the answer stays whole, the prompt's oldest go
+    assert example.input_ids == [1, 14, 15, 16, 17, 20, 21, 2]
+    both_long = [(list(range(100, 112)), False), (list(range(200, 206)), True)]
+    example = build_dialogue(both_long, 1, 2, max_seq_length=11)  # budget 9 split 12:6 → 6 + 3
+    assert example.input_ids == [1, 106, 107, 108, 109, 110, 111, 200, 201, 202, 2]
+    assert example.truncated and not example.prompt_lost
+
+
+def test_drop_returns_nothing_for_a_long_dialogue_only():
+    pieces = [([10, 11], False), ([20, 21, 22], True)]
+    assert build_dialogue(pieces, 1, 2, max_seq_length=4, truncation="drop") is None
+    assert build_dialogue(pieces, 1, 2, max_seq_length=7, truncation="drop").input_ids == [1, 10, 11, 20, 21, 22, 2]
+
+
+def test_truncation_report_counts_per_source(tmp_path, tokenizer):
+    records = [{"instruction": "短", "output": "长 " * 60}, {"instruction": "x " * 60, "output": "好"},
+               {"instruction": "a", "output": "b"}]
+    for policy, expected in (("context_first", {"truncated": 2, "prompt_lost": 1, "dropped_too_long": 0, "examples": 3}),
+                             ("proportional", {"truncated": 2, "prompt_lost": 0, "dropped_too_long": 0, "examples": 3}),
+                             ("drop", {"truncated": 0, "prompt_lost": 0, "dropped_too_long": 2, "examples": 1})):
+        (tmp_path / policy).mkdir()
+        data = dataset(tmp_path / policy, tokenizer, records, max_seq_length=24, truncation=policy)
+        source = data.report["sources"]["main"]
+        assert {key: source[key] for key in expected} == expected, policy
+        assert {key: data.report[key] for key in expected} == expected
 
 
 def test_truncated_records_are_counted_and_keep_eos(tmp_path, tokenizer):

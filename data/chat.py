@@ -1,0 +1,79 @@
+"""Conversations rendered with the tokenizer's own chat template (`template: chat`), with an exact loss
+mask: the assistant turns as the template writes them, their end-of-turn included, and nothing else.
+
+Two ways to find the assistant tokens, both checked against the rendered text:
+- a template with `{% generation %}` markers: transformers' `return_assistant_tokens_mask`;
+- any other template: the text rendered for the conversation up to each assistant turn (with the
+  generation prompt) and up to its end must be prefixes of the whole rendering; the characters in
+  between are that turn. Tokens of the whole rendering (tokenized once, with offsets) are trained when
+  they start inside such a span. A template that rewrites earlier turns (no prefix property) is refused.
+"""
+import json
+import re
+
+from data.records import DataError
+from general_util.errors import ConfigError
+
+GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+def _render(tokenizer, messages, tools, **kwargs) -> str:
+    return tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=False, **kwargs)
+
+
+def check_chat_template(tokenizer) -> str:
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise ConfigError("template=chat: the tokenizer has no chat_template (tokenizer_config.json or "
+                          "chat_template.jinja of the model folder); pick a text template (zh, en, none, panda)")
+    if not tokenizer.is_fast:
+        raise ConfigError("template=chat needs a fast tokenizer (character offsets of the tokens)")
+    return template
+
+
+def assistant_spans(tokenizer, messages, tools) -> tuple[str, list[tuple[int, int]]]:
+    """The whole rendering and the character span of every assistant turn in it."""
+    text = _render(tokenizer, messages, tools)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:index], tools, add_generation_prompt=True) if index else ""
+        through = _render(tokenizer, messages[:index + 1], tools)
+        if not (through.startswith(before) and text.startswith(through)):
+            raise DataError("", None, f"the chat template does not render message {index + 1} as a prefix of "
+                            "the whole conversation (it rewrites earlier turns); add {% generation %} markers to "
+                            "it or use a text template", kind="chat template not prefix-stable")
+        if len(through) == len(before):
+            raise DataError("", None, f"the chat template writes nothing for assistant message {index + 1}",
+                            kind="empty response")
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
+def render_chat(tokenizer, messages: tuple[dict, ...], tools: str | None) -> tuple[list[int], list[bool]]:
+    """Token ids of the rendered conversation and, per token, whether it is trained."""
+    template = check_chat_template(tokenizer)
+    tool_list = json.loads(tools) if tools else None
+    if GENERATION_MARKER.search(template):
+        encoded = tokenizer.apply_chat_template(list(messages), tools=tool_list, tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True)
+        return list(encoded["input_ids"]), [bool(m) for m in encoded["assistant_masks"]]
+    text, spans = assistant_spans(tokenizer, messages, tool_list)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    trained = [any(start <= begin < end for start, end in spans) and finish > begin
+               for begin, finish in encoded["offset_mapping"]]
+    return list(encoded["input_ids"]), trained
+
+
+def token_pieces(ids: list[int], trained: list[bool]) -> list[tuple[list[int], bool]]:
+    """Runs of equally-trained tokens, without the untrained tail after the last trained token."""
+    pieces: list[tuple[list[int], bool]] = []
+    for token, flag in zip(ids, trained):
+        if pieces and pieces[-1][1] == flag:
+            pieces[-1][0].append(token)
+        else:
+            pieces.append(([token], flag))
+    while pieces and not pieces[-1][1]:
+        pieces.pop()
+    return pieces
