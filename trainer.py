@@ -8,6 +8,7 @@ Every key is declared, with its effect, in conf/base.yaml; override any of them 
 (`learning_rate=1e-5`).
 """
 import logging
+import os
 import signal
 import sys
 import time
@@ -20,11 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from data.collators import model_inputs
-from data.records import DataError
-from general_util import checkpoint as ckpt
-from general_util.config import (ConfigError, deepspeed_config, human_bytes, lr_scheduler_factory,
+from general_util import checkpoint as ckpt, faults
+from general_util.cli import convert_legacy_arguments
+from general_util.config import (deepspeed_config, human_bytes, lr_scheduler_factory,
                                  memory_estimate_bytes, optimizer_steps, validate, zero_stage)
-from general_util.dist import DistContext, all_reduce, consume_local_rank_arg, gather_objects, init_distributed
+from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, gather_objects, init_distributed,
+                               teardown)
+from general_util.errors import UserError, find_user_error, one_line
 from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
 from modules.flops import device_peak_flops, training_flops_per_token
@@ -64,7 +67,7 @@ def count_parameters(cfg: DictConfig, tokenizer) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on; the message is one line."""
 
 
@@ -82,6 +85,8 @@ class Trainer:
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
         self.fingerprints = {"data": ckpt.data_fingerprint(train_data), "tokenizer": ckpt.tokenizer_fingerprint(tokenizer)}
         self.stop_requested = False
+        self.tracker_runs: dict[str, str] = {}  # W&B / MLflow run ids to continue (kept in every checkpoint)
+        self.stream = None  # the micro-batch generator (holds the data-loader workers) while training
         self.nan_skips = 0
         self.last_eval: dict[str, float] = {}
         self.best = ckpt.BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
@@ -103,7 +108,9 @@ class Trainer:
         resume_from = ckpt.resolve_resume(self.cfg.resume, self.output_dir)
         if resume_from is not None:
             self.resume(resume_from)
-        self.metrics = MetricsWriter(self.output_dir, self.ctx, self.total_steps, self.step)
+        self.metrics = MetricsWriter(self.output_dir, self.ctx, self.total_steps, self.step, self.cfg.report_to,
+                                     OmegaConf.to_container(self.cfg, resolve=True), self.tracker_runs,
+                                     OmegaConf.to_container(self.cfg.tracking, resolve=True))
         signal.signal(signal.SIGTERM, self.request_stop)
         logger.info("%d samples, %d micro-batches per rank per epoch, %d optimizer steps (world %d × micro batch %d "
                     "× accumulation %d = %d samples per step)", len(self.train_data), self.micro_per_epoch,
@@ -128,6 +135,7 @@ class Trainer:
         ckpt.check_resumable(checkpoint, state, self.layout())
         self.engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
         self.step, self.epoch, self.micro_in_epoch = state["global_step"], state["epoch"], state["micro_in_epoch"]
+        self.tracker_runs = state.get("tracker_runs", {})
         ckpt.restore_rng_state(checkpoint, self.ctx.rank)
         logger.info("resumed from %s at step %d (epoch %d, micro-batch %d of the epoch)", checkpoint, self.step,
                     self.epoch, self.micro_in_epoch)
@@ -161,10 +169,16 @@ class Trainer:
             self.train_loop()
         finally:
             self.metrics.close()  # also on errors: the bar must not print after the error line
+            self.close_data()
+
+    def close_data(self) -> None:
+        """Stop the data-loader workers (closing the generator drops its loader iterator); idempotent."""
+        if self.stream is not None:
+            self.stream.close()
 
     def train_loop(self) -> None:
         self.engine.train()
-        stream = self.micro_batches()
+        stream = self.stream = self.micro_batches()
         accumulation = self.cfg.gradient_accumulation_steps
         while self.step < self.total_steps:
             window = [next(stream) for _ in range(accumulation)]
@@ -180,6 +194,7 @@ class Trainer:
                 break
             self.maybe_evaluate()
             self.maybe_save()
+            faults.fire("step", self.step)  # test-only: LLAMA_TRAINER_FAULT=kill@step=N (general_util/faults.py)
         if not ckpt.checkpoint_dir(self.output_dir, self.step).exists():
             self.save()
 
@@ -292,9 +307,10 @@ class Trainer:
 
     def save(self) -> None:
         state = {"global_step": self.step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
-                 **self.layout()}
+                 "tracker_runs": self.metrics.run_ids, **self.layout()}
         ckpt.save_checkpoint(self.engine, self.output_dir, self.step, state, self.tokenizer, self.config_yaml,
                              self.stage, self.ctx)
+        self.metrics.checkpoint()  # the trackers keep every step up to this resume point
         if self.ctx.is_main:
             ckpt.apply_retention(self.output_dir, self.cfg.save_total_limit,
                                  {self.best.best_checkpoint} if self.best.best_checkpoint else set())
@@ -345,9 +361,21 @@ def evaluate_checkpoints(cfg: DictConfig, ctx: DistContext, tokenizer, evaluator
 
 
 def run(cfg: DictConfig) -> None:
-    import os
+    """Validate, join the process group, do the job, then tear down in order on every rank, after an error too
+    (general_util.dist.teardown: engine, data workers, barrier, process group), so each rank exits cleanly."""
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
     ctx = init_distributed()
+    built: dict = {}  # what teardown must release: run_job puts its trainer (engine, data workers) here
+    finished = False
+    try:
+        run_job(cfg, ctx, built)
+        finished = True
+    finally:
+        trainer = built.get("trainer")
+        teardown(getattr(trainer, "engine", None), trainer.close_data if trainer else None, clean=finished)
+
+
+def run_job(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
     output_dir = Path(cfg.output_dir)
     setup_logging(output_dir, ctx)
     set_seed(cfg.seed)
@@ -361,7 +389,7 @@ def run(cfg: DictConfig) -> None:
     evaluators = instantiate(cfg.evaluators) if cfg.do_eval else {}
     if not cfg.do_train:
         return evaluate_checkpoints(cfg, ctx, tokenizer, evaluators)
-    trainer = Trainer(cfg, ctx, tokenizer, train_data, evaluators)
+    trainer = built["trainer"] = Trainer(cfg, ctx, tokenizer, train_data, evaluators)
     model = build_model(cfg, tokenizer, trainer.ds_config)
     trainer.setup(model)
     trainer.train()
@@ -379,13 +407,32 @@ def run(cfg: DictConfig) -> None:
 
 @hydra.main(config_path="conf", config_name=None, version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    """User errors (bad config, data, checkpoint; also when Hydra's instantiate wraps them) print one line
+    and exit 2; HYDRA_FULL_ERROR=1 shows the whole traceback instead."""
     try:
         run(cfg)
-    except (ConfigError, DataError, FileNotFoundError, ckpt.CheckpointError, TrainingError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - anything that is not the user's to fix is re-raised
+        if find_user_error(error) is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(one_line(error), file=sys.stderr)
         sys.exit(2)
+
+
+def exit_process(code: int) -> None:
+    """Leave without running the interpreter's exit-time destructors: DeepSpeed keeps its gloo/nccl groups
+    referenced, so their threads are still alive at exit, and destroying them then has aborted a finished
+    rank (`terminate called without an active exception`, exit −6). Everything was closed by `run`."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
     sys.argv = consume_local_rank_arg(sys.argv)  # the deepspeed launcher's --local_rank=N; Hydra would reject it
-    main()
+    sys.argv = convert_legacy_arguments(sys.argv)  # the original trainer's --key=value habit
+    try:
+        main()
+    except SystemExit as stop:  # sys.exit(2) for user errors; Hydra's own exit 1 after a traceback
+        exit_process(stop.code if isinstance(stop.code, int) else 1)
+    exit_process(0)

@@ -16,6 +16,7 @@ from data.paths import resolve_path
 from data.readers import expand_files
 from data.records import DataError
 from general_util.errors import ConfigError
+from general_util.trackers import check_report_to
 from models.vocab import FREEZE_STRATEGIES
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "base.yaml"
@@ -91,6 +92,7 @@ def validate(cfg: DictConfig, world_size: int) -> None:
     check(model_cfg.get("freeze_strategy", "none") == "none" or not model_cfg.get("use_peft"), "model.freeze_strategy",
           "LoRA already freezes the base model: use either model.use_peft or an embeddings-only stage")
     problems.extend(packing_problems(cfg))
+    problems.extend(check_report_to(cfg.report_to))
     problems.extend(target_key_problems(cfg))
     for key in ("tokenizer.extra_tokens_file", "tokenizer.merge_tokenizer"):
         path = OmegaConf.select(cfg, key)

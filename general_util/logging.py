@@ -7,6 +7,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from general_util.dist import DistContext
+from general_util.trackers import Trackers
 
 LOG_FORMAT = "%(asctime)s [rank %(rank)s] %(levelname)s %(name)s: %(message)s"
 
@@ -44,23 +45,31 @@ def setup_logging(output_dir: Path, ctx: DistContext) -> logging.Logger:
 
 
 class MetricsWriter:
-    """TensorBoard scalars + the progress bar. Inert on every rank but global rank 0."""
+    """Scalars to the trackers of `report_to` (general_util/trackers.py) + the progress bar. Inert on every
+    rank but global rank 0. `run_ids`: the W&B / MLflow runs to continue after a resume."""
 
-    def __init__(self, output_dir: Path, ctx: DistContext, total_steps: int, initial_step: int = 0):
+    def __init__(self, output_dir: Path, ctx: DistContext, total_steps: int, initial_step: int = 0,
+                 report_to=("tensorboard",), config: dict | None = None, run_ids: dict | None = None,
+                 tracking: dict | None = None):
         self.active = ctx.is_main
-        self.writer = None
+        self.trackers = None
         self.bar = None
         if self.active:
-            from torch.utils.tensorboard import SummaryWriter
-            # after a resume, TensorBoard drops the events the interrupted run wrote past the checkpoint
-            self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"),
-                                        purge_step=initial_step + 1 if initial_step else None)
+            self.trackers = Trackers(list(report_to), output_dir, initial_step, config or {}, run_ids or {},
+                                     tracking or {})
             self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", dynamic_ncols=True)
+
+    @property
+    def run_ids(self) -> dict[str, str]:
+        return self.trackers.run_ids if self.active else {}
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.active:
-            for tag, value in values.items():
-                self.writer.add_scalar(tag, value, step)
+            self.trackers.log(values, step)
+
+    def checkpoint(self) -> None:
+        if self.active:
+            self.trackers.checkpoint()
 
     def advance(self, steps: int = 1, postfix: dict | None = None) -> None:
         if self.active:
@@ -71,5 +80,4 @@ class MetricsWriter:
     def close(self) -> None:
         if self.active:
             self.bar.close()
-            self.writer.flush()
-            self.writer.close()
+            self.trackers.close()

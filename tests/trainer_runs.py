@@ -28,9 +28,11 @@ def trainer_command(launcher: str, nproc: int) -> list[str]:
 
 
 def run_trainer(output_dir: Path, overrides: list[str], launcher: str = "python", nproc: int = 1,
-                config: tuple[str, str] = ("conf/demo", "sft"), check: bool = True, timeout: int = 600):
+                config: tuple[str, str] = ("conf/demo", "sft"), check: bool = True, timeout: int = 600,
+                env: dict[str, str] | None = None):
+    """`env`: extra variables for the child, e.g. {"LLAMA_TRAINER_FAULT": "kill@step=5"} (general_util/faults.py)."""
     cmd = trainer_command(launcher, nproc) + ["-cp", config[0], "-cn", config[1], f"output_dir={output_dir}"] + overrides
-    result = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=REPO, env=child_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result

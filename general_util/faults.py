@@ -1,0 +1,57 @@
+"""Test-only fault injection: a real kill or signal at an exact point of training, so that the
+fault-tolerance tests do not depend on timing.
+
+`LLAMA_TRAINER_FAULT=<action>@<point>=<step>[@rank=<r>]`, read once when this module is first imported
+(at the trainer's start-up):
+
+    kill@step=5      SIGKILL this process once optimizer step 5 is complete (with its logging, evaluation
+                     and checkpoint, where due), before step 6 starts
+    sigterm@step=4   SIGTERM to this process at the same point (what a scheduler sends before preemption):
+                     the trainer's handler asks to stop, so it stops and saves after step 5
+    kill@save=6      SIGKILL inside the save of step 6, after the DeepSpeed state and RNG files are written
+                     and before the Hugging Face weights and trainer_state.json: a crash mid-save, which
+                     leaves `.tmp-checkpoint-6` half written
+    ...@rank=1       only on global rank 1 (RANK); without it, on every rank
+
+Unset (always, outside tests), `fire()` does nothing. A malformed value raises at import, so that a typo
+cannot quietly turn a fault test into a normal run. Imports nothing else of the project.
+"""
+import os
+import signal
+
+VARIABLE = "LLAMA_TRAINER_FAULT"
+ACTIONS = {"kill": signal.SIGKILL, "sigterm": signal.SIGTERM}
+POINTS = ("step", "save")
+
+
+def parse(spec: str | None) -> tuple[signal.Signals, str, int, int | None] | None:
+    """(signal, point, step, rank or None) of a fault spec; None when there is none."""
+    if not spec:
+        return None
+    try:
+        action, where, *rest = spec.split("@")
+        point, step = where.split("=")
+        rank = None
+        if rest:
+            (key, value), = [part.split("=") for part in rest]
+            if key != "rank":
+                raise ValueError
+            rank = int(value)
+        if action not in ACTIONS or point not in POINTS:
+            raise ValueError
+        return ACTIONS[action], point, int(step), rank
+    except ValueError:
+        raise ValueError(f"{VARIABLE}={spec!r}: expected <{'|'.join(ACTIONS)}>@<{'|'.join(POINTS)}>=<step>"
+                         f"[@rank=<r>], e.g. kill@step=5") from None
+
+
+FAULT = parse(os.environ.get(VARIABLE))
+
+
+def fire(point: str, step: int) -> None:
+    """Send the configured signal to this process if the fault is set for (`point`, `step`) and this rank."""
+    if FAULT is None:
+        return
+    sig, at_point, at_step, rank = FAULT
+    if (point, step) == (at_point, at_step) and rank in (None, int(os.environ.get("RANK", 0))):
+        signal.raise_signal(sig)  # synchronous: SIGKILL never returns; SIGTERM's Python handler runs right after
