@@ -5,6 +5,7 @@
       sources:                      # name -> files (file, directory, glob or list) and sampling weight
         belle: {files: /data/belle/*.json, weight: 1.0}
         coig: {files: /data/coig, weight: 3.0}
+        mixed: {files: "/data/panda/**/*.json", exclude: [valid, test]}   # paths below the folder with these left out
       template: zh                  # prompt template of instruction records (data/templates.py)
       max_seq_length: 2048
       truncation: proportional      # too long: proportional | context_first | drop (data/labels.py)
@@ -29,13 +30,13 @@ from data.cache import BuildSettings, TokenCache, load_or_build
 from data.chat import check_chat_template
 from data.formats import RecordOptions
 from data.labels import TRUNCATION
-from data.readers import DATA_SUFFIXES, TEXT_DOCUMENTS, expand_files
+from data.readers import DATA_SUFFIXES, TEXT_DOCUMENTS, expand_source
 from data.records import BAD_RECORD_POLICIES
 from data.templates import ChatTemplate, get_template
 from general_util.dist import current
 from general_util.errors import ConfigError
 
-SOURCE_KEYS = {"files", "weight"}
+SOURCE_KEYS = {"files", "weight", "exclude"}
 logger = logging.getLogger(__name__)
 
 
@@ -55,8 +56,11 @@ class TokenizedDataset(Dataset):
         self.name, self.source_names = name, list(sources)
         self.caches: list[TokenCache] = []
         weights = [float(source.get("weight", 1.0)) for source in sources.values()]
+        self.files_left_out = {}
         for source_name, source in sources.items():
-            settings = BuildSettings(expand_files(source["files"], DATA_SUFFIXES), tokenizer, prompt_template,
+            files, self.files_left_out[source_name] = expand_source(source["files"], DATA_SUFFIXES,
+                                                                    list(source.get("exclude") or ()))
+            settings = BuildSettings(files, tokenizer, prompt_template,
                                      max_seq_length, packing, on_bad_record, shard_tokens, num_proc, truncation,
                                      record_options, text_documents, name=f"{name}/{source_name}")
             self.caches.append(load_or_build(settings, cache_dir))
@@ -93,7 +97,8 @@ class TokenizedDataset(Dataset):
         rows_in_mix = np.zeros(len(self.caches), dtype=np.int64)
         for source, _, count in self.blocks:
             rows_in_mix[source] += count
-        sources = {name: {"files": len(cache.meta["inputs"]["files"]), "weight": weight, "rows_in_mix": int(rows),
+        sources = {name: {"files": len(cache.meta["inputs"]["files"]), "files_left_out": self.files_left_out[name],
+                          "weight": weight, "rows_in_mix": int(rows),
                           "cache": str(cache.directory), "cache_built_now": cache.built, **cache.meta["stats"]}
                    for name, cache, weight, rows in zip(self.source_names, self.caches, weights, rows_in_mix)}
         totals = {key: sum(s.get(key, 0) for s in sources.values())
@@ -102,6 +107,9 @@ class TokenizedDataset(Dataset):
 
     def _log(self) -> None:
         for name, s in self.report["sources"].items():
+            if s["files_left_out"]:
+                logger.info("data %s/%s: %d file(s) left out by the source's exclude list", self.name, name,
+                            s["files_left_out"])
             logger.info("data %s/%s: %d records read from %d file(s), %d skipped, %d samples trained on (%d truncated, "
                         "%d of them with no prompt token left; %d too long, dropped) → %d rows, %d tokens (%d trained); "
                         "weight %g → %d rows; cache %s %s", self.name, name, s["records"], s["files"], s["skipped"],

@@ -55,6 +55,30 @@ def expand_files(spec: str | list[str], suffixes: tuple[str, ...] = ()) -> list[
     return list(dict.fromkeys(files))
 
 
+def expand_source(spec: str | list[str], suffixes: tuple[str, ...], exclude: list[str] = ()) -> tuple[list[Path], int]:
+    """`expand_files`, leaving out every file whose path below the spec's folder (the part of a glob before
+    its first wildcard) contains one of the `exclude` substrings, as the original recipes left out paths
+    containing `valid` or `test`. Returns the files kept and how many were left out."""
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    kept, left_out = [], 0
+    for item in specs:
+        files = expand_files(item, suffixes)
+        text = str(resolve_path(item))
+        wildcard = min((text.index(c) for c in "*?[" if c in text), default=None)
+        root = Path(text[:wildcard]) if wildcard is not None else Path(text)
+        root = root if root.is_dir() else root.parent
+        for path in files:
+            below = str(path.resolve().relative_to(root.resolve())) if path.resolve().is_relative_to(root.resolve()) \
+                else path.name
+            if any(word in below for word in exclude):
+                left_out += 1
+            else:
+                kept.append(path)
+    if not kept:
+        raise DataError(str(spec), None, f"every matching file was left out by exclude={list(exclude)}")
+    return list(dict.fromkeys(kept)), left_out
+
+
 def read_records(path: Path, on_error: OnError = raise_error, text_documents: str = "auto",
                  progress: Callable[[int], None] | None = None) -> Iterator[Record]:
     """The records of one data file, whatever its format. An unreadable file (corrupt gzip) or one
