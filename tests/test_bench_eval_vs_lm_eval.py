@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_mode_agrees_with_lm_eval():
-    if importlib.util.find_spec("lm_eval") is None and not os.environ.get("LLAMA_TRAINER_REQUIRE_BENCH_DEPS"):
+    if importlib.util.find_spec("lm_eval") is None and not os.environ.get("LLAMA_TRAINER_REQUIRE_OPTIONAL_DEPS"):
         pytest.skip("lm-eval absent: pip install -r requirements-bench.txt (CI installs it)")
     result = subprocess.run([sys.executable, "bench/eval_vs_lm_eval.py", "--quick"], cwd=REPO, capture_output=True,
                             text=True, timeout=600)
