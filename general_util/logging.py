@@ -81,3 +81,9 @@ class MetricsWriter:
         if self.active:
             self.bar.close()
             self.trackers.close()
+
+
+def progress_bar(description: str, total: int, ctx: DistContext, unit: str = "item") -> tqdm:
+    """A bar on global rank 0 only (items done of all, items/s, ETA); inert elsewhere."""
+    return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, mininterval=1.0, leave=False,
+                disable=not ctx.is_main)

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Subset
 from data.collators import model_inputs
 from general_util.dist import all_reduce, current, shard_range
 from general_util.errors import ConfigError
+from general_util.logging import progress_bar
 from modules.loss import count_label_tokens, token_loss_sum
 
 
@@ -32,7 +33,7 @@ class LossEvaluator:
         batches = list(DataLoader(share, batch_size=self.batch_size, collate_fn=self.collator_factory(tokenizer=tokenizer)))
         num_batches = all_reduce(torch.tensor([len(batches)], device=ctx.device), "max").item()
         totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, label tokens
-        with torch.no_grad():
+        with torch.no_grad(), progress_bar("eval loss", len(self._dataset), ctx) as bar:
             for i in range(num_batches):
                 batch = batches[min(i, len(batches) - 1)] if batches else None
                 if batch is None:  # this rank has no items at all: any input keeps the forward count aligned
@@ -41,6 +42,7 @@ class LossEvaluator:
                 if i < len(batches):
                     totals[0] += token_loss_sum(logits, batch["labels"]).double()
                     totals[1] += count_label_tokens(batch["labels"]).double()
+                    bar.update(min(len(batch["labels"]) * ctx.world_size, bar.total - bar.n))  # ranks step together
         all_reduce(totals)
         loss = (totals[0] / totals[1].clamp(min=1)).item()
         metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": totals[1].item()}

@@ -14,12 +14,13 @@ import torch
 
 from general_util.dist import all_reduce, current, gather_objects, shard_range
 from general_util.errors import ConfigError
+from general_util.logging import progress_bar
 from modules.generation import DEFAULT_GENERATION, generate_continuations
 from modules.scoring import choose, encode_options, score_requests
-from post_processors.answer_extraction import extract_choice
+from post_processors.answer_extraction import check_rule, extract_choice
 from post_processors.gathering import merge_by_index
 from post_processors.mc_metrics import multiple_choice_metrics
-from post_processors.prediction_files import write_outputs
+from post_processors.prediction_files import write_outputs, write_prediction_indices
 
 SCORINGS = ("loglikelihood", "generate")
 
@@ -30,13 +31,18 @@ class MultipleChoiceEvaluator:
     `batch_size`: items per model call (log-likelihood: each item adds one row per option, fewer where
     options share a prefix). `max_seq_length`: longer prompts lose tokens from the left (counted in the
     metric `truncated`). `generation`: keyword arguments of `generate` (scoring `generate`), over
-    `modules.generation.DEFAULT_GENERATION`. `answer_trigger`: the generated answer is read after this
-    text. `limit`: evaluate only the first N items (quick checks). The files are read here, so a bad
-    record stops the run before training starts."""
+    `modules.generation.DEFAULT_GENERATION`. `answer_trigger`, `answer_position`, `letter_match`: how the
+    letter is read from a generation (post_processors/answer_extraction.py). `npy_file`: also write the
+    predicted option indices in item order to this file (`npy_unparsable` for an answer without a letter), as
+    the original evaluation did (`decode_results.npy`, 0). `limit`: evaluate only the first N items (quick
+    checks). The files are read here, so a bad record stops the run before training starts."""
 
     def __init__(self, name: str, reader, prompt, scoring: str = "loglikelihood", batch_size: int = 8,
                  max_seq_length: int = 1024, generation: dict | None = None, *, data_dir: str | Path,
-                 answer_trigger: str | None = None, add_bos: bool = True, limit: int | None = None):
+                 answer_trigger: str | None = None, answer_position: str = "first", letter_match: str = "standalone",
+                 add_bos: bool = True, limit: int | None = None, npy_file: str | None = None,
+                 npy_unparsable: int = -1):
+        check_rule(letter_match, answer_position)
         if scoring not in SCORINGS:
             raise ConfigError(f"evaluator {name}: scoring={scoring!r}; use one of {', '.join(SCORINGS)}")
         if scoring == "generate" and prompt.answer_format != "letter":
@@ -51,6 +57,8 @@ class MultipleChoiceEvaluator:
         self.name, self.prompt, self.scoring = name, prompt, scoring
         self.batch_size, self.max_seq_length = batch_size, max_seq_length
         self.answer_trigger, self.add_bos = answer_trigger, add_bos
+        self.answer_position, self.letter_match = answer_position, letter_match
+        self.npy_file, self.npy_unparsable = npy_file, npy_unparsable
         source = reader(data_dir=data_dir)
         self.items = source.items()[:limit]
         if not self.items:
@@ -70,6 +78,8 @@ class MultipleChoiceEvaluator:
         metrics = multiple_choice_metrics(predictions)
         if ctx.is_main:
             write_outputs(output_dir, predictions, metrics)
+            if self.npy_file:
+                write_prediction_indices(Path(output_dir) / self.npy_file, predictions, self.npy_unparsable)
         return metrics
 
     # ---- scoring ------------------------------------------------------------------------------------
@@ -116,12 +126,15 @@ class MultipleChoiceEvaluator:
         stand-in batch — the first one, or item 0 on a rank without items — are discarded)."""
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         num_batches = int(all_reduce(torch.tensor([len(batches)], device=device), "max").item())
+        ctx = current()
         results = []
-        for b in range(num_batches):
-            if b < len(batches):
-                results.extend(run(batches[b]))
-            else:
-                run(batches[0] if batches else [0])
+        with progress_bar(f"eval {self.name}", len(self.items), ctx) as bar:
+            for b in range(num_batches):
+                if b < len(batches):
+                    results.extend(run(batches[b]))
+                    bar.update(min(len(batches[b]) * ctx.world_size, bar.total - bar.n))  # ranks step together
+                else:
+                    run(batches[0] if batches else [0])
         return results
 
     # ---- prediction records -------------------------------------------------------------------------
@@ -147,6 +160,7 @@ class MultipleChoiceEvaluator:
 
     def _generated(self, i: int, text: str, truncated: bool) -> dict:
         item = self.items[i]
-        prediction = extract_choice(text, len(item.options), self.answer_trigger)
+        prediction = extract_choice(text, len(item.options), self.answer_trigger, self.answer_position,
+                                    self.letter_match, self.prompts[i])
         return {**self._record(i, truncated), "generation": text, "prediction": prediction,
                 "correct": prediction == item.gold if item.gold is not None else None}

@@ -23,4 +23,10 @@ def write_outputs(output_dir: str | Path, predictions: list[dict], metrics: dict
 def write_submission(path: Path, predictions: list[dict]) -> None:
     """The predicted option indices in item (file) order, as ReClor's leaderboard takes them
     (`np.save`); an unparsable generated answer is -1."""
-    np.save(path, np.array([-1 if p["prediction"] is None else p["prediction"] for p in predictions], dtype=np.int64))
+    write_prediction_indices(path, predictions, -1)
+
+
+def write_prediction_indices(path: Path, predictions: list[dict], unparsable: int) -> None:
+    """`np.save` of the predicted option index of every item in item order (`unparsable` where none)."""
+    np.save(path, np.array([unparsable if p["prediction"] is None else p["prediction"] for p in predictions],
+                           dtype=np.int64))
