@@ -15,7 +15,11 @@ to `max_length` tokens. Two row layouts compute exactly that:
   context once, then each continuation but its last token as a branch; a 4D mask lets each branch see the
   context and itself only, and its position ids continue from the context's end. An item's four options
   then cost one context instead of four. A row holds at most `max_length` tokens (more branches open a
-  new row); a request cut from the left gets a row of its own.
+  new row). A request cut from the left to `max_length` (lm-eval's truncation, `truncation="lm_eval"`) gets
+  a row of its own: its cut depends on its continuation's length. `truncation="shared"` instead cuts the
+  context once, so that the longest continuation of the context still fits, and keeps every request of
+  that context in one row (faster on long prompts; shorter options then see a little less context than
+  lm-eval gives them, so their scores may differ).
 - flat (other attention implementations, which take no custom mask): a row per request, except that a
   request whose input is a prefix of another's takes its log-probs from that row (a causal model's logits
   at a position depend only on the tokens before it), so single-token letters " A".." D" share a row.
@@ -43,15 +47,76 @@ def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool = True
     return encode_options(tokenizer, context, [continuation], add_bos)[0]
 
 
-def encode_options(tokenizer, context: str, continuations: list[str], add_bos: bool = True) -> list[Request]:
-    """One request per continuation after the same context (the context is encoded once)."""
+TAIL_TOKENS = 64  # a long context's continuations are tokenized after its last TAIL_TOKENS tokens only
+
+
+def clean_cut(offsets: list[tuple[int, int]], index: int) -> int:
+    """The first token at or after `index` that starts a new character (a byte-level tokenizer writes one
+    multi-byte character as several tokens that share its offsets)."""
+    while 0 < index < len(offsets) and offsets[index][0] < offsets[index - 1][1]:
+        index += 1
+    return index
+
+
+def continuation_ids(tokenizer, context: str, context_ids: list[int], offsets: list[tuple[int, int]] | None,
+                     continuations: list[str]) -> list[list[int]]:
+    """lm-eval's continuation tokens: the encoding of context + continuation beyond the context's tokens.
+    A long context is not encoded again per option: its tail (from the start of its TAIL_TOKENS-th last token)
+    + each continuation is, and its tokens stand for the whole encoding's when the tail's first tokens come
+    out as the context's own (the tokenization did not reach back across that point); otherwise, and for
+    slow tokenizers (no `offsets`), the whole texts are encoded."""
+    if len(context_ids) > 2 * TAIL_TOKENS and offsets is not None:
+        cut = clean_cut(offsets, len(context_ids) - TAIL_TOKENS)
+        tail_ids = context_ids[cut:]
+        wholes = tokenizer([context[offsets[cut][0]:] + c for c in continuations], add_special_tokens=False)["input_ids"]
+        stable = len(tail_ids) // 2  # the tail's first half must be the context's, token for token
+        if all(whole[:stable] == tail_ids[:stable] for whole in wholes):
+            return [whole[len(tail_ids):] for whole in wholes]
+    wholes = tokenizer([context + c for c in continuations], add_special_tokens=False)["input_ids"]
+    return [whole[len(context_ids):] for whole in wholes]
+
+
+def context_tail(tokenizer, context: str, keep_tokens: int):
+    """The encoding of the end of a long `context` that holds at least its last `keep_tokens` tokens, without
+    encoding the whole context: (text, ids, offsets) of a suffix window whose first TAIL_TOKENS tokens (where
+    the cut may split a word) are dropped, checked against a window starting further back. None when the
+    context is not that long or the two windows disagree."""
+    width = keep_tokens + 2 * TAIL_TOKENS
+    while width < len(context):
+        windows = [tokenizer(context[-w:], add_special_tokens=False, return_offsets_mapping=True)
+                   for w in (width, min(len(context), width + 4 * TAIL_TOKENS))]
+        ids, longer, offsets = windows[0]["input_ids"], windows[1]["input_ids"], windows[0]["offset_mapping"]
+        if len(ids) >= keep_tokens + TAIL_TOKENS:
+            cut = clean_cut(offsets, TAIL_TOKENS)
+            kept, start = ids[cut:], offsets[cut][0]
+            text = context[-width:][start:]
+            if longer[-len(kept):] != kept or tokenizer(text, add_special_tokens=False)["input_ids"] != kept:
+                return None
+            return text, kept, [(a - start, b - start) for a, b in offsets[cut:]]
+        width *= 2
+    return None
+
+
+def encode_options(tokenizer, context: str, continuations: list[str], add_bos: bool = True,
+                   keep_tokens: int | None = None) -> list[Request]:
+    """One request per continuation after the same context (the context is encoded once). `keep_tokens`: only
+    the context's last that many tokens will be read (scoring cuts from the left to max_length + 1), so a
+    longer context is encoded from a window at its end (`context_tail`); the request's context is then that
+    tail, without BOS (the cut removes it anyway)."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuations = context[:-spaces], [context[-spaces:] + c for c in continuations]
-    context_ids, *wholes = tokenizer([context] + [context + c for c in continuations],
-                                     add_special_tokens=False)["input_ids"]
+    fast = getattr(tokenizer, "is_fast", False)
+    tail = context_tail(tokenizer, context, keep_tokens) if keep_tokens and fast else None
+    if tail is not None:
+        text, context_ids, offsets = tail
+        return [Request(context_ids, ids) for ids in continuation_ids(tokenizer, text, context_ids, offsets,
+                                                                       continuations)]
+    encoded = tokenizer(context, add_special_tokens=False, return_offsets_mapping=fast)
+    context_ids, offsets = encoded["input_ids"], encoded.get("offset_mapping")
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
-    requests = [Request(bos + context_ids, whole[len(context_ids):]) for whole in wholes]
+    requests = [Request(bos + context_ids, ids)
+                for ids in continuation_ids(tokenizer, context, context_ids, offsets, continuations)]
     for request, continuation in zip(requests, continuations):
         if not request.context or not request.continuation:
             raise ValueError(f"cannot score continuation {continuation!r} after context {context[-40:]!r}: "
@@ -84,15 +149,34 @@ class PackedBatch:
         return torch.zeros(seen.shape, dtype=dtype).masked_fill_(~seen, torch.finfo(dtype).min)[:, None]
 
 
-def pack(requests: list[Request], max_length: int, shared_context: bool = True) -> PackedBatch:
+TRUNCATIONS = ("lm_eval", "shared")
+
+
+def shared_cut(requests: list[Request], max_length: int) -> list[Request]:
+    """Every context cut from the left once, to what its longest continuation leaves of `max_length`."""
+    longest: dict[tuple[int, ...], int] = {}
+    for r in requests:
+        longest[tuple(r.context)] = max(longest.get(tuple(r.context), 0), len(r.continuation))
+    return [Request(r.context[-(max_length + 1 - longest[tuple(r.context)]):], r.continuation)
+            if len(r.context) + longest[tuple(r.context)] > max_length + 1 else r for r in requests]
+
+
+def pack(requests: list[Request], max_length: int, shared_context: bool = True,
+         truncation: str = "lm_eval") -> PackedBatch:
     for request in requests:
         if len(request.continuation) > max_length:
             raise ValueError(f"a continuation of {len(request.continuation)} tokens exceeds max_seq_length={max_length}")
     truncated = [len(r.context) + len(r.continuation) > max_length + 1 for r in requests]
+    if shared_context and truncation == "shared":
+        cut = shared_cut(requests, max_length)
+        truncated = [len(c.context) < len(r.context) for c, r in zip(cut, requests)]
+        requests, flat_when_truncated = cut, False
+    else:
+        flat_when_truncated = True
     rows: list[tuple[list[int], list[list[int]]]] = []  # (context or whole input, branches)
     placed: list[tuple[int, list[int]]] = [(0, [])] * len(requests)  # per request: row, predicting positions
     open_row: dict[tuple[int, ...], int] = {}  # shared context: the row still taking branches of a context
-    flat = [i for i in range(len(requests)) if not shared_context or truncated[i]]
+    flat = [i for i in range(len(requests)) if not shared_context or (truncated[i] and flat_when_truncated)]
     for i in sorted(flat, key=lambda i: -len(requests[i].context) - len(requests[i].continuation)):
         r = requests[i]
         row = (r.context + r.continuation)[-(max_length + 1):][:-1]
@@ -103,7 +187,9 @@ def pack(requests: list[Request], max_length: int, shared_context: bool = True) 
     for i in sorted(set(range(len(requests))) - set(flat)):
         r, branch = requests[i], requests[i].continuation[:-1]
         at = open_row.get(tuple(r.context))
-        if at is None or len(rows[at][0]) + sum(map(len, rows[at][1])) + len(branch) > max_length:
+        # a row of a context cut for its longest branch keeps all the context's branches (each sees ≤ max_length)
+        limit = max_length if flat_when_truncated or not truncated[i] else float("inf")
+        if at is None or len(rows[at][0]) + sum(map(len, rows[at][1])) + len(branch) > limit:
             at = open_row[tuple(r.context)] = len(rows)
             rows.append((r.context, []))
         context, branches = rows[at]
@@ -146,11 +232,13 @@ def continuation_logprobs(logits: torch.Tensor, batch: PackedBatch) -> list[floa
 
 
 @torch.no_grad()
-def score_requests(model, requests: list[Request], max_length: int, device: torch.device) -> tuple[list[float], list[bool]]:
+def score_requests(model, requests: list[Request], max_length: int, device: torch.device,
+                   truncation: str = "lm_eval") -> tuple[list[float], list[bool]]:
     """One forward call over all `requests`: their summed continuation log-probs and truncation flags.
     `model`: a transformers causal LM, or a wrapper of one (DeepSpeed engine: `.module`; peft)."""
     config = getattr(getattr(model, "module", model), "config", None)
-    batch = pack(requests, max_length, getattr(config, "_attn_implementation", None) in SHARED_CONTEXT_ATTENTION)
+    batch = pack(requests, max_length, getattr(config, "_attn_implementation", None) in SHARED_CONTEXT_ATTENTION,
+                 truncation)
     inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "logits_to_keep": batch.logits_to_keep}
     mask = batch.attention_mask(next(model.parameters()).dtype)
     if mask is not None:

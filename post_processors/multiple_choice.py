@@ -16,7 +16,7 @@ from general_util.dist import all_reduce, current, gather_objects, shard_range
 from general_util.errors import ConfigError
 from general_util.logging import progress_bar
 from modules.generation import DEFAULT_GENERATION, generate_continuations
-from modules.scoring import choose, encode_options, score_requests
+from modules.scoring import TRUNCATIONS, choose, encode_options, score_requests
 from post_processors.answer_extraction import check_rule, extract_choice
 from post_processors.gathering import merge_by_index
 from post_processors.mc_metrics import multiple_choice_metrics
@@ -30,7 +30,9 @@ class MultipleChoiceEvaluator:
     in YAML), e.g. `data.benchmarks.LogiQAReader`. `prompt`: a `data.benchmarks.MultipleChoicePrompt`.
     `batch_size`: items per model call (log-likelihood: each item adds one row per option, fewer where
     options share a prefix). `max_seq_length`: longer prompts lose tokens from the left (counted in the
-    metric `truncated`). `generation`: keyword arguments of `generate` (scoring `generate`), over
+    metric `truncated`); None: the model's context length. `truncation`: how a long item is cut for
+    log-likelihood scoring, `lm_eval` (exactly as lm-evaluation-harness) or `shared` (the context cut once,
+    all options in one row: faster; see modules/scoring.py). `generation`: keyword arguments of `generate` (scoring `generate`), over
     `modules.generation.DEFAULT_GENERATION`. `answer_trigger`, `answer_position`, `letter_match`: how the
     letter is read from a generation (post_processors/answer_extraction.py). `npy_file`: also write the
     predicted option indices in item order to this file (`npy_unparsable` for an answer without a letter), as
@@ -38,7 +40,8 @@ class MultipleChoiceEvaluator:
     checks). The files are read here, so a bad record stops the run before training starts."""
 
     def __init__(self, name: str, reader, prompt, scoring: str = "loglikelihood", batch_size: int = 8,
-                 max_seq_length: int = 1024, generation: dict | None = None, *, data_dir: str | Path,
+                 max_seq_length: int | None = None, generation: dict | None = None, *, data_dir: str | Path,
+                 truncation: str = "lm_eval",
                  answer_trigger: str | None = None, answer_position: str = "first", letter_match: str = "standalone",
                  add_bos: bool = True, limit: int | None = None, npy_file: str | None = None,
                  npy_unparsable: int = -1):
@@ -49,9 +52,12 @@ class MultipleChoiceEvaluator:
             raise ConfigError(f"evaluator {name}: scoring=generate reads an option letter; set the prompt's "
                              f"answer_format=letter so the exemplars answer with letters too")
         self.generation = {**DEFAULT_GENERATION, **dict(generation or {})}
-        if scoring == "generate" and self.generation["max_new_tokens"] >= max_seq_length:
+        if scoring == "generate" and max_seq_length and self.generation["max_new_tokens"] >= max_seq_length:
             raise ConfigError(f"evaluator {name}: max_new_tokens={self.generation['max_new_tokens']} leaves no room "
                              f"for the prompt in max_seq_length={max_seq_length}")
+        if truncation not in TRUNCATIONS:
+            raise ConfigError(f"evaluator {name}: truncation={truncation!r}; use one of {', '.join(TRUNCATIONS)}")
+        self.truncation = truncation
         if batch_size < 1:
             raise ConfigError(f"evaluator {name}: batch_size={batch_size}; must be ≥ 1")
         self.name, self.prompt, self.scoring = name, prompt, scoring
@@ -67,6 +73,9 @@ class MultipleChoiceEvaluator:
 
     def __call__(self, model, tokenizer, output_dir: str | Path) -> dict[str, float]:
         ctx = current()
+        if self.max_seq_length is None:  # the model's context length
+            config = getattr(getattr(model, "module", model), "config")
+            self.max_seq_length = config.max_position_embeddings
         share = list(shard_range(len(self.items), ctx.rank, ctx.world_size))
         if self.scoring == "loglikelihood":
             local = self._loglikelihood(model, tokenizer, share, ctx.device)
@@ -85,7 +94,8 @@ class MultipleChoiceEvaluator:
     # ---- scoring ------------------------------------------------------------------------------------
     def _loglikelihood(self, model, tokenizer, share: list[int], device) -> list[dict]:
         def encode(i: int) -> list:
-            return encode_options(tokenizer, self.prompts[i], self.prompt.continuations(self.items[i]), self.add_bos)
+            return encode_options(tokenizer, self.prompts[i], self.prompt.continuations(self.items[i]), self.add_bos,
+                                  keep_tokens=self.max_seq_length + 1)
 
         requests = {i: encode(i) for i in share}
         # longest first: batches of similar length pad little (as lm-eval sorts)
@@ -93,7 +103,8 @@ class MultipleChoiceEvaluator:
 
         def run(indices: list[int]) -> list[dict]:
             per_item = [requests[i] if i in requests else encode(i) for i in indices]
-            sums, truncated = score_requests(model, [r for item in per_item for r in item], self.max_seq_length, device)
+            sums, truncated = score_requests(model, [r for item in per_item for r in item], self.max_seq_length, device,
+                                             self.truncation)
             out, at = [], 0
             for i, item_requests in zip(indices, per_item):
                 n = len(item_requests)

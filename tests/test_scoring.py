@@ -174,3 +174,44 @@ def test_metrics_from_a_score_table():
     assert metrics["subject/b/acc"] == 0.0 and metrics["subject/b/acc_norm"] == 1.0
     assert metrics["category/STEM/acc"] == 0.5 and metrics["category/other/acc_norm"] == 1.0
     assert "unparsable" not in metrics
+
+
+def token_logprob_sum(model, ids: list[int], continuation: list[int]) -> float:
+    """Summed log-prob of the last len(continuation) tokens of `ids`, one unpadded forward pass."""
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids[:-1]])).logits[0].double(), dim=-1)
+    start = len(ids) - 1 - len(continuation)
+    return sum(log_probs[start + k, token].item() for k, token in enumerate(continuation))
+
+
+def test_shared_truncation_cuts_the_context_once_for_the_longest_option(model, tokenizer):
+    context = encode_options(tokenizer, "很长的文章。" * 12 + "\n答案：", [" 甲", " 乙丙丁戊己庚", " 辛"])
+    max_length = 24
+    longest = max(len(r.continuation) for r in context)
+    lm_eval_sums, lm_eval_cut = score_requests(model, context, max_length, torch.device("cpu"))
+    shared_sums, shared_cut = score_requests(model, context, max_length, torch.device("cpu"), truncation="shared")
+    assert all(lm_eval_cut) and all(shared_cut)
+    for request, theirs, ours in zip(context, lm_eval_sums, shared_sums):
+        whole = request.context + request.continuation
+        # lm-eval: each request's (context + continuation) cut to max_length + 1 tokens on its own
+        assert theirs == pytest.approx(token_logprob_sum(model, whole[-(max_length + 1):], request.continuation), abs=1e-5)
+        # shared: the same context tail for every option, as long as the longest option leaves
+        cut = request.context[-(max_length + 1 - longest):] + request.continuation
+        assert ours == pytest.approx(token_logprob_sum(model, cut, request.continuation), abs=1e-5)
+    assert pack(context, max_length, truncation="shared").input_ids.shape[0] == 1  # one row for all options
+    assert pack(context, max_length).input_ids.shape[0] == 3
+
+
+@pytest.mark.parametrize("text", ["长篇的对话，男：你好！女：你好。" * 90 + "\n答案：", "A long passage, said he. " * 200 + "\nAnswer:"])
+def test_long_contexts_are_encoded_from_their_tail_exactly(tokenizer, text):
+    """Only the context's last tokens are read (keep_tokens), and the continuations of a long context are
+    encoded after its tail: both must be token for token what encoding the whole texts gives."""
+    continuations = [" 坐地铁", " 走路。", " B"]
+    whole = encode_options(tokenizer, text, continuations)
+    tail = encode_options(tokenizer, text, continuations, keep_tokens=300)
+    stripped = text.rstrip()
+    context_ids = plain(tokenizer, stripped)
+    for w, t, continuation in zip(whole, tail, continuations):
+        brute = plain(tokenizer, text + continuation)[len(context_ids):]
+        assert w.continuation == t.continuation == brute
+        assert len(t.context) >= 300 and w.context[-len(t.context):] == t.context
