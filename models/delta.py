@@ -1,8 +1,8 @@
 """Weight deltas between two checkpoints of one model: make (target − base) and apply (base + delta).
 
 Both directions stream: tensors are processed in blocks of rows (`CHUNK_ELEMENTS` at a time) and
-written straight into safetensors shards, so memory stays near one `.bin` shard (safetensors inputs:
-near one block) whatever the model size.
+written straight into safetensors shards, so memory stays near one block (`.bin` inputs: plus 1/16 of
+a shard, see models/weights_io.py) whatever the model size.
 
 Precision. Each block is converted to float64, subtracted (make) or added (apply), and rounded once
 to the output dtype: the delta's dtype (default: each tensor's own dtype; `--delta-dtype` overrides)
@@ -25,11 +25,28 @@ fingerprint of the base tensor: sha256 of its dtype, shape and bytes, all of the
 `FULL_HASH_BYTES` and otherwise `SAMPLE_ROWS` evenly spaced rows. A different model or release differs
 in every sampled row, and the sample costs about 60 MB of reads for a 13B model (hashing everything would
 read the whole base once more before anything is written).
+
+Legacy deltas. Published deltas have no `delta_meta.json`; `apply_delta(..., legacy=...)` names how
+they were made (`LEGACY_FLAVOURS`):
+- `panda`: PandaLLM's original make_delta: every tensor is target − base except `embed_tokens` /
+  `lm_head`, which hold the target's values (copied as they are, so the base may have fewer rows);
+- `fastchat`: FastChat v1.1 on: every tensor is target − base, embeddings included. Its deltas have
+  the base's vocabulary (32000 rows) and its apply_delta (`param.data += delta`) fails on any other;
+  only its v0 scripts, whose [PAD] row made the vocabulary 32001, padded the base with zero rows (in
+  make and apply), so that extra rows are the delta's own values. A delta with more rows than the base
+  is therefore refused as a likely wrong base, unless `verify=False` (`--no-verify`) takes the extra
+  rows as the delta's own values, as v0 did.
+Either way each tensor is written in the delta's dtype, by the same float64 arithmetic: the exact sum
+rounded once, which for a base and delta of one dtype is bit for bit the in-place add of those scripts.
+Without a fingerprint a wrong base is caught only by tensor names, shapes (beyond the vocabulary rows),
+vocabulary size and dtype. Rotary `inv_freq` buffers (saved by transformers < 4.31, recomputed on load)
+that only one side has are left out.
 """
 import hashlib
 import itertools
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +64,11 @@ VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight")
 CHUNK_ELEMENTS = 2**21  # rows per block ≈ this many elements: 16 MB as float64
 FULL_HASH_BYTES = 2**20
 SAMPLE_ROWS = 16
+LEGACY_FLAVOURS = {"panda": "target − base except embed_tokens / lm_head, which are the target's own",
+                   "fastchat": "target − base for every tensor, embeddings included (FastChat v1.1 on)"}
+RECOMPUTED_BUFFERS = ("rotary_emb.inv_freq",)
+NO_FINGERPRINT = ("no base fingerprint in a legacy delta: the base cannot be verified beyond names, shapes and "
+                  "vocabulary size")
 
 
 def base_fingerprint(reader: WeightsReader, name: str) -> str:
@@ -142,25 +164,29 @@ def make_delta(base_path, target_path, delta_path, delta_dtype: str | None = Non
     return delta_path
 
 
-def read_meta(delta_path: Path) -> dict:
+def read_meta(delta_path: Path, legacy: str | None = None) -> dict | None:
+    """The delta's `delta_meta.json`; None for a legacy delta, which must not have one."""
     path = delta_path / META_FILE
+    if not delta_path.is_dir():
+        raise WeightsError(f"{delta_path}: no such folder")
+    if legacy is not None:
+        if legacy not in LEGACY_FLAVOURS:
+            raise WeightsError(f"legacy delta flavour {legacy!r}: use one of {', '.join(LEGACY_FLAVOURS)}")
+        if path.is_file():
+            raise WeightsError(f"{delta_path} has a {META_FILE}, so it was written by make_delta.py; "
+                               f"apply it without --legacy-delta")
+        return None
     if not path.is_file():
-        raise WeightsError(f"{delta_path}: no {META_FILE}; not a delta written by make_delta.py")
+        raise WeightsError(f"{delta_path} has no metadata ({META_FILE}): not a delta written by make_delta.py; "
+                           f"for a published delta, name its flavour with --legacy-delta panda|fastchat")
     meta = json.loads(path.read_text())
     if meta.get("format") != META_FORMAT:
         raise WeightsError(f"{path}: format {meta.get('format')!r}, expected {META_FORMAT!r}")
     return meta
 
 
-def apply_delta(base_path, delta_path, target_path, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-                overwrite: bool = False, verify: bool = True) -> Path:
-    """Write base + delta (plus the delta's config and tokenizer) to `target_path`; with `verify`, first
-    refuse a base whose fingerprints differ from the one the delta was made from."""
-    started = time.perf_counter()
-    base_path, delta_path, target_path = Path(base_path), Path(delta_path), Path(target_path)
-    max_shard_bytes = parse_size(max_shard_size)
-    tensors = read_meta(delta_path)["tensors"]
-    base, delta = WeightsReader(base_path), WeightsReader(delta_path)
+def meta_plan(base: WeightsReader, delta: WeightsReader, tensors: dict) -> dict[str, tuple[TensorSpec, int]]:
+    """Per tensor of a make_delta.py delta: the target's spec and how many leading rows are base + delta."""
     check_same_names(base.specs, "base", tensors, "delta")
     check_same_names(tensors, META_FILE, delta.specs, "delta weights")
     for name, info in tensors.items():
@@ -170,8 +196,65 @@ def apply_delta(base_path, delta_path, target_path, max_shard_size: int | str = 
         if list(delta.specs[name].shape) != info["target_shape"]:
             raise WeightsError(f"tensor '{name}': delta shape {list(delta.specs[name].shape)} disagrees with its "
                                f"{META_FILE} ({info['target_shape']}); the delta folder is damaged")
+    return {name: (TensorSpec(tuple(tensors[name]["target_shape"]), getattr(torch, tensors[name]["target_dtype"])),
+                   tensors[name]["base_shape"][0] if tensors[name]["target_shape"] else 0) for name in delta.specs}
+
+
+def legacy_plan(base: WeightsReader, delta: WeightsReader, flavour: str,
+                extra_rows_as_is: bool = False) -> tuple[dict[str, tuple[TensorSpec, int]], list[str]]:
+    """Per tensor of a legacy delta: the target's spec (the delta's) and how many leading rows are base + delta
+    (0: copied); and the notes to print. Refuses a base that differs in names, in shapes other than grown
+    vocabulary rows (FastChat: unless `extra_rows_as_is`), or in having non-floating weights."""
+    notes = [f"warning: {NO_FINGERPRINT}"]
+    one_sided = sorted(name for name in base.specs.keys() ^ delta.specs.keys() if name.endswith(RECOMPUTED_BUFFERS))
+    if one_sided:
+        notes.append(f"note: leaving out {len(one_sided)} rotary inv_freq buffer(s) that only one side has "
+                     f"(first: '{one_sided[0]}'); transformers recomputes them")
+    names = [name for name in delta.specs if name not in one_sided]
+    check_same_names(dict.fromkeys(base.specs.keys() - one_sided), "base", dict.fromkeys(names), "delta")
+    check_floating(base)
+    check_floating(delta)
+    plan, grown = {}, []
+    for name in names:
+        try:
+            rows = shared_rows(name, base.specs[name], delta.specs[name])
+        except WeightsError as exc:
+            raise WeightsError(f"{exc}; {base.folder} is not the base this delta was made from") from None
+        shape = delta.specs[name].shape
+        if flavour == "panda" and name.endswith(VOCAB_TENSORS):
+            rows = 0  # the target's values, copied
+        elif shape and rows < shape[0]:
+            if not extra_rows_as_is:
+                raise WeightsError(f"tensor '{name}': delta {shape[0]} rows vs base {rows}; a FastChat v1.1+ delta has "
+                                   f"its base's vocabulary (its apply_delta fails here too), so {base.folder} is "
+                                   f"likely not its base; pass --no-verify to take the extra rows as the delta's own "
+                                   f"values (FastChat v0's zero-padded [PAD] rows)")
+            grown.append(name)
+        plan[name] = (delta.specs[name], rows)
+    if grown:
+        extra = delta.specs[grown[0]].shape[0] - base.specs[grown[0]].shape[0]
+        notes.append(f"note: {' and '.join(grown)} have {extra} row(s) more than the base; as in FastChat's v0 "
+                     f"deltas (base padded with zero rows) they are taken as the delta's own values (--no-verify)")
+    return plan, notes
+
+
+def apply_delta(base_path, delta_path, target_path, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+                overwrite: bool = False, verify: bool = True, legacy: str | None = None) -> Path:
+    """Write base + delta (plus the delta's config and tokenizer) to `target_path`; with `verify`, first
+    refuse a base whose fingerprints differ from the one the delta was made from. `legacy` ("panda" or
+    "fastchat") applies a delta without `delta_meta.json`, made by that flavour's rule."""
+    started = time.perf_counter()
+    base_path, delta_path, target_path = Path(base_path), Path(delta_path), Path(target_path)
+    max_shard_bytes = parse_size(max_shard_size)
+    meta = read_meta(delta_path, legacy)
+    base, delta = WeightsReader(base_path), WeightsReader(delta_path)
+    plan, notes = (legacy_plan(base, delta, legacy, extra_rows_as_is=not verify) if legacy
+                   else (meta_plan(base, delta, meta["tensors"]), []))
     check_output_folder(target_path, overwrite, [base_path, delta_path])
-    if verify:
+    for note in notes:
+        print(note, file=sys.stderr)
+    if verify and not legacy:
+        tensors = meta["tensors"]
         differing = [name for name in tqdm(tensors, desc="verify base", unit="tensor")
                      if base_fingerprint(base, name) != tensors[name]["base_fingerprint"]]
         if differing:
@@ -179,12 +262,10 @@ def apply_delta(base_path, delta_path, target_path, max_shard_size: int | str = 
                                f"{len(tensors)} tensors differ (first: '{differing[0]}'); "
                                f"pass --no-verify to apply anyway")
 
-    specs = {name: TensorSpec(tuple(tensors[name]["target_shape"]), getattr(torch, tensors[name]["target_dtype"]))
-             for name in delta.specs}
+    specs = {name: spec for name, (spec, _) in plan.items()}
     with staged_folder(target_path) as staging:
         writer = ShardedWriter(staging, specs, max_shard_bytes)
-        for name, spec in tqdm(specs.items(), desc="apply delta", unit="tensor"):
-            base_rows = tensors[name]["base_shape"][0] if spec.shape else 0
+        for name, (spec, base_rows) in tqdm(plan.items(), desc="apply delta", unit="tensor"):
             writer.add(name, combined_blocks(delta, base, name, base_rows, +1, spec.dtype))
         shards = writer.close()
         copy_side_files(delta_path, staging)

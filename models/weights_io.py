@@ -4,7 +4,11 @@ Reads safetensors (`model.safetensors`, or the shards of `model.safetensors.inde
 of each file's header, straight into fresh tensors of just the rows asked for: no memory map, so
 nothing stays resident once a block is dropped (`safe_open`'s map keeps every page read from the open
 shard in RSS). Reads legacy PyTorch shards (`pytorch_model.bin`, or the shards of
-`pytorch_model.bin.index.json`) one shard at a time with `torch.load(weights_only=True, mmap=True)`.
+`pytorch_model.bin.index.json`, as original LLaMA conversions and published deltas are) with
+`torch.load(weights_only=True, mmap=True)`. A mapped shard keeps every page read resident until it is
+unmapped, so it is mapped afresh whenever the bytes read from it reach `REMAP_FRACTION` of it: at most
+that much plus one read stays resident, not the whole shard (a pre-1.6, non-zip `.bin` cannot be mapped:
+it is loaded whole, once).
 Writes safetensors shards by streaming: the shard layout is planned from the tensor shapes up front,
 so each header is written first and every tensor's bytes go straight to disk as they are produced.
 Outputs are built in a hidden sibling folder and renamed into place only when complete.
@@ -25,6 +29,7 @@ import torch
 from general_util.errors import UserError
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
+REMAP_FRACTION = 1 / 16  # a memory-mapped .bin shard is mapped afresh after each such fraction of it read
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # output dtypes (CLI names)
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -138,6 +143,8 @@ class WeightsReader:
         self.files = weight_files(self.folder)
         self.safetensors = self.files[0].suffix == ".safetensors"
         self._open_path, self._open = None, None
+        self._read_bytes, self._remap_bytes = 0, math.inf  # read since the open shard was mapped; its limit
+        self._unmappable: set[Path] = set()  # non-zip .bin shards, loaded whole
         self.specs: dict[str, TensorSpec] = {}
         self.file_of: dict[str, Path] = {}
         for path in self.files:
@@ -154,25 +161,38 @@ class WeightsReader:
     def total_bytes(self) -> int:
         return sum(spec.nbytes for spec in self.specs.values())
 
-    def _shard(self, path: Path):
-        """The open shard `path`: a `SafetensorsFile`, or a `.bin` state dict memory-mapped from disk (its
-        pages are read on first touch and released with the shard)."""
-        if path != self._open_path:
-            self._open = None  # release the previous shard first
-            if self.safetensors:
-                self._open = SafetensorsFile(path)
-            else:
-                try:
-                    self._open = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                except Exception as exc:  # truncated file, pickle with non-tensor objects, pre-1.6 format
-                    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-                    raise WeightsError(f"{path}: cannot load ({reason})") from None
-            self._open_path = path
+    def _shard(self, path: Path, nbytes: int = 0):
+        """The open shard `path`, to read `nbytes` from: a `SafetensorsFile`, or a `.bin` state dict
+        memory-mapped from disk (its pages are read on first touch and released when it is unmapped)."""
+        if path != self._open_path or self._read_bytes >= self._remap_bytes:
+            self._open = None  # release (unmap) the previous one first
+            self._open = SafetensorsFile(path) if self.safetensors else self._load_bin(path)
+            mapped = not self.safetensors and path not in self._unmappable
+            self._open_path, self._read_bytes = path, 0
+            self._remap_bytes = REMAP_FRACTION * path.stat().st_size if mapped else math.inf
+        self._read_bytes += nbytes
         return self._open
+
+    def _load_bin(self, path: Path) -> dict[str, torch.Tensor]:
+        """`torch.load(weights_only=True)` of a `.bin` shard: memory-mapped, or whole for a pre-1.6 file."""
+        try:
+            if path not in self._unmappable:
+                try:
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:
+                    if "mmap can only be used" not in str(exc):
+                        raise
+                    self._unmappable.add(path)
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated file, pickle with non-tensor objects
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            raise WeightsError(f"{path}: cannot load ({reason})") from None
 
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
         """Tensor `name`, or its rows [start, stop)."""
-        shard = self._shard(self.file_of[name])
+        spec = self.specs[name]
+        nbytes = spec.nbytes if start is None else (stop - start) * (spec.nbytes // max(1, spec.shape[0]))
+        shard = self._shard(self.file_of[name], nbytes)
         if self.safetensors:
             return shard.read(name, start, stop)
         return shard[name] if start is None else shard[name][start:stop]

@@ -12,8 +12,12 @@ def test_quick_bench_reports_peak_memory():
     assert {"mode", "model_bytes", "num_shards", "largest_shard_bytes", "baseline_rss_bytes", "goal_rss_bytes",
             "make_delta", "apply_delta", "from_pretrained_both", "within_goal", "machine", "date"} <= report.keys()
     assert report["mode"] == "quick" and report["num_shards"] >= 4
-    assert report["largest_shard_bytes"] < report["model_bytes"] < 10**7
-    for step in ("make_delta", "apply_delta", "from_pretrained_both"):
+    assert report["largest_shard_bytes"] < report["model_bytes"] < 10**8
+    legacy = ("apply_delta_legacy_panda", "apply_delta_legacy_panda_bin_base")
+    for step in ("make_delta", "apply_delta", *legacy, "from_pretrained_both"):
         assert report[step]["peak_rss_bytes"] > report["baseline_rss_bytes"] > 50 * 2**20
         assert report[step]["seconds"] > 0 and "over_baseline_in_largest_shards" in report[step]
+    for step in legacy:  # the .bin-sharded Panda delta streams like the rest
+        assert report[step]["peak_rss_bytes"] <= report["goal_rss_bytes"], (step, report[step])
     assert "make_delta" in result.stderr and "peak RSS" in result.stderr  # the table
+    assert all(step in result.stderr for step in legacy)

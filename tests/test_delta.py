@@ -199,7 +199,8 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
                "--target-model-path", str(tmp_path / "out")]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 2
-    assert result.stderr == f"error: {base}: no {META_FILE}; not a delta written by make_delta.py\n"
+    assert result.stderr == (f"error: {base} has no metadata ({META_FILE}): not a delta written by make_delta.py; "
+                             f"for a published delta, name its flavour with --legacy-delta panda|fastchat\n")
 
 
 @pytest.mark.parametrize("text,expected", [("5GB", 5 * 10**9), ("200MB", 200 * 10**6), ("1000", 1000),
