@@ -66,6 +66,7 @@ class MultipleChoiceEvaluator:
         self.answer_position, self.letter_match = answer_position, letter_match
         self.npy_file, self.npy_unparsable = npy_file, npy_unparsable
         source = reader(data_dir=data_dir)
+        self.write_submission = getattr(source, "write_submission", None)  # a leaderboard's own file (C-Eval)
         self.items = source.items()[:limit]
         if not self.items:
             raise ConfigError(f"evaluator {name}: no items in {data_dir}")
@@ -89,6 +90,8 @@ class MultipleChoiceEvaluator:
             write_outputs(output_dir, predictions, metrics)
             if self.npy_file:
                 write_prediction_indices(Path(output_dir) / self.npy_file, predictions, self.npy_unparsable)
+            if self.write_submission and all(p["gold"] is None for p in predictions):
+                self.write_submission(output_dir, predictions)
         return metrics
 
     # ---- scoring ------------------------------------------------------------------------------------

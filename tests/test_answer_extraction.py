@@ -53,7 +53,7 @@ def tokenizer():
 
 def generative_evaluator(**kwargs) -> MultipleChoiceEvaluator:
     return MultipleChoiceEvaluator("c3", C3Reader, MultipleChoicePrompt("zh", answer_format="letter"), scoring="generate",
-                                   batch_size=4, data_dir="data/samples/c3", **kwargs)
+                                   batch_size=4, max_seq_length=1024, data_dir="data/samples/c3", **kwargs)
 
 
 def read_predictions(folder) -> list[dict]:

@@ -13,19 +13,37 @@ SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
 
 # ---- bundled samples --------------------------------------------------------------------------------
-@pytest.mark.parametrize("language", ["zh", "en"])
-def test_logiqa_sample(language):
+@pytest.mark.parametrize("language, file_name, id_field", [("zh", "{split}_zh.txt", "example_id"),
+                                                           ("en", "{split}.txt", "id")])
+def test_logiqa_sample(language, file_name, id_field):
     counts = {}
     for split in ("train", "dev", "test"):
         items = LogiQAReader("data/samples/logiqa_v2", language, split).items()
-        rows = [json.loads(line) for line in (SAMPLES / "logiqa_v2" / f"{split}_{language}.txt").read_text().splitlines()]
+        text = (SAMPLES / "logiqa_v2" / file_name.format(split=split)).read_text(encoding="utf-8")
+        assert not text.endswith("\n")  # as the release: no newline after the last line
+        rows = [json.loads(line) for line in text.splitlines()]
         assert [i.gold for i in items] == [r["answer"] for r in rows]
-        assert [i.id for i in items] == [str(r["id"]) for r in rows]
+        assert [i.id.split("-line")[0] for i in items] == [str(r[id_field]) for r in rows]
         assert all(len(i.options) == 4 and i.passage and i.question for i in items)
         counts[split] = len(items)
     assert counts == {"train": 12, "dev": 15, "test": 11}
     item = LogiQAReader(SAMPLES / "logiqa_v2", language).items()[2]
-    assert item.location == f"{SAMPLES / 'logiqa_v2' / f'dev_{language}.txt'} (line 3)"
+    assert item.location == f"{SAMPLES / 'logiqa_v2' / file_name.format(split='dev')} (line 3)"
+
+
+def test_logiqa_sample_zh_options_lose_their_own_letters():
+    rows = [json.loads(line) for line in (SAMPLES / "logiqa_v2" / "dev_zh.txt").read_text(encoding="utf-8").splitlines()]
+    assert rows[0]["options"][0].startswith("A．") and rows[0]["options"][1].startswith("B.")
+    first, second = LogiQAReader("data/samples/logiqa_v2", "zh").items()[:2]
+    assert list(first.options) == [o[2:] for o in rows[0]["options"]] and list(second.options) == rows[1]["options"]
+    as_published = LogiQAReader("data/samples/logiqa_v2", "zh", clean_options=False).items()[0]
+    assert list(as_published.options) == rows[0]["options"]
+
+
+def test_logiqa_sample_en_repeated_id_keeps_items_apart(caplog):
+    items = LogiQAReader("data/samples/logiqa_v2", "en", "test").items()
+    assert items[7].id == f"{items[3].id}-line8" and items[7].question
+    assert "1 id(s) repeat for different questions" in caplog.text
 
 
 def test_relative_data_dir_resolves_against_the_repository_root(tmp_path, monkeypatch):
@@ -35,6 +53,8 @@ def test_relative_data_dir_resolves_against_the_repository_root(tmp_path, monkey
 
 @pytest.mark.parametrize("subset, count", [("d", 11), ("m", 10)])
 def test_c3_sample_answer_text_becomes_an_index(subset, count):
+    assert [len(C3Reader("data/samples/c3", subset, split).items()) for split in ("train", "test")] == \
+        ([6, 5] if subset == "d" else [5, 5])  # c3-<subset>-{train,test}.json too, as the release
     items = C3Reader("data/samples/c3", subset).items()
     documents = json.loads((SAMPLES / "c3" / f"c3-{subset}-dev.json").read_text())
     questions = [(doc[2], q) for doc in documents for q in doc[1]]
@@ -106,7 +126,8 @@ GOOD_LOGIQA = {"id": 1, "text": "t", "question": "q", "options": ["a", "b", "c",
     ("{not json", "malformed JSON"),
     ({k: v for k, v in GOOD_LOGIQA.items() if k != "question"}, "missing field(s) question"),
     ({**GOOD_LOGIQA, "options": ["a", "b", "c"]}, "expected 4 options, got 3"),
-    ({**GOOD_LOGIQA, "options": ["a", "", "c", "d"]}, "options must be a list of non-empty strings"),
+    ({**GOOD_LOGIQA, "options": ["a", 2, "c", "d"]}, "options must be a list of strings"),
+    ([1, 2], "expected a JSON object (LogiQA 2.0 JSON lines), got list"),
     ({**GOOD_LOGIQA, "answer": 4}, "label must be an integer in [0, 4), got 4"),
     ({**GOOD_LOGIQA, "answer": True}, "got True"),
     ({**GOOD_LOGIQA, "answer": "B"}, "got 'B'"),
@@ -118,14 +139,18 @@ def test_logiqa_bad_record(tmp_path, bad, reason):
     assert_error(excinfo, f"{tmp_path / 'dev_zh.txt'}:2: ", reason)
 
 
-def test_logiqa_duplicate_id_and_missing_file(tmp_path):
-    write_lines(tmp_path / "dev_en.txt", [GOOD_LOGIQA, GOOD_LOGIQA])
-    with pytest.raises(DataError) as excinfo:
-        LogiQAReader(tmp_path, "en").items()
-    assert_error(excinfo, "dev_en.txt", "line 2: duplicate id '1' (first at", "(line 1)")
+def test_logiqa_empty_option_left_out_and_missing_file(tmp_path, caplog):
+    write_lines(tmp_path / "dev.txt", [GOOD_LOGIQA, {**GOOD_LOGIQA, "id": 2, "options": ["a", "", "c", "d"]}])
+    assert [i.id for i in LogiQAReader(tmp_path, "en").items()] == ["1"]
+    assert "left out 1 record(s) with an empty option, at line(s) 2" in caplog.text
+    assert len(LogiQAReader(tmp_path, "en", clean_options=False).items()) == 2
     with pytest.raises(DataError) as excinfo:
         LogiQAReader(tmp_path, "en", "test").items()
-    assert_error(excinfo, "test_en.txt: no such file")
+    assert_error(excinfo, f"{tmp_path / 'test.txt'}: no such file; github.com/csitfun/LogiQA2.0 ships train.txt, "
+                          "dev.txt, test.txt in logiqa/DATA/LOGIQA")
+    with pytest.raises(DataError) as excinfo:
+        LogiQAReader(tmp_path, "zh").items()
+    assert_error(excinfo, "dev_zh.txt: no such file", "train_zh.txt, dev_zh.txt, test_zh.txt")
 
 
 def c3_document(answer="好", choices=("好", "不好")):

@@ -1,6 +1,8 @@
-"""C3 (Chinese multiple-choice reading comprehension): `c3-d-<split>.json` (dialogue) and
-`c3-m-<split>.json` (mixed genre). A JSON list of documents `[[context lines], [{"question", "choice",
-"answer": <choice text>}, ...], "<id>"]`; one item per question, id `<document id>-<question number>`."""
+"""C3 (Chinese multiple-choice reading comprehension) as github.com/nlpdata/c3 ships it in `data/`:
+`c3-d-{train,dev,test}.json` (dialogue) and `c3-m-{train,dev,test}.json` (mixed genre), all labelled. A
+JSON list of documents `[[context lines], [{"question", "choice": [2–4 texts], "answer": <choice text>},
+...], "<id>"]` (pretty-printed, no newline at the end); one item per question, id `<document id>-<question
+number>`. A few questions repeat a choice text; the answer is then its first occurrence."""
 from pathlib import Path
 
 from data.benchmarks.items import (MultipleChoiceItem, check_options, check_unique_ids, load_json_list,
@@ -8,6 +10,8 @@ from data.benchmarks.items import (MultipleChoiceItem, check_options, check_uniq
 from data.paths import resolve_path
 from data.records import DataError
 from general_util.errors import ConfigError
+
+RELEASE = "github.com/nlpdata/c3 ships c3-{d,m}-{train,dev,test}.json in data/: point data_dir at that folder"
 
 
 class C3Reader:
@@ -27,13 +31,13 @@ class C3Reader:
         return self._read(self.exemplar_split or self.split)
 
     def _read(self, split: str) -> list[MultipleChoiceItem]:
-        path = require_file(self.data_dir / f"c3-{self.subset}-{split}.json")
+        path = require_file(self.data_dir / f"c3-{self.subset}-{split}.json", RELEASE)
         source = str(path)
         items = []
         for r, document in enumerate(load_json_list(path)):
             if not (isinstance(document, list) and len(document) == 3 and isinstance(document[0], list)
                     and isinstance(document[1], list) and isinstance(document[2], str)):
-                raise DataError(source, None, f"record {r}: expected [[context lines], [questions], id]")
+                raise DataError(source, None, f"record {r}: expected [[context lines], [questions], id] (the C3 layout)")
             lines, questions, doc_id = document
             if not all(isinstance(line, str) for line in lines):
                 raise DataError(source, None, f"record {r} ({doc_id}): context lines must be strings")

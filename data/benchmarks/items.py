@@ -1,5 +1,7 @@
-"""The record every benchmark reader yields, and the checks they share."""
+"""The record every benchmark reader yields, and the checks and file readers they share."""
+import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +19,9 @@ class MultipleChoiceItem:
     gold: int | None            # index of the right option; None where the split has no labels
     source: str                 # file path
     position: str               # where in the file: "line 3", "record 2, question 1"
-    subject: str | None = None  # MMLU subject (exemplars come from the same subject)
+    subject: str | None = None  # MMLU / CMMLU / C-Eval subject handle (exemplars come from the same subject)
     category: str | None = None
+    subject_name: str | None = None  # the subject as its publisher names it (CMMLU, C-Eval: in Chinese)
 
     @property
     def location(self) -> str:
@@ -66,7 +69,29 @@ def load_json_list(path: Path) -> list:
     return data
 
 
-def require_file(path: Path) -> Path:
+def read_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """The rows of a CSV file with the line each starts on (a quoted field may span lines); blank rows are
+    skipped, a UTF-8 byte-order mark and a last line without newline are accepted."""
+    source = str(path)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        start = 1
+        while True:
+            try:
+                row = next(reader, None)
+            except UnicodeDecodeError as e:
+                raise DataError(source, None, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            except csv.Error as e:
+                raise DataError(source, reader.line_num, f"malformed CSV ({e})") from None
+            if row is None:
+                return
+            line, start = start, reader.line_num + 1
+            if any(field.strip() for field in row):
+                yield line, row
+
+
+def require_file(path: Path, hint: str = "") -> Path:
+    """`path`, or a DataError saying it is missing (and `hint`: where the official release keeps it)."""
     if not path.is_file():
-        raise DataError(str(path), None, "no such file")
+        raise DataError(str(path), None, f"no such file{'; ' + hint if hint else ''}")
     return path

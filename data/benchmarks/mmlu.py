@@ -1,24 +1,44 @@
-"""MMLU: one header-less CSV per subject and split, `<split>/<subject>_<split>.csv` with rows
-`question, A, B, C, D, answer letter`. Few-shot exemplars come from `dev/` of the same subject.
+"""MMLU as its authors release it (github.com/hendrycks/test links data.tar): `data/{dev,val,test}/
+<subject>_<split>.csv`, one header-less CSV per subject and split, rows `question, A, B, C, D, answer
+letter`; point data_dir at `data/`. Few-shot exemplars come from `dev/` (5 per subject) of the same subject.
 
-Categories follow the MMLU paper (STEM, humanities, social sciences, other). `CATEGORIES` lists the
-bundled sample's subjects only; pass `categories=` to score the other subjects by category too (a
-subject missing from the table is still scored, per subject and overall)."""
-import csv
+`CATEGORIES` maps all 57 subjects to the four categories of the MMLU paper, as the repository's
+`categories.py` groups them (STEM, humanities, social sciences, other), written as metric-friendly names.
+A subject missing from the table (pass `categories=` to change it) is still scored, per subject and
+overall. Copies that add a header row and number the answers (`question,choice0,…,answer`, as some
+exports of the Hugging Face `cais/mmlu` do) are reported at line 1, naming the expected layout."""
 import logging
 from pathlib import Path
 
-from data.benchmarks.items import LETTERS, MultipleChoiceItem, check_options, require_file
+from data.benchmarks.items import LETTERS, MultipleChoiceItem, check_options, read_csv_rows, require_file
 from data.paths import resolve_path
 from data.records import DataError
 
 logger = logging.getLogger(__name__)
 
-CATEGORIES = {
-    "abstract_algebra": "STEM",
-    "high_school_geography": "social_sciences",
-    "nutrition": "other",
-    "philosophy": "humanities",
+RELEASE = "the MMLU release (data.tar, linked from github.com/hendrycks/test) holds data/{dev,val,test}/<subject>_<split>.csv"
+LAYOUT = "rows question,A,B,C,D,<answer letter> without a header"
+CATEGORIES = {  # hendrycks/test categories.py: subject -> subcategory -> category
+    "abstract_algebra": "STEM", "anatomy": "other", "astronomy": "STEM", "business_ethics": "other",
+    "clinical_knowledge": "other", "college_biology": "STEM", "college_chemistry": "STEM",
+    "college_computer_science": "STEM", "college_mathematics": "STEM", "college_medicine": "other",
+    "college_physics": "STEM", "computer_security": "STEM", "conceptual_physics": "STEM",
+    "econometrics": "social_sciences", "electrical_engineering": "STEM", "elementary_mathematics": "STEM",
+    "formal_logic": "humanities", "global_facts": "other", "high_school_biology": "STEM",
+    "high_school_chemistry": "STEM", "high_school_computer_science": "STEM",
+    "high_school_european_history": "humanities", "high_school_geography": "social_sciences",
+    "high_school_government_and_politics": "social_sciences", "high_school_macroeconomics": "social_sciences",
+    "high_school_mathematics": "STEM", "high_school_microeconomics": "social_sciences",
+    "high_school_physics": "STEM", "high_school_psychology": "social_sciences", "high_school_statistics": "STEM",
+    "high_school_us_history": "humanities", "high_school_world_history": "humanities", "human_aging": "other",
+    "human_sexuality": "social_sciences", "international_law": "humanities", "jurisprudence": "humanities",
+    "logical_fallacies": "humanities", "machine_learning": "STEM", "management": "other", "marketing": "other",
+    "medical_genetics": "other", "miscellaneous": "other", "moral_disputes": "humanities",
+    "moral_scenarios": "humanities", "nutrition": "other", "philosophy": "humanities", "prehistory": "humanities",
+    "professional_accounting": "other", "professional_law": "humanities", "professional_medicine": "other",
+    "professional_psychology": "social_sciences", "public_relations": "social_sciences",
+    "security_studies": "social_sciences", "sociology": "social_sciences", "us_foreign_policy": "social_sciences",
+    "virology": "other", "world_religions": "humanities",
 }
 
 
@@ -43,7 +63,7 @@ class MMLUReader:
         suffix = f"_{self.split}.csv"
         names = sorted(p.name[:-len(suffix)] for p in (self.data_dir / self.split).glob(f"*{suffix}"))
         if not names:
-            raise DataError(str(self.data_dir / self.split), None, f"no files named <subject>{suffix}")
+            raise DataError(str(self.data_dir / self.split), None, f"no files named <subject>{suffix}; {RELEASE}")
         return names
 
     def _read(self, split: str) -> list[MultipleChoiceItem]:
@@ -54,32 +74,23 @@ class MMLUReader:
                            ", ".join(uncategorised))
         items = []
         for subject in subjects:
-            items.extend(read_subject(require_file(self.data_dir / split / f"{subject}_{split}.csv"), subject,
-                                      self.categories.get(subject)))
+            items.extend(read_subject(require_file(self.data_dir / split / f"{subject}_{split}.csv", RELEASE),
+                                      subject, self.categories.get(subject)))
         return items
 
 
 def read_subject(path: Path, subject: str, category: str | None) -> list[MultipleChoiceItem]:
     source, items = str(path), []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            start = 1
-            for row in reader:
-                line, start = start, reader.line_num + 1  # a quoted field may span lines: report where the row starts
-                if not row:
-                    continue
-                if len(row) != 6:
-                    raise DataError(source, line, f"expected 6 fields (question, A, B, C, D, answer), got {len(row)}")
-                answer = row[5].strip()
-                if answer not in LETTERS:
-                    raise DataError(source, line, f"answer must be one of {', '.join(LETTERS)}, got {row[5]!r}")
-                items.append(MultipleChoiceItem(
-                    id=f"{path.stem}-{len(items)}", passage="", question=row[0],
-                    options=check_options(row[1:5], source, line), gold=LETTERS.index(answer), source=source,
-                    position=f"line {line}", subject=subject, category=category))
-    except UnicodeDecodeError as e:
-        raise DataError(source, None, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-        raise DataError(source, reader.line_num, f"malformed CSV ({e})") from None
+    for line, row in read_csv_rows(path):
+        if line == 1 and row[-1].strip().lower() == "answer":
+            raise DataError(source, line, f"a header row ({','.join(row)}); the MMLU release has {LAYOUT}")
+        if len(row) != 6:
+            raise DataError(source, line, f"expected 6 fields (question, A, B, C, D, answer), got {len(row)}")
+        answer = row[5].strip()
+        if answer not in LETTERS:
+            raise DataError(source, line, f"answer must be one of {', '.join(LETTERS)}, got {row[5]!r}")
+        items.append(MultipleChoiceItem(
+            id=f"{path.stem}-{len(items)}", passage="", question=row[0],
+            options=check_options(row[1:5], source, line), gold=LETTERS.index(answer), source=source,
+            position=f"line {line}", subject=subject, category=category))
     return items

@@ -148,4 +148,4 @@ class MultipleChoicePrompt:
             return instruction
         if item.subject is None:
             raise ConfigError(f"the instruction names {{subject}} but {item.location} has no subject")
-        return instruction.replace("{subject}", item.subject.replace("_", " "))
+        return instruction.replace("{subject}", item.subject_name or item.subject.replace("_", " "))

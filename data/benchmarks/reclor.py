@@ -1,6 +1,8 @@
-"""ReClor: `train.json`, `val.json`, `test.json`, each a JSON list of `{"context", "question",
-"answers": [4], "label": int, "id_string"}`. The test split has no labels: its items have gold None and
-are only predicted (the evaluator then writes the leaderboard's `predictions.npy`)."""
+"""ReClor as its release archive holds it (`reclor_data.zip`, linked from github.com/yuweihao/reclor):
+`train.json`, `val.json`, `test.json`, each a JSON list of `{"context", "question", "answers": [4],
+"label": int, "id_string": "<split>_<i>"}`. The test split has no `label` (copies that write `"label": -1`
+or null are read the same): its items have gold None and are only predicted (the evaluator then writes the
+leaderboard's `predictions.npy`, the i-th prediction for `test_i`)."""
 from pathlib import Path
 
 from data.benchmarks.items import (MultipleChoiceItem, check_label, check_options, check_unique_ids, load_json_list,
@@ -11,6 +13,8 @@ from general_util.errors import ConfigError
 
 FIELDS = ("context", "question", "answers", "id_string")
 UNLABELLED_SPLITS = ("test",)
+NO_LABEL = (None, -1)  # what copies of the test split write instead of leaving the label out
+RELEASE = "ReClor's reclor_data.zip (github.com/yuweihao/reclor, releases) holds train.json, val.json, test.json"
 
 
 class ReClorReader:
@@ -26,7 +30,7 @@ class ReClorReader:
         return self._read(self.exemplar_split or self.split)
 
     def _read(self, split: str) -> list[MultipleChoiceItem]:
-        path = require_file(self.data_dir / f"{split}.json")
+        path = require_file(self.data_dir / f"{split}.json", RELEASE)
         source = str(path)
         items = []
         for r, row in enumerate(load_json_list(path)):
@@ -35,12 +39,13 @@ class ReClorReader:
                 raise DataError(source, None, f"{where}: expected a JSON object, got {type(row).__name__}")
             missing = [key for key in FIELDS if key not in row]
             if missing:
-                raise DataError(source, None, f"{where}: missing field(s) {', '.join(missing)}")
+                raise DataError(source, None, f"{where}: missing field(s) {', '.join(missing)} (ReClor records hold "
+                                              f"context, question, answers, label, id_string)")
             options = check_options(row["answers"], source, None, where)
-            if "label" in row:
-                gold = check_label(row["label"], len(options), source, None, where)
-            elif split in UNLABELLED_SPLITS:
+            if split in UNLABELLED_SPLITS and row.get("label") in NO_LABEL:
                 gold = None
+            elif "label" in row:
+                gold = check_label(row["label"], len(options), source, None, where)
             else:
                 raise DataError(source, None, f"{where}: missing field label (only the test split is unlabelled)")
             items.append(MultipleChoiceItem(

@@ -1,13 +1,22 @@
 """Regenerate the bundled multiple-choice benchmark samples (deterministic).
 
-Synthetic questions in each benchmark's real file layout, small enough for tests and CPU demos:
+Synthetic questions in each benchmark's released layout (file names, fields, label encoding, line ends),
+small enough for tests and CPU demos; each folder stands for the one a reader's data_dir names:
 
-    logiqa_v2/{train,dev,test}_{zh,en}.txt   LogiQA 2.0: JSON lines
-    c3/c3-{d,m}-dev.json                     C3: [[context lines], [questions], id] documents
-    reclor/{train,val,test}.json             ReClor: a JSON list; test has no labels
-    mmlu/{dev,val,test}/<subject>_<split>.csv  MMLU: header-less CSV, answer letter last
+    logiqa_v2/{train,dev,test}.txt              LogiQA 2.0 English (logiqa/DATA/LOGIQA): JSON lines with id,
+                                                answer, text, question, options, type; no newline at the end
+    logiqa_v2/{train,dev,test}_zh.txt           LogiQA 2.0 Chinese: example_id instead of id, no type; some
+                                                options lettered "A." as in the release
+    c3/c3-{d,m}-{train,dev,test}.json           C3 (data/): [[context lines], [questions], id] documents
+    reclor/{train,val,test}.json                ReClor (reclor_data.zip): a JSON list; test has no labels
+    mmlu/{dev,val,test}/<subject>_<split>.csv   MMLU (data.tar's data/): header-less CSV, answer letter last
+    cmmlu/{dev,test}/<subject>.csv              CMMLU (data/): header ",Question,A,B,C,D,Answer", index first
+    ceval/{dev,val,test}/<subject>_<split>.csv  C-Eval (ceval-exam.zip): header id,question,A,B,C,D then
+                                                answer,explanation (dev), answer (val), nothing (test)
 
     python -m data.samples.generate_benchmarks
+
+The samples that existed before CMMLU and C-Eval keep their questions: new content draws on its own seed.
 """
 import csv
 import json
@@ -55,7 +64,11 @@ def logiqa_item(rng: random.Random, language: str, item_id: int) -> dict:
             question = "If the statements above are true, who is the shortest?"
             correct, wrong = c, [a, b, "It cannot be determined"]
     options, answer = shuffled_options(rng, correct, wrong)
-    return {"id": item_id, "text": text, "question": question, "options": options, "answer": answer}
+    if language == "zh":  # the release's Chinese records: example_id, no type
+        return {"example_id": item_id, "answer": answer, "text": text, "question": question, "options": options}
+    kind = "Categorical Reasoning" if text.startswith("All ") else "Conjunctive Reasoning"
+    return {"id": item_id, "answer": answer, "text": text, "question": question, "options": options,
+            "type": {kind: True}}
 
 
 C3_DIALOGUES = [
@@ -139,13 +152,93 @@ MMLU_SUBJECTS = {
 }
 MMLU_SPLIT_SIZES = {"dev": 5, "val": 3, "test": 5}
 
+# CMMLU and C-Eval: Chinese questions made from small fact tables (their own random seed)
+PROVINCES = [("浙江", "杭州"), ("江苏", "南京"), ("广东", "广州"), ("四川", "成都"), ("湖北", "武汉"), ("湖南", "长沙"),
+             ("河南", "郑州"), ("河北", "石家庄"), ("山东", "济南"), ("山西", "太原"), ("陕西", "西安"), ("福建", "福州"),
+             ("江西", "南昌"), ("安徽", "合肥"), ("云南", "昆明"), ("贵州", "贵阳"), ("辽宁", "沈阳"), ("吉林", "长春")]
+DYNASTIES = ["夏", "商", "周", "秦", "汉", "隋", "唐", "宋", "元", "明", "清"]  # in order
+HEALTH = [
+    ("坏血病是由于缺乏____引起的。", "维生素C", ["维生素A", "维生素D", "维生素K"]),
+    ("夜盲症通常与缺乏____有关。", "维生素A", ["维生素C", "维生素B12", "维生素E"]),
+    ("佝偻病主要是由于缺乏____引起的。", "维生素D", ["维生素C", "维生素B1", "维生素A"]),
+    ("脚气病是由于缺乏____引起的。", "维生素B1", ["维生素C", "维生素D", "维生素K"]),
+    ("缺铁最容易导致____。", "贫血", ["夜盲症", "佝偻病", "坏血病"]),
+    ("地方性甲状腺肿大主要是由于缺乏____。", "碘", ["钙", "铁", "锌"]),
+    ("人体内含量最多的矿物质是____。", "钙", ["铁", "锌", "碘"]),
+    ("正常成年人的腋下体温约为____。", "37°C", ["35°C", "39°C", "41°C"]),
+    ("人体最大的器官是____。", "皮肤", ["肝脏", "肺", "心脏"]),
+    ("血液中运输氧气的主要是____。", "红细胞", ["白细胞", "血小板", "血浆"]),
+    ("胰岛素由____分泌。", "胰腺", ["肝脏", "肾脏", "胃"]),
+    ("正常成年人安静时的心率一般为每分钟____。", "60～100次", ["20～40次", "120～160次", "180～200次"]),
+]
+
+
+def geography_questions(rng: random.Random, count: int) -> list[tuple[str, str, list[str], str]]:
+    """(question, right, wrong, explanation)."""
+    out = []
+    for province, capital in rng.sample(PROVINCES, count):
+        wrong = rng.sample([c for _, c in PROVINCES if c != capital], 3)
+        out.append((f"{province}省的省会是____。", capital, wrong, f"1. {province}省的省会城市是{capital}。\n2. 其余选项是其他省份的省会。"))
+    return out
+
+
+def history_questions(rng: random.Random, count: int) -> list[tuple[str, str, list[str], str]]:
+    out = []
+    for k in range(count):
+        chosen = sorted(rng.sample(range(len(DYNASTIES)), 4))
+        pick = chosen[0] if k % 2 == 0 else chosen[-1]
+        word = "最早" if k % 2 == 0 else "最晚"
+        names = [DYNASTIES[i] + "朝" for i in chosen]
+        out.append((f"下列朝代中，{word}出现的是____。", DYNASTIES[pick] + "朝", [n for n in names if n != DYNASTIES[pick] + "朝"],
+                    f"1. 按时间顺序排列为{'、'.join(names)}。\n2. 所以{word}的是{DYNASTIES[pick]}朝。"))
+    return out
+
+
+def arithmetic_questions(rng: random.Random, count: int, kind: str) -> list[tuple[str, str, list[str], str]]:
+    out = []
+    for _ in range(count):
+        a, b = rng.randint(2, 19), rng.randint(2, 19)
+        if kind == "product":
+            question, right = f"计算：{a}×{b}=____。", a * b
+        else:  # a linear equation a·x + b = c with integer x
+            x = rng.randint(1, 9)
+            question, right = f"方程 {a}x+{b}={a * x + b} 的解是 x=____。", x
+        wrong = [right + 1, right - 1, right + 10]
+        out.append((question, str(right), [str(w) for w in wrong], f"1. 直接计算可得{right}。\n2. 故选对应选项。"))
+    return out
+
+
+def health_questions(rng: random.Random, count: int) -> list[tuple[str, str, list[str], str]]:
+    return [(q, right, wrong, f"1. {q.replace('____', right)}") for q, right, wrong in rng.sample(HEALTH, count)]
+
+
+CMMLU_SUBJECTS = {"chinese_history": history_questions, "elementary_mathematics": "product",
+                  "high_school_geography": geography_questions, "nutrition": health_questions}
+CMMLU_SPLIT_SIZES = {"dev": 5, "test": 6}
+CEVAL_SUBJECTS = {"basic_medicine": health_questions, "high_school_geography": geography_questions,
+                  "high_school_history": history_questions, "middle_school_mathematics": "equation"}
+CEVAL_SPLIT_SIZES = {"dev": 5, "val": 4, "test": 3}
+
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    """JSON lines as LogiQA 2.0 writes them: no newline after the last one."""
+    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows), encoding="utf-8")
 
 
-def write_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+def write_json(path: Path, value, final_newline: bool = True) -> None:
+    path.write_text(json.dumps(value, ensure_ascii=False, indent=1) + ("\n" if final_newline else ""), encoding="utf-8")
+
+
+def write_csv(path: Path, rows: list[list]) -> None:
+    """As pandas' to_csv writes them: "\n" line ends, quotes only where needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+def lettered(options: list[str]) -> list[str]:
+    """Options as about 60% of LogiQA 2.0's Chinese records carry them: "A.…", "B.…" (or "A．…")."""
+    return [f"{letter}{'.' if n % 2 else '．'}{option}" for n, (letter, option) in enumerate(zip("ABCD", options))]
 
 
 def write_logiqa(rng: random.Random, folder: Path) -> None:
@@ -155,7 +248,14 @@ def write_logiqa(rng: random.Random, folder: Path) -> None:
         for split, count in (("train", 12), ("dev", 15), ("test", 11)):
             rows = [logiqa_item(rng, language, next_id + i) for i in range(count)]
             next_id += count
-            write_jsonl(folder / f"{split}_{language}.txt", rows)
+            if language == "zh":
+                for row in rows[::2]:
+                    row["options"] = lettered(row["options"])
+                write_jsonl(folder / f"{split}_zh.txt", rows)
+            else:
+                if split == "test":  # the English release repeats a few ids for different questions
+                    rows[7]["id"] = rows[3]["id"]
+                write_jsonl(folder / f"{split}.txt", rows)
 
 
 def write_c3(rng: random.Random, folder: Path) -> None:
@@ -170,8 +270,18 @@ def write_c3(rng: random.Random, folder: Path) -> None:
     for i, (lines, questions, answers, choice_lists) in enumerate(C3_MIXED):
         mixed.append([lines, [{"question": q, "choice": rng.sample(c, len(c)), "answer": a}
                               for q, a, c in zip(questions, answers, choice_lists)], f"m{i + 1}-1"])
-    write_json(folder / "c3-d-dev.json", dialogue)
-    write_json(folder / "c3-m-dev.json", mixed)
+    write_json(folder / "c3-d-dev.json", dialogue, final_newline=False)
+    write_json(folder / "c3-m-dev.json", mixed, final_newline=False)
+
+
+def write_c3_train_test(rng: random.Random, folder: Path) -> None:
+    """train and test: the dev texts again, choices in another order, under ids of their own."""
+    for subset, name in (("d", "c3-d-dev.json"), ("m", "c3-m-dev.json")):
+        documents = json.loads((folder / name).read_text(encoding="utf-8"))
+        for split, (start, stop) in (("train", (0, len(documents) // 2)), ("test", (len(documents) // 2, len(documents)))):
+            copies = [[lines, [{**q, "choice": rng.sample(q["choice"], len(q["choice"]))} for q in questions],
+                       f"{subset}{split}{i + 1}-1"] for i, (lines, questions, _) in enumerate(documents[start:stop])]
+            write_json(folder / f"c3-{subset}-{split}.json", copies, final_newline=False)
 
 
 def write_reclor(rng: random.Random, folder: Path) -> None:
@@ -196,11 +306,43 @@ def write_mmlu(rng: random.Random, folder: Path) -> None:
         start = 0
         for split, count in MMLU_SPLIT_SIZES.items():
             (folder / split).mkdir(parents=True, exist_ok=True)
-            with open(folder / split / f"{subject}_{split}.csv", "w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                for question, correct, wrong in questions[start:start + count]:
-                    options, answer = shuffled_options(rng, correct, list(wrong))
-                    writer.writerow([question, *options, "ABCD"[answer]])
+            rows = []
+            for question, correct, wrong in questions[start:start + count]:
+                options, answer = shuffled_options(rng, correct, list(wrong))
+                rows.append([question, *options, "ABCD"[answer]])
+            write_csv(folder / split / f"{subject}_{split}.csv", rows)
+            start += count
+
+
+def subject_questions(rng: random.Random, make, count: int) -> list[tuple[str, str, list[str], str]]:
+    return arithmetic_questions(rng, count, make) if isinstance(make, str) else make(rng, count)
+
+
+def write_cmmlu(rng: random.Random, folder: Path) -> None:
+    for subject, make in CMMLU_SUBJECTS.items():
+        questions = subject_questions(rng, make, sum(CMMLU_SPLIT_SIZES.values()))
+        start = 0
+        for split, count in CMMLU_SPLIT_SIZES.items():
+            rows = [["", "Question", "A", "B", "C", "D", "Answer"]]
+            for index, (question, correct, wrong, _) in enumerate(questions[start:start + count]):
+                options, answer = shuffled_options(rng, correct, wrong)
+                rows.append([index, question, *options, "ABCD"[answer]])
+            write_csv(folder / split / f"{subject}.csv", rows)
+            start += count
+
+
+def write_ceval(rng: random.Random, folder: Path) -> None:
+    columns = {"dev": ["answer", "explanation"], "val": ["answer"], "test": []}
+    for subject, make in CEVAL_SUBJECTS.items():
+        questions = subject_questions(rng, make, sum(CEVAL_SPLIT_SIZES.values()))
+        start = 0
+        for split, count in CEVAL_SPLIT_SIZES.items():
+            rows = [["id", "question", "A", "B", "C", "D", *columns[split]]]
+            for index, (question, correct, wrong, explanation) in enumerate(questions[start:start + count]):
+                options, answer = shuffled_options(rng, correct, wrong)
+                rows.append([index, question, *options, *[{"answer": "ABCD"[answer], "explanation": explanation}[c]
+                                                          for c in columns[split]]])
+            write_csv(folder / split / f"{subject}_{split}.csv", rows)
             start += count
 
 
@@ -210,6 +352,10 @@ def main() -> None:
     write_c3(rng, HERE / "c3")
     write_reclor(rng, HERE / "reclor")
     write_mmlu(rng, HERE / "mmlu")
+    more = random.Random(2025)
+    write_c3_train_test(more, HERE / "c3")
+    write_cmmlu(more, HERE / "cmmlu")
+    write_ceval(more, HERE / "ceval")
 
 
 if __name__ == "__main__":
