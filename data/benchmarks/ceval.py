@@ -12,8 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from data.benchmarks.items import LETTERS, MultipleChoiceItem, check_options, read_csv_rows, require_file
-from data.paths import resolve_path
+from data.benchmarks.items import LETTERS, MultipleChoiceItem, SubjectFilesReader, check_options, read_csv_rows
 from data.records import DataError
 from general_util.errors import ConfigError
 
@@ -54,50 +53,24 @@ SUBJECTS = {  # subject -> (name in Chinese, category), from subject_mapping.jso
 CATEGORIES = {subject: category for subject, (_, category) in SUBJECTS.items()}
 
 
-class CEvalReader:
-    """`subjects`: the subjects to evaluate, or None for every `<subject>_<split>.csv` in `<split>/`.
-    `categories`: subject -> category (None: `CATEGORIES`); a subject missing from it is scored per subject
-    and overall."""
+class CEvalReader(SubjectFilesReader):
+    """C-Eval's `<split>/<subject>_<split>.csv` (see SubjectFilesReader for the settings); test/ has no answers."""
+    benchmark, release, default_categories = "C-Eval", RELEASE, CATEGORIES
 
     def __init__(self, data_dir: str | Path, split: str = "val", subjects: list[str] | None = None,
                  exemplar_split: str = "dev", categories: dict[str, str] | None = None):
         if exemplar_split in UNLABELLED_SPLITS:
             raise ConfigError(f"C-Eval exemplar_split={exemplar_split!r} has no labels; use dev or val")
-        self.data_dir, self.split, self.exemplar_split = resolve_path(data_dir), split, exemplar_split
-        self.subjects = list(subjects) if subjects is not None else None
-        self.categories = dict(CATEGORIES if categories is None else categories)
+        super().__init__(data_dir, split, subjects, exemplar_split, categories)
 
-    def items(self) -> list[MultipleChoiceItem]:
-        return self._read(self.split)
-
-    def exemplars(self) -> list[MultipleChoiceItem]:
-        return self._read(self.exemplar_split)
-
-    def subject_names(self) -> list[str]:
-        if self.subjects is not None:
-            return self.subjects
-        suffix = f"_{self.split}.csv"
-        names = sorted(p.name[:-len(suffix)] for p in (self.data_dir / self.split).glob(f"*{suffix}"))
-        if not names:
-            raise DataError(str(self.data_dir / self.split), None, f"no files named <subject>{suffix}; {RELEASE}")
-        return names
-
-    def _read(self, split: str) -> list[MultipleChoiceItem]:
-        subjects = self.subject_names()
-        uncategorised = [s for s in subjects if s not in self.categories]
-        if uncategorised and split == self.split:
-            logger.warning("C-Eval subjects without a category (scored per subject and overall only): %s",
-                           ", ".join(uncategorised))
-        items = []
-        for subject in subjects:
-            path = require_file(self.data_dir / split / f"{subject}_{split}.csv", RELEASE)
-            items.extend(read_subject(path, subject, self.categories.get(subject), SUBJECTS.get(subject, (None,))[0],
-                                      labelled=split not in UNLABELLED_SPLITS))
-        return items
+    def read_file(self, path: Path, subject: str, split: str) -> list[MultipleChoiceItem]:
+        return read_subject(path, subject, self.categories.get(subject), SUBJECTS.get(subject, (None,))[0],
+                            labelled=split not in UNLABELLED_SPLITS)
 
     @staticmethod
     def write_submission(output_dir: str | Path, predictions: list[dict]) -> Path:
         return write_submission(output_dir, predictions)
+
 
 
 def read_subject(path: Path, subject: str, category: str | None, name: str | None,

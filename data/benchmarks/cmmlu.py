@@ -7,14 +7,11 @@ with a header row `,Question,A,B,C,D,Answer`: the first, unnamed column is the r
 groups them (STEM, Humanities, Social Science, Other — written as metric-friendly names); `CHINA_SPECIFIC`
 lists the subjects it also counts under "China specific". The repository averages subjects (macro);
 `mc_metrics` reports the micro average over items, and per subject."""
-import logging
 from pathlib import Path
 
-from data.benchmarks.items import LETTERS, MultipleChoiceItem, check_options, read_csv_rows, require_file
-from data.paths import resolve_path
+from data.benchmarks.items import LETTERS, MultipleChoiceItem, SubjectFilesReader, check_options, read_csv_rows
 from data.records import DataError
 
-logger = logging.getLogger(__name__)
 
 RELEASE = "github.com/haonan-li/CMMLU ships data/{dev,test}/<subject>.csv: point data_dir at data/"
 HEADER = ("", "Question", "A", "B", "C", "D", "Answer")
@@ -60,42 +57,21 @@ CHINA_SPECIFIC = frozenset({
     "high_school_politics", "modern_chinese", "traditional_chinese_medicine"})
 
 
-class CMMLUReader:
-    """`subjects`: the subjects to evaluate, or None for every `<subject>.csv` in `<split>/`. `categories`:
-    subject -> category (None: `CATEGORIES`); a subject missing from it is scored per subject and overall."""
+class CMMLUReader(SubjectFilesReader):
+    """CMMLU's `<split>/<subject>.csv` (see SubjectFilesReader for the settings)."""
+    benchmark, release, default_categories = "CMMLU", RELEASE, CATEGORIES
 
     def __init__(self, data_dir: str | Path, split: str = "test", subjects: list[str] | None = None,
                  exemplar_split: str = "dev", categories: dict[str, str] | None = None):
-        self.data_dir, self.split, self.exemplar_split = resolve_path(data_dir), split, exemplar_split
-        self.subjects = list(subjects) if subjects is not None else None
-        self.categories = dict(CATEGORIES if categories is None else categories)
+        super().__init__(data_dir, split, subjects, exemplar_split, categories)
 
-    def items(self) -> list[MultipleChoiceItem]:
-        return self._read(self.split)
+    @staticmethod
+    def file_name(subject: str, split: str) -> str:
+        return f"{subject}.csv"
 
-    def exemplars(self) -> list[MultipleChoiceItem]:
-        return self._read(self.exemplar_split)
+    def read_file(self, path: Path, subject: str, split: str) -> list[MultipleChoiceItem]:
+        return read_subject(path, subject, self.categories.get(subject), SUBJECTS.get(subject, (None,))[0])
 
-    def subject_names(self) -> list[str]:
-        if self.subjects is not None:
-            return self.subjects
-        names = sorted(p.stem for p in (self.data_dir / self.split).glob("*.csv"))
-        if not names:
-            raise DataError(str(self.data_dir / self.split), None, f"no files named <subject>.csv; {RELEASE}")
-        return names
-
-    def _read(self, split: str) -> list[MultipleChoiceItem]:
-        subjects = self.subject_names()
-        uncategorised = [s for s in subjects if s not in self.categories]
-        if uncategorised and split == self.split:
-            logger.warning("CMMLU subjects without a category (scored per subject and overall only): %s",
-                           ", ".join(uncategorised))
-        items = []
-        for subject in subjects:
-            path = require_file(self.data_dir / split / f"{subject}.csv", RELEASE)
-            items.extend(read_subject(path, subject, self.categories.get(subject),
-                                      SUBJECTS.get(subject, (None,))[0]))
-        return items
 
 
 def read_subject(path: Path, subject: str, category: str | None, name: str | None) -> list[MultipleChoiceItem]:

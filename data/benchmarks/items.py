@@ -1,10 +1,12 @@
 """The record every benchmark reader yields, and the checks and file readers they share."""
 import csv
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.paths import resolve_path
 from data.records import DataError
 
 LETTERS = "ABCD"
@@ -95,3 +97,56 @@ def require_file(path: Path, hint: str = "") -> Path:
     if not path.is_file():
         raise DataError(str(path), None, f"no such file{'; ' + hint if hint else ''}")
     return path
+
+
+class SubjectFilesReader:
+    """A benchmark shipped as one CSV file per subject and split (MMLU, CMMLU, C-Eval). `subjects`: the
+    subjects to evaluate, or None for every file of the split; `categories`: subject -> category (None: the
+    benchmark's own table); a subject missing from it is scored per subject and overall. Subclasses name the
+    benchmark, its files (`file_name`), its tables and how one file is read (`read_file`)."""
+
+    benchmark: str
+    release: str                         # where the official files come from (said when one is missing)
+    default_categories: dict[str, str]
+
+    def __init__(self, data_dir: str | Path, split: str, subjects: list[str] | None = None,
+                 exemplar_split: str = "dev", categories: dict[str, str] | None = None):
+        self.data_dir, self.split, self.exemplar_split = resolve_path(data_dir), split, exemplar_split
+        self.subjects = list(subjects) if subjects is not None else None
+        self.categories = dict(self.default_categories if categories is None else categories)
+
+    @staticmethod
+    def file_name(subject: str, split: str) -> str:
+        return f"{subject}_{split}.csv"
+
+    def read_file(self, path: Path, subject: str, split: str) -> list[MultipleChoiceItem]:
+        raise NotImplementedError
+
+    def items(self) -> list[MultipleChoiceItem]:
+        return self._read(self.split)
+
+    def exemplars(self) -> list[MultipleChoiceItem]:
+        return self._read(self.exemplar_split)
+
+    def subject_names(self) -> list[str]:
+        if self.subjects is not None:
+            return self.subjects
+        prefix, suffix = self.file_name("\0", self.split).split("\0")
+        names = sorted(p.name[len(prefix):len(p.name) - len(suffix)] for p in (self.data_dir / self.split).glob(f"*{suffix}"))
+        if not names:
+            raise DataError(str(self.data_dir / self.split), None, f"no files named {self.file_name('<subject>', self.split)}; "
+                            f"{self.release}")
+        return names
+
+    def _read(self, split: str) -> list[MultipleChoiceItem]:
+        subjects = self.subject_names()
+        uncategorised = [s for s in subjects if s not in self.categories]
+        if uncategorised and split == self.split:
+            logging.getLogger(type(self).__module__).warning(
+                "%s subjects without a category (scored per subject and overall only): %s", self.benchmark,
+                ", ".join(uncategorised))
+        items = []
+        for subject in subjects:
+            path = require_file(self.data_dir / split / self.file_name(subject, split), self.release)
+            items.extend(self.read_file(path, subject, split))
+        return items

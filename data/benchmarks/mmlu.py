@@ -7,14 +7,11 @@ letter`; point data_dir at `data/`. Few-shot exemplars come from `dev/` (5 per s
 A subject missing from the table (pass `categories=` to change it) is still scored, per subject and
 overall. Copies that add a header row and number the answers (`question,choice0,…,answer`, as some
 exports of the Hugging Face `cais/mmlu` do) are reported at line 1, naming the expected layout."""
-import logging
 from pathlib import Path
 
-from data.benchmarks.items import LETTERS, MultipleChoiceItem, check_options, read_csv_rows, require_file
-from data.paths import resolve_path
+from data.benchmarks.items import LETTERS, MultipleChoiceItem, SubjectFilesReader, check_options, read_csv_rows
 from data.records import DataError
 
-logger = logging.getLogger(__name__)
 
 RELEASE = "the MMLU release (data.tar, linked from github.com/hendrycks/test) holds data/{dev,val,test}/<subject>_<split>.csv"
 LAYOUT = "rows question,A,B,C,D,<answer letter> without a header"
@@ -42,41 +39,17 @@ CATEGORIES = {  # hendrycks/test categories.py: subject -> subcategory -> catego
 }
 
 
-class MMLUReader:
-    """`subjects`: the subjects to evaluate, or None for every `<subject>_<split>.csv` in `<split>/`."""
+class MMLUReader(SubjectFilesReader):
+    """MMLU's `<split>/<subject>_<split>.csv` (see SubjectFilesReader for the settings)."""
+    benchmark, release, default_categories = "MMLU", RELEASE, CATEGORIES
 
     def __init__(self, data_dir: str | Path, split: str = "test", subjects: list[str] | None = None,
                  exemplar_split: str = "dev", categories: dict[str, str] | None = None):
-        self.data_dir, self.split, self.exemplar_split = resolve_path(data_dir), split, exemplar_split
-        self.subjects = list(subjects) if subjects is not None else None
-        self.categories = dict(CATEGORIES if categories is None else categories)
+        super().__init__(data_dir, split, subjects, exemplar_split, categories)
 
-    def items(self) -> list[MultipleChoiceItem]:
-        return self._read(self.split)
+    def read_file(self, path: Path, subject: str, split: str) -> list[MultipleChoiceItem]:
+        return read_subject(path, subject, self.categories.get(subject))
 
-    def exemplars(self) -> list[MultipleChoiceItem]:
-        return self._read(self.exemplar_split)
-
-    def subject_names(self) -> list[str]:
-        if self.subjects is not None:
-            return self.subjects
-        suffix = f"_{self.split}.csv"
-        names = sorted(p.name[:-len(suffix)] for p in (self.data_dir / self.split).glob(f"*{suffix}"))
-        if not names:
-            raise DataError(str(self.data_dir / self.split), None, f"no files named <subject>{suffix}; {RELEASE}")
-        return names
-
-    def _read(self, split: str) -> list[MultipleChoiceItem]:
-        subjects = self.subject_names()
-        uncategorised = [s for s in subjects if s not in self.categories]
-        if uncategorised and split == self.split:
-            logger.warning("MMLU subjects without a category (scored per subject and overall only): %s",
-                           ", ".join(uncategorised))
-        items = []
-        for subject in subjects:
-            items.extend(read_subject(require_file(self.data_dir / split / f"{subject}_{split}.csv", RELEASE),
-                                      subject, self.categories.get(subject)))
-        return items
 
 
 def read_subject(path: Path, subject: str, category: str | None) -> list[MultipleChoiceItem]:
