@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -67,6 +68,27 @@ def count_parameters(cfg: DictConfig, tokenizer) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@dataclass
+class LogWindow:
+    """What the optimizer steps since the last log add up to; the loop starts a new one at every log."""
+    losses: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (loss sum, label tokens) per step
+    tokens: int = 0    # non-padding tokens
+    slots: int = 0     # token positions, padding included
+    rows: int = 0
+    samples: int = 0
+
+    def add_batch(self, batch: dict) -> None:
+        self.tokens += int(batch["num_tokens"])
+        self.slots += batch["input_ids"].numel()
+        self.rows += batch["input_ids"].shape[0]
+        self.samples += int(batch["num_samples"])
+
+    @property
+    def mean_row_length(self) -> float:
+        """The sequence length attention FLOPs are counted at (padded rows, as computed)."""
+        return self.slots / max(1, self.rows)
+
+
 class TrainingError(UserError, RuntimeError):
     """Training cannot go on; the message is one line."""
 
@@ -90,8 +112,7 @@ class Trainer:
         self.nan_skips = 0
         self.last_eval: dict[str, float] = {}
         self.best = ckpt.BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
-        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss sum, label tokens) since the last log
-        self.pending_tokens = self.pending_slots = self.pending_rows = self.pending_samples = 0
+        self.window = LogWindow()
         self.last_log_time = time.perf_counter()
         self.peak_flops = device_peak_flops(cfg.peak_flops_per_gpu)
 
@@ -210,26 +231,24 @@ class Trainer:
         scale = self.ctx.world_size * len(window) / label_tokens.clamp(min=1)  # undo DeepSpeed's mean over both
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         for batch in window:
-            self.pending_tokens += int(batch["num_tokens"])
-            self.pending_slots += batch["input_ids"].numel()
-            self.pending_rows += batch["input_ids"].shape[0]
-            self.pending_samples += int(batch["num_samples"])
+            self.window.add_batch(batch)
             logits = self.engine(**model_inputs(batch, self.ctx.device)).logits
             micro_loss = token_loss_sum(logits, batch["labels"])
             self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
             self.engine.step()
             loss_sum += micro_loss.detach().double()
-        self.pending.append((loss_sum, label_tokens))
+        self.window.losses.append((loss_sum, label_tokens))
         return bool(agreed[1].item())
 
     def log(self) -> None:
         """Mean loss over the steps since the last log (exact global token mean per step), lr, grad norm,
         throughput; one collective per logging step."""
-        local = torch.stack([loss for loss, _ in self.pending]
+        window = self.window
+        local = torch.stack([loss for loss, _ in window.losses]
                             + [torch.tensor(float(n), dtype=torch.float64, device=self.ctx.device)
-                               for n in (self.pending_tokens, self.pending_slots, self.pending_samples)])
+                               for n in (window.tokens, window.slots, window.samples)])
         totals = all_reduce(local)
-        losses = totals[:-3] / torch.stack([tokens for _, tokens in self.pending])
+        losses = totals[:-3] / torch.stack([tokens for _, tokens in window.losses])
         elapsed = time.perf_counter() - self.last_log_time
         grad_norm = self.engine.get_global_grad_norm()
         values = {"train/loss": losses.mean().item(), "train/lr": self.engine.get_lr()[0],
@@ -240,7 +259,7 @@ class Trainer:
         if self.peak_flops:
             config = self.engine.module.config
             flops_per_token = training_flops_per_token(self.num_params, config.num_hidden_layers, config.hidden_size,
-                                                       self.pending_slots / max(1, self.pending_rows))
+                                                       window.mean_row_length)
             values["train/mfu"] = values["train/tokens_per_second"] * flops_per_token / (self.peak_flops * self.ctx.world_size)
         self.metrics.scalars(values, self.step)
         postfix = {"loss": f"{values['train/loss']:.4f}", "lr": f"{values['train/lr']:.2e}",
@@ -250,8 +269,7 @@ class Trainer:
         self.metrics.advance(0, postfix)
         logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
                     " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()))
-        self.pending.clear()
-        self.pending_tokens = self.pending_slots = self.pending_samples = 0
+        self.window = LogWindow()
         self.last_log_time = time.perf_counter()
 
     def non_finite_step(self, window: list[dict]) -> None:

@@ -85,10 +85,12 @@ def test_tensorboard_holds_every_scalar(one_rank_zero1):
     assert [step for step, _ in scalars["train/loss"]] == list(range(1, STEPS + 1))
     assert {"eval/dev_loss/loss", "eval/dev_loss/perplexity"} <= set(scalars)
     assert [step for step, _ in scalars["eval/dev_loss/loss"]] == [5, 10, 15]
-    # MFU = tokens/s × FLOPs per token / peak: 6 per parameter plus attention (2 layers, hidden 64, ≤ 256 tokens)
-    for (_, mfu), (_, tokens_per_second) in zip(scalars["train/mfu"], scalars["train/tokens_per_second"]):
-        flops_per_token = mfu * 1e12 / tokens_per_second
-        assert 6 * 231_744 <= flops_per_token <= 6 * 231_744 + 12 * 2 * 64 * 256
+    # MFU = tokens/s × FLOPs per token / peak: 6 per parameter plus attention at the step's row length
+    # (2 layers, hidden 64): one micro-batch per step and per log, padded to a multiple of 8, ≤ 256 tokens
+    for (step, mfu), (_, tokens_per_second) in zip(scalars["train/mfu"], scalars["train/tokens_per_second"]):
+        row_length = (mfu * 1e12 / tokens_per_second - 6 * 231_744) / (12 * 2 * 64)
+        assert abs(row_length - round(row_length)) < 0.01 and round(row_length) % 8 == 0, (step, row_length)
+        assert 8 <= round(row_length) <= 256
     best = json.loads((one_rank_zero1 / "best_checkpoint.json").read_text())
     assert best["metric"] == "dev_loss/loss" and best["step"] in (5, 10, 15)
 
