@@ -35,7 +35,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data.formats import Example, RecordOptions, to_examples
 from data.labels import IGNORE_INDEX
@@ -45,6 +44,7 @@ from data.records import BadRecords, DataError
 from data.templates import ChatTemplate, PromptTemplate
 from data.tokenization import ExampleTokenizer, Segment, tokenize_batches
 from general_util.dist import barrier, current
+from general_util.logging import progress_bar
 
 CACHE_VERSION = 2  # bump when tokenization or the on-disk layout changes
 ROW = np.dtype([("token_start", "<i8"), ("segment_start", "<i8")])
@@ -208,8 +208,8 @@ class BuildProgress:
     def __init__(self, settings: BuildSettings):
         total = sum(path.stat().st_size for path in settings.files)
         self.files, self.files_done, self.tokens, self.started = len(settings.files), 0, 0, time.perf_counter()
-        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True,
-                        desc=f"tokenizing {settings.name}", mininterval=2.0, disable=not current().is_main)
+        self.bar = progress_bar(f"tokenizing {settings.name}", total, current(), unit="B", unit_scale=True,
+                                unit_divisor=1024, mininterval=2.0, leave=True)
         self.refresh()
 
     def read(self, count: int) -> None:

@@ -8,7 +8,6 @@ Two ways to find the assistant tokens, both checked against the rendered text:
   between are that turn. Tokens of the whole rendering (tokenized once, with offsets) are trained when
   they start inside such a span. A template that rewrites earlier turns (no prefix property) is refused.
 """
-import json
 import re
 
 from data.records import DataError
@@ -51,15 +50,14 @@ def assistant_spans(tokenizer, messages, tools) -> tuple[str, list[tuple[int, in
     return text, spans
 
 
-def render_chat(tokenizer, messages: tuple[dict, ...], tools: str | None) -> tuple[list[int], list[bool]]:
+def render_chat(tokenizer, messages: tuple[dict, ...], tools: list | None) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation and, per token, whether it is trained."""
     template = check_chat_template(tokenizer)
-    tool_list = json.loads(tools) if tools else None
     if GENERATION_MARKER.search(template):
-        encoded = tokenizer.apply_chat_template(list(messages), tools=tool_list, tokenize=True, return_dict=True,
+        encoded = tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=True, return_dict=True,
                                                 return_assistant_tokens_mask=True)
         return list(encoded["input_ids"]), [bool(m) for m in encoded["assistant_masks"]]
-    text, spans = assistant_spans(tokenizer, messages, tool_list)
+    text, spans = assistant_spans(tokenizer, messages, tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     trained = [any(start <= begin < end for start, end in spans) and finish > begin
                for begin, finish in encoded["offset_mapping"]]

@@ -65,7 +65,7 @@ class Example:
     pieces: tuple[tuple[str, bool], ...] = ()
     document: bool = False
     messages: tuple[dict, ...] = ()
-    tools: str | None = None
+    tools: list | None = None  # the chat template's tool descriptions (parsed JSON)
 
 
 @dataclass
@@ -198,7 +198,8 @@ def _text_of(record: Record, value, where: str) -> str:
 
 
 def _tools_text(record: Record, value) -> str | None:
-    if value is None or value == "" or value == []:
+    """The record's tool descriptions as text; none for an empty field (LLaMA-Factory writes "[]")."""
+    if value is None or value == [] or (isinstance(value, str) and value.strip() in ("", "[]")):
         return None
     if isinstance(value, str):
         return value
@@ -336,17 +337,8 @@ def _chat_example(record: Record, conversation: Conversation, system: str | None
     messages = [{"role": "system", "content": system}] if system else []
     for role, text in turns:
         if role == "tool_call":
-            calls = []
-            for line in text.splitlines() or [text]:
-                try:
-                    call = json.loads(line)
-                except json.JSONDecodeError:
-                    call = None
-                if not isinstance(call, dict) or "name" not in call:
-                    raise DataError(record.source, record.line, "a tool call is not a JSON object with a 'name' "
-                                    "(needed by the chat template's tool_calls)", kind="malformed tool call")
-                calls.append({"type": "function", "function": {"name": call["name"],
-                                                               "arguments": call.get("arguments", {})}})
+            calls = [{"type": "function", "function": {"name": call["name"], "arguments": call.get("arguments", {})}}
+                     for call in _parsed_calls(record, text)]
             if messages and messages[-1].pop("said", False):  # the same assistant message
                 messages[-1]["tool_calls"] = calls
             else:
@@ -357,8 +349,33 @@ def _chat_example(record: Record, conversation: Conversation, system: str | None
             messages.append({"role": role, "content": text})
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(record.source, record.line, "empty response (no assistant turn)", kind="empty response")
-    tools = json.loads(conversation.tools) if conversation.tools and conversation.tools.lstrip()[:1] in "[{" else None
-    return Example(messages=tuple(messages), tools=json.dumps(tools, ensure_ascii=False) if tools else None)
+    tools = None
+    if conversation.tools:
+        try:
+            tools = json.loads(conversation.tools)
+        except json.JSONDecodeError:
+            tools = None
+        if not isinstance(tools, list):
+            raise DataError(record.source, record.line, "field 'tools' is not a JSON list of tool descriptions "
+                            "(the chat template takes them so)", kind="malformed tools")
+    return Example(messages=tuple(messages), tools=tools or None)
+
+
+def _parsed_calls(record: Record, text: str) -> list[dict]:
+    """A tool-call turn's calls: one JSON object (or a list of them), or one object per line as
+    `_tool_calls_text` writes them; each needs a `name`."""
+    try:
+        parsed = json.loads(text)
+        calls = parsed if isinstance(parsed, list) else [parsed]
+    except json.JSONDecodeError:
+        try:
+            calls = [json.loads(line) for line in text.splitlines()]
+        except json.JSONDecodeError:
+            calls = []
+    if not calls or not all(isinstance(call, dict) and "name" in call for call in calls):
+        raise DataError(record.source, record.line, "a tool call is not a JSON object with a 'name' "
+                        "(needed by the chat template's tool_calls)", kind="malformed tool call")
+    return calls
 
 
 def _document(record: Record, text: str) -> list[Example]:

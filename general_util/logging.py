@@ -83,7 +83,7 @@ class MetricsWriter:
             self.trackers.close()
 
 
-def progress_bar(description: str, total: int, ctx: DistContext, unit: str = "item") -> tqdm:
-    """A bar on global rank 0 only (items done of all, items/s, ETA); inert elsewhere."""
-    return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, mininterval=1.0, leave=False,
-                disable=not ctx.is_main)
+def progress_bar(description: str, total: int, ctx: DistContext, unit: str = "item", **options) -> tqdm:
+    """A bar on global rank 0 only (done of all, rate, ETA); inert elsewhere. `options`: more tqdm settings."""
+    settings = {"dynamic_ncols": True, "mininterval": 1.0, "leave": False, **options}
+    return tqdm(total=total, desc=description, unit=unit, disable=not ctx.is_main, **settings)

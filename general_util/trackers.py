@@ -75,13 +75,12 @@ class WandbTracker:
     def __init__(self, output_dir: Path, config: dict, run_id: str | None, initial_step: int, settings: dict):
         import wandb
         mode = settings.get("wandb_mode") or os.environ.get("WANDB_MODE") or None
-        common = {"project": settings.get("project"), "name": settings.get("run_name"), "dir": str(output_dir),
-                  "config": config, "mode": mode}
-        self.common = common
+        self.common = {"project": settings.get("project"), "name": settings.get("run_name"), "dir": str(output_dir),
+                       "config": config, "mode": mode}
         if run_id:  # rewind the run to the checkpoint: what the killed run logged after it is discarded
-            self.run = wandb.init(resume_from=f"{run_id}?_step={initial_step}", **common)
+            self.run = wandb.init(resume_from=f"{run_id}?_step={initial_step}", **self.common)
         else:
-            self.run = wandb.init(id=secrets.token_hex(4), **common)
+            self.run = wandb.init(id=secrets.token_hex(4), **self.common)
         self.run_id = self.run.id
 
     def log(self, values: dict[str, float], step: int) -> None:

@@ -88,6 +88,23 @@ def test_sharegpt_tool_calls_are_trained_and_observations_are_context(tmp_path, 
     assert '"name": "get_weather"' in trained[0] and trained[1].startswith("北京今天晴")
     assert any('"weather": "晴"' in c for c in context) and any("查询城市天气" in c for c in context)  # tools + result
     assert not any("晴" in c and "气温" in c for c in context)
+    joke = to_examples(Record(json.loads((FIXTURES / "glaive_toolcall_zh_demo.json").read_text())[1], "g.json", 2),
+                       get_template("zh"))[0]
+    assert "可用工具" not in joke.pieces[0][0]  # its tools field is "[]": no tools block
+
+
+def test_chat_messages_take_tools_as_json_and_pretty_printed_calls():
+    chat = get_template("chat")
+    call = json.dumps({"name": "get_weather", "arguments": {"city": "北京"}}, ensure_ascii=False, indent=2)
+    record = {"conversations": [{"from": "human", "value": "天气？"}, {"from": "function_call", "value": call},
+                                {"from": "observation", "value": "晴"}, {"from": "gpt", "value": "晴天。"}],
+              "tools": '[{"name": "get_weather"}]'}
+    [example] = to_examples(Record(record, "t.json", 1), chat)
+    assert example.tools == [{"name": "get_weather"}]
+    assert example.messages[1]["tool_calls"] == [{"type": "function", "function": {"name": "get_weather",
+                                                                                    "arguments": {"city": "北京"}}}]
+    with pytest.raises(DataError, match=r"^t.json:1: field 'tools' is not a JSON list"):
+        to_examples(Record({**record, "tools": "get_weather: the weather of a city"}, "t.json", 1), chat)
 
 
 def test_openai_messages_with_tool_calls_and_content_parts(tmp_path, tokenizer):
