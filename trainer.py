@@ -26,8 +26,8 @@ from general_util import checkpoint as ckpt, faults
 from general_util.cli import convert_legacy_arguments
 from general_util.config import (deepspeed_config, human_bytes, lr_scheduler_factory,
                                  memory_estimate_bytes, optimizer_steps, validate, zero_stage)
-from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, gather_objects, init_distributed,
-                               teardown)
+from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, exit_process, gather_objects,
+                               init_distributed, teardown)
 from general_util.errors import UserError, find_user_error, one_line
 from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
@@ -436,16 +436,6 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-def exit_process(code: int) -> None:
-    """Leave without running the interpreter's exit-time destructors: DeepSpeed keeps its gloo/nccl groups
-    referenced, so their threads are still alive at exit, and destroying them then has aborted a finished
-    rank (`terminate called without an active exception`, exit −6). Everything was closed by `run`."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
     sys.argv = consume_local_rank_arg(sys.argv)  # the deepspeed launcher's --local_rank=N; Hydra would reject it
     sys.argv = convert_legacy_arguments(sys.argv)  # the original trainer's --key=value habit
@@ -453,4 +443,4 @@ if __name__ == "__main__":
         main()
     except SystemExit as stop:  # sys.exit(2) for user errors; Hydra's own exit 1 after a traceback
         exit_process(stop.code if isinstance(stop.code, int) else 1)
-    exit_process(0)
+    exit_process(0)  # `run` closed everything; skip the exit-time destructors (general_util.dist.exit_process)

@@ -6,6 +6,7 @@ environment is filled in here). CUDA → nccl, otherwise gloo on DeepSpeed's CPU
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,16 @@ def teardown(engine=None, close_data=None, clean: bool = True) -> None:
             if clean:
                 raise
             logging.getLogger(__name__).warning("teardown after an error: %s failed", step, exc_info=True)
+
+
+def exit_process(code: int) -> None:
+    """Leave without running the interpreter's exit-time destructors: DeepSpeed keeps its gloo/nccl groups
+    referenced, so their threads are still alive at exit, and destroying them then has aborted a finished
+    rank (`terminate called without an active exception`, SIGABRT). Call it after `teardown`."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def current() -> DistContext:

@@ -96,6 +96,9 @@ except DataError as e:
     sys.exit(3)
 print(json.dumps({"built": data.caches[0].built, "dir": str(data.caches[0].directory),
                   "rows": [data[i] for i in range(len(data))]}))
+if dist.is_initialized():  # end the group before exit, so no gloo thread outlives the interpreter
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 
