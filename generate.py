@@ -14,7 +14,8 @@ import torch
 from transformers import TextStreamer
 
 from data.templates import TEMPLATES, get_template
-from models.loading import DTYPES, load_for_inference
+from models.loading import load_for_inference
+from models.weights_io import DTYPES
 
 
 def prompt_ids(tokenizer, prompt: str, template: str) -> torch.Tensor:

@@ -60,7 +60,7 @@ def build_model(cfg: DictConfig, tokenizer, ds_config: dict):
 def count_parameters(cfg: DictConfig, tokenizer) -> int:
     """Parameter count from the model config alone (meta device: nothing is allocated)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    from models.loading import local_model_dir
+    from models.model_dir import local_model_dir
     config = AutoConfig.from_pretrained(local_model_dir(cfg.model_name_or_path))
     config.vocab_size = max(config.vocab_size, len(tokenizer))
     with torch.device("meta"):

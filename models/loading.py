@@ -1,25 +1,13 @@
 """Tokenizer and causal-LM loading from local Hugging Face folders (never from a hub)."""
-from pathlib import Path
-
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.paths import resolve_path
 from general_util.errors import ConfigError
 from models.lora import adapter_tokenizer, apply_lora, is_adapter_dir, load_adapter_model
+from models.model_dir import local_model_dir
 from models.vocab import apply_freeze_strategy, extend_vocabulary, resize_with_mean_rows
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-
-
-def local_model_dir(name_or_path: str) -> Path:
-    path = resolve_path(name_or_path)
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"model_name_or_path={name_or_path!r} is not a local model folder with a config.json "
-                                f"(this trainer never downloads from a hub)")
-    return path
-
+from models.weights_io import DTYPES
 
 def load_tokenizer(name_or_path: str, pad_token: str | None = None, trust_remote_code: bool = False,
                    extra_tokens_file: str | None = None, merge_tokenizer: str | None = None,

@@ -5,6 +5,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.model_dir import local_model_dir
+
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -57,7 +59,6 @@ def adapter_tokenizer(adapter_dir: Path, base: str | None = None):
     """The tokenizer saved with the adapter (it may carry an extended vocabulary), else the base model's."""
     from transformers import AutoTokenizer
 
-    from models.loading import local_model_dir
     adapter_dir = Path(adapter_dir)
     if (adapter_dir / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(adapter_dir)
@@ -71,7 +72,6 @@ def load_adapter_model(adapter_dir: Path, dtype: torch.dtype = torch.float32, to
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from models.loading import local_model_dir
     from models.vocab import resize_with_mean_rows
     model = AutoModelForCausalLM.from_pretrained(local_model_dir(base or adapter_base(adapter_dir)), dtype=dtype)
     if tokenizer is not None:

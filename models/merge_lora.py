@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from models.loading import DTYPES
 from models.lora import adapter_tokenizer, load_adapter_model
+from models.weights_io import DTYPES
 
 
 def merge(base: str, adapter: str, out: str, dtype: torch.dtype = torch.float32) -> Path:

@@ -5,32 +5,24 @@ JSON list of documents `[[context lines], [{"question", "choice": [2–4 texts],
 number>`. A few questions repeat a choice text; the answer is then its first occurrence."""
 from pathlib import Path
 
-from data.benchmarks.items import (MultipleChoiceItem, check_options, check_unique_ids, load_json_list,
+from data.benchmarks.items import (MultipleChoiceItem, SplitReader, check_options, check_unique_ids, load_json_list,
                                    require_file)
-from data.paths import resolve_path
 from data.records import DataError
 from general_util.errors import ConfigError
 
 RELEASE = "github.com/nlpdata/c3 ships c3-{d,m}-{train,dev,test}.json in data/: point data_dir at that folder"
 
 
-class C3Reader:
-    """`subset`: d (dialogue) or m (mixed). Few-shot exemplars come from `exemplar_split`, or from the
-    evaluated split itself when None (never the item itself)."""
+class C3Reader(SplitReader):
+    """`subset`: d (dialogue) or m (mixed); the splits as SplitReader reads them."""
 
     def __init__(self, data_dir: str | Path, subset: str = "d", split: str = "dev", exemplar_split: str | None = None):
         if subset not in ("d", "m"):
             raise ConfigError(f"C3 subset={subset!r}: use d (dialogue) or m (mixed)")
-        self.data_dir, self.subset = resolve_path(data_dir), subset
-        self.split, self.exemplar_split = split, exemplar_split
+        super().__init__(data_dir, split, exemplar_split)
+        self.subset = subset
 
-    def items(self) -> list[MultipleChoiceItem]:
-        return self._read(self.split)
-
-    def exemplars(self) -> list[MultipleChoiceItem]:
-        return self._read(self.exemplar_split or self.split)
-
-    def _read(self, split: str) -> list[MultipleChoiceItem]:
+    def read_split(self, split: str) -> list[MultipleChoiceItem]:
         path = require_file(self.data_dir / f"c3-{self.subset}-{split}.json", RELEASE)
         source = str(path)
         items = []

@@ -9,7 +9,7 @@ lists the subjects it also counts under "China specific". The repository average
 `mc_metrics` reports the micro average over items, and per subject."""
 from pathlib import Path
 
-from data.benchmarks.items import LETTERS, MultipleChoiceItem, SubjectFilesReader, check_options, read_csv_rows
+from data.benchmarks.items import MultipleChoiceItem, SubjectFilesReader, check_letter, check_options, read_csv_rows
 from data.records import DataError
 
 
@@ -84,13 +84,10 @@ def read_subject(path: Path, subject: str, category: str | None, name: str | Non
         if len(row) != len(HEADER):
             raise DataError(source, line, f"expected {len(HEADER)} fields (index, Question, A, B, C, D, Answer), "
                                           f"got {len(row)}")
-        answer = row[6].strip()
-        if answer not in LETTERS:
-            raise DataError(source, line, f"Answer must be one of {', '.join(LETTERS)}, got {row[6]!r}")
         items.append(MultipleChoiceItem(
             id=f"{subject}-{row[0].strip()}", passage="", question=row[1],
-            options=check_options(row[2:6], source, line), gold=LETTERS.index(answer), source=source,
-            position=f"line {line}", subject=subject, category=category, subject_name=name))
+            options=check_options(row[2:6], source, line), gold=check_letter(row[6], source, line, "Answer"),
+            source=source, position=f"line {line}", subject=subject, category=category, subject_name=name))
     if not items:
         raise DataError(source, None, "no questions below the header")
     return items

@@ -48,6 +48,14 @@ def check_label(label, num_options: int, source: str, line: int | None, where: s
     return label
 
 
+def check_letter(answer: str, source: str, line: int | None, field: str = "answer") -> int:
+    """The option index of an answer letter (A–D, surrounding blanks ignored), or a DataError naming `field`."""
+    letter = answer.strip()
+    if letter not in LETTERS:
+        raise DataError(source, line, f"{field} must be one of {', '.join(LETTERS)}, got {answer!r}")
+    return LETTERS.index(letter)
+
+
 def check_unique_ids(items: list[MultipleChoiceItem]) -> list[MultipleChoiceItem]:
     seen: dict[str, MultipleChoiceItem] = {}
     for item in items:
@@ -99,7 +107,25 @@ def require_file(path: Path, hint: str = "") -> Path:
     return path
 
 
-class SubjectFilesReader:
+class SplitReader:
+    """A benchmark read one split at a time. `items()`: the evaluated split; `exemplars()`: the few-shot pool,
+    `exemplar_split` or, when None, the evaluated split itself (a prompt never uses an item as its own
+    exemplar). Subclasses implement `read_split`."""
+
+    def __init__(self, data_dir: str | Path, split: str, exemplar_split: str | None):
+        self.data_dir, self.split, self.exemplar_split = resolve_path(data_dir), split, exemplar_split
+
+    def items(self) -> list[MultipleChoiceItem]:
+        return self.read_split(self.split)
+
+    def exemplars(self) -> list[MultipleChoiceItem]:
+        return self.read_split(self.exemplar_split or self.split)
+
+    def read_split(self, split: str) -> list[MultipleChoiceItem]:
+        raise NotImplementedError
+
+
+class SubjectFilesReader(SplitReader):
     """A benchmark shipped as one CSV file per subject and split (MMLU, CMMLU, C-Eval). `subjects`: the
     subjects to evaluate, or None for every file of the split; `categories`: subject -> category (None: the
     benchmark's own table); a subject missing from it is scored per subject and overall. Subclasses name the
@@ -111,7 +137,7 @@ class SubjectFilesReader:
 
     def __init__(self, data_dir: str | Path, split: str, subjects: list[str] | None = None,
                  exemplar_split: str = "dev", categories: dict[str, str] | None = None):
-        self.data_dir, self.split, self.exemplar_split = resolve_path(data_dir), split, exemplar_split
+        super().__init__(data_dir, split, exemplar_split)
         self.subjects = list(subjects) if subjects is not None else None
         self.categories = dict(self.default_categories if categories is None else categories)
 
@@ -121,12 +147,6 @@ class SubjectFilesReader:
 
     def read_file(self, path: Path, subject: str, split: str) -> list[MultipleChoiceItem]:
         raise NotImplementedError
-
-    def items(self) -> list[MultipleChoiceItem]:
-        return self._read(self.split)
-
-    def exemplars(self) -> list[MultipleChoiceItem]:
-        return self._read(self.exemplar_split)
 
     def subject_names(self) -> list[str]:
         if self.subjects is not None:
@@ -138,7 +158,7 @@ class SubjectFilesReader:
                             f"{self.release}")
         return names
 
-    def _read(self, split: str) -> list[MultipleChoiceItem]:
+    def read_split(self, split: str) -> list[MultipleChoiceItem]:
         subjects = self.subject_names()
         uncategorised = [s for s in subjects if s not in self.categories]
         if uncategorised and split == self.split:

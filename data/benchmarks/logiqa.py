@@ -18,8 +18,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from data.benchmarks.items import LETTERS, MultipleChoiceItem, check_label, check_unique_ids
-from data.paths import resolve_path
+from data.benchmarks.items import LETTERS, MultipleChoiceItem, SplitReader, check_label, check_unique_ids
 from data.readers import read_jsonl
 from data.records import DataError
 from general_util.errors import ConfigError
@@ -33,22 +32,15 @@ OWN_LETTER = re.compile(r"\s*([A-DＡ-Ｄ])\s*[.．、,，:：]\s*")
 RELEASE = "github.com/csitfun/LogiQA2.0 ships {names} in logiqa/DATA/LOGIQA: point data_dir at that folder"
 
 
-class LogiQAReader:
-    """`items()`: the evaluated split; `exemplars()`: the few-shot pool (`exemplar_split`, or the evaluated
-    split itself when None — the prompt never uses an item as its own exemplar)."""
+class LogiQAReader(SplitReader):
+    """`language`: zh or en; the splits as SplitReader reads them."""
 
     def __init__(self, data_dir: str | Path, language: str = "zh", split: str = "dev", exemplar_split: str | None = "train",
                  clean_options: bool = True):
         if language not in FILE_NAMES:
             raise ConfigError(f"LogiQA language={language!r}: use zh or en")
-        self.data_dir, self.language = resolve_path(data_dir), language
-        self.split, self.exemplar_split, self.clean_options = split, exemplar_split, clean_options
-
-    def items(self) -> list[MultipleChoiceItem]:
-        return self._read(self.split)
-
-    def exemplars(self) -> list[MultipleChoiceItem]:
-        return self._read(self.exemplar_split or self.split)
+        super().__init__(data_dir, split, exemplar_split)
+        self.language, self.clean_options = language, clean_options
 
     def path(self, split: str) -> Path:
         names = [name.format(split=split) for name in FILE_NAMES[self.language]]
@@ -58,7 +50,7 @@ class LogiQAReader:
         shipped = ", ".join(name.format(split=s) for s in ("train", "dev", "test") for name in FILE_NAMES[self.language][:1])
         raise DataError(str(self.data_dir / names[0]), None, "no such file; " + RELEASE.format(names=shipped))
 
-    def _read(self, split: str) -> list[MultipleChoiceItem]:
+    def read_split(self, split: str) -> list[MultipleChoiceItem]:
         path = self.path(split)
         items, seen, repeated, left_out = [], set(), [], []
         for record in read_jsonl(path):

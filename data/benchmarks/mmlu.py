@@ -9,7 +9,7 @@ overall. Copies that add a header row and number the answers (`question,choice0,
 exports of the Hugging Face `cais/mmlu` do) are reported at line 1, naming the expected layout."""
 from pathlib import Path
 
-from data.benchmarks.items import LETTERS, MultipleChoiceItem, SubjectFilesReader, check_options, read_csv_rows
+from data.benchmarks.items import MultipleChoiceItem, SubjectFilesReader, check_letter, check_options, read_csv_rows
 from data.records import DataError
 
 
@@ -59,11 +59,8 @@ def read_subject(path: Path, subject: str, category: str | None) -> list[Multipl
             raise DataError(source, line, f"a header row ({','.join(row)}); the MMLU release has {LAYOUT}")
         if len(row) != 6:
             raise DataError(source, line, f"expected 6 fields (question, A, B, C, D, answer), got {len(row)}")
-        answer = row[5].strip()
-        if answer not in LETTERS:
-            raise DataError(source, line, f"answer must be one of {', '.join(LETTERS)}, got {row[5]!r}")
         items.append(MultipleChoiceItem(
             id=f"{path.stem}-{len(items)}", passage="", question=row[0],
-            options=check_options(row[1:5], source, line), gold=LETTERS.index(answer), source=source,
+            options=check_options(row[1:5], source, line), gold=check_letter(row[5], source, line), source=source,
             position=f"line {line}", subject=subject, category=category))
     return items

@@ -5,9 +5,8 @@ or null are read the same): its items have gold None and are only predicted (the
 leaderboard's `predictions.npy`, the i-th prediction for `test_i`)."""
 from pathlib import Path
 
-from data.benchmarks.items import (MultipleChoiceItem, check_label, check_options, check_unique_ids, load_json_list,
-                                   require_file)
-from data.paths import resolve_path
+from data.benchmarks.items import (MultipleChoiceItem, SplitReader, check_label, check_options, check_unique_ids,
+                                   load_json_list, require_file)
 from data.records import DataError
 from general_util.errors import ConfigError
 
@@ -17,19 +16,13 @@ NO_LABEL = (None, -1)  # what copies of the test split write instead of leaving 
 RELEASE = "ReClor's reclor_data.zip (github.com/yuweihao/reclor, releases) holds train.json, val.json, test.json"
 
 
-class ReClorReader:
+class ReClorReader(SplitReader):
     def __init__(self, data_dir: str | Path, split: str = "val", exemplar_split: str | None = "train"):
-        self.data_dir, self.split, self.exemplar_split = resolve_path(data_dir), split, exemplar_split
+        super().__init__(data_dir, split, exemplar_split)
         if exemplar_split in UNLABELLED_SPLITS:
             raise ConfigError(f"ReClor exemplar_split={exemplar_split!r} has no labels; use train or val")
 
-    def items(self) -> list[MultipleChoiceItem]:
-        return self._read(self.split)
-
-    def exemplars(self) -> list[MultipleChoiceItem]:
-        return self._read(self.exemplar_split or self.split)
-
-    def _read(self, split: str) -> list[MultipleChoiceItem]:
+    def read_split(self, split: str) -> list[MultipleChoiceItem]:
         path = require_file(self.data_dir / f"{split}.json", RELEASE)
         source = str(path)
         items = []
