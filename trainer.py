@@ -29,6 +29,7 @@ from general_util.config import (deepspeed_config, human_bytes, lr_scheduler_fac
 from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, exit_process, gather_objects,
                                init_distributed, teardown)
 from general_util.errors import UserError, find_user_error, one_line
+from general_util.fingerprints import data_fingerprint, tokenizer_fingerprint
 from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
 from modules.flops import device_peak_flops, training_flops_per_token
@@ -105,7 +106,7 @@ class Trainer:
         self.ds_config = deepspeed_config(cfg, self.total_steps)
         self.stage = zero_stage(cfg)
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
-        self.fingerprints = {"data": ckpt.data_fingerprint(train_data), "tokenizer": ckpt.tokenizer_fingerprint(tokenizer)}
+        self.fingerprints = {"data": data_fingerprint(train_data), "tokenizer": tokenizer_fingerprint(tokenizer)}
         self.stop_requested = False
         self.tracker_runs: dict[str, str] = {}  # W&B / MLflow run ids to continue (kept in every checkpoint)
         self.stream = None  # the micro-batch generator (holds the data-loader workers) while training

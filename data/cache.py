@@ -44,6 +44,7 @@ from data.records import BadRecords, DataError
 from data.templates import ChatTemplate, PromptTemplate
 from data.tokenization import ExampleTokenizer, Segment, tokenize_batches
 from general_util.dist import barrier, current
+from general_util.fingerprints import tokenizer_fingerprint
 from general_util.logging import progress_bar
 
 CACHE_VERSION = 2  # bump when tokenization or the on-disk layout changes
@@ -56,14 +57,6 @@ logger = logging.getLogger(__name__)
 def file_fingerprints(files: list[Path]) -> list[dict]:
     return [{"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
             for path in files for stat in [path.stat()]]
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    special = {"class": type(tokenizer).__name__, "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
-               "size": len(tokenizer)}
-    return hashlib.sha256((vocabulary + json.dumps(special, sort_keys=True)).encode()).hexdigest()
 
 
 class BuildSettings:

@@ -5,7 +5,6 @@ Layout: `output_dir/checkpoint-<step>/` holds the DeepSpeed tag folder content (
 `training_config.yaml`. A checkpoint is first written as `.tmp-checkpoint-<step>` and renamed when
 complete, so a folder named `checkpoint-*` is always whole.
 """
-import hashlib
 import json
 import logging
 import os
@@ -29,25 +28,6 @@ TRAINER_STATE = "trainer_state.json"
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be written or continued; the message is one line."""
-
-
-def data_fingerprint(dataset) -> str:
-    """Identifies the training data: the dataset's own `fingerprint` (e.g. its token-cache key) or a hash
-    of every example's token ids and labels."""
-    if getattr(dataset, "fingerprint", None):
-        return dataset.fingerprint
-    digest = hashlib.sha256(str(len(dataset)).encode())
-    for index in range(len(dataset)):
-        item = dataset[index]
-        digest.update(json.dumps([list(map(int, item["input_ids"])), list(map(int, item["labels"]))]).encode())
-    return digest.hexdigest()[:16]
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
-    return hashlib.sha256((text + special).encode()).hexdigest()[:16]
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from data.labels import IGNORE_INDEX
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
