@@ -34,6 +34,7 @@ from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
 from modules.flops import device_peak_flops, training_flops_per_token
 from modules.loss import count_label_tokens, token_loss_sum
+from post_processors.run import run_evaluators
 from post_processors.summary import write_summary
 
 OmegaConf.register_new_resolver("eq", lambda a, b: a == b, replace=True)
@@ -297,13 +298,9 @@ class Trainer:
     def evaluate(self, tag: str) -> dict[str, float]:
         """Run every evaluator (on all ranks) and log `eval/<evaluator>/<metric>`."""
         self.engine.eval()
-        metrics = {}
-        for name, evaluator in self.evaluators.items():
-            result = evaluator(self.engine, self.tokenizer, self.output_dir / "eval" / tag / name)
-            metrics.update({f"{name}/{key}": value for key, value in result.items()})
+        metrics = run_evaluators(self.evaluators, self.engine, self.tokenizer, self.output_dir / "eval" / tag, tag)
         self.engine.train()
         self.metrics.scalars({f"eval/{k}": v for k, v in metrics.items()}, self.step)
-        logger.info("eval %s: %s", tag, " ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
         self.last_eval = metrics
         return metrics
 
@@ -357,18 +354,13 @@ def evaluate_checkpoints(cfg: DictConfig, ctx: DistContext, tokenizer, evaluator
     """do_train=false: evaluate every `output_dir/<eval_sub_path>` in step order (or `model_name_or_path`
     when there is none), track the best, and write a summary table, CSV and plot of the metric vs step."""
     output_dir = Path(cfg.output_dir)
-    checkpoints = sorted((p for p in output_dir.glob(cfg.eval_sub_path) if p.is_dir() and ckpt.step_of(p) is not None),
-                         key=ckpt.step_of)
-    targets = [(ckpt.step_of(p), p) for p in checkpoints] or [(0, Path(cfg.model_name_or_path))]
+    targets = [(ckpt.step_of(p), p) for p in ckpt.list_checkpoints(output_dir, cfg.eval_sub_path)]
+    targets = targets or [(0, Path(cfg.model_name_or_path))]
     best = ckpt.BestTracker(output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
     rows = []
     for step, path in targets:
         model = instantiate(cfg.model, name_or_path=str(path), tokenizer=tokenizer).to(ctx.device).eval()
-        metrics = {}
-        for name, evaluator in evaluators.items():
-            result = evaluator(model, tokenizer, output_dir / "eval" / path.name / name)
-            metrics.update({f"{name}/{key}": value for key, value in result.items()})
-        logger.info("eval %s: %s", path, " ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
+        metrics = run_evaluators(evaluators, model, tokenizer, output_dir / "eval" / path.name, str(path))
         rows.append((step, metrics))
         if best.update(metrics, step, path.name) and ctx.is_main:
             best.write()

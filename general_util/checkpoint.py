@@ -40,9 +40,9 @@ def step_of(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest step first."""
-    return sorted((p for p in output_dir.glob(f"{PREFIX}*") if p.is_dir() and step_of(p) is not None), key=step_of)
+def list_checkpoints(output_dir: Path, pattern: str = f"{PREFIX}*") -> list[Path]:
+    """Complete checkpoints (`checkpoint-<step>` folders matching the glob `pattern`), oldest step first."""
+    return sorted((p for p in output_dir.glob(pattern) if p.is_dir() and step_of(p) is not None), key=step_of)
 
 
 def consolidated_state_dict(engine, zero_stage: int) -> dict | None:
