@@ -1,7 +1,9 @@
 """Unusable configs stop before any model is loaded, with one line naming the key, and exit ≠ 0."""
 import pytest
 
-from tests.trainer_runs import FAST, run_trainer
+from general_util.config import validate
+from general_util.errors import UserError, one_line
+from tests.trainer_runs import FAST, compose_config, run_trainer
 
 BAD_CONFIGS = {
     "missing train file": (["train_file=data/samples/nope.jsonl"], "train_file="),
@@ -25,15 +27,25 @@ BAD_CONFIGS = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
-def test_bad_config_gives_one_line_error(tmp_path, name):
+def test_bad_config_is_refused_by_preflight(name):
+    """`validate` (the preflight `trainer.run` calls first) refuses the config with one line naming the key."""
     overrides, expected = BAD_CONFIGS[name]
-    result = run_trainer(tmp_path / "out", overrides, check=False)
-    assert result.returncode != 0
+    with pytest.raises(UserError) as refused:
+        validate(compose_config(overrides), world_size=1)
+    line = one_line(refused.value)
+    assert len(line.splitlines()) == 1 and line.startswith("error: ") and expected in line, line
+
+
+def test_bad_config_stops_the_trainer_before_set_up(tmp_path):
+    """The command-line contract, once through the real entry point: exit 2, one line, no traceback, nothing
+    set up (no logs folder)."""
+    result = run_trainer(tmp_path / "out", BAD_CONFIGS["batch mismatch with ds_cfg"][0], check=False)
+    assert result.returncode == 2
     stderr = result.stderr.strip()
     assert "Traceback" not in stderr and "Traceback" not in result.stdout
     assert len(stderr.splitlines()) == 1, stderr
-    assert stderr.startswith("error: ") and expected in stderr, stderr
-    assert not (tmp_path / "out" / "logs").exists()  # stopped before set-up
+    assert stderr.startswith("error: ds_cfg.train_micro_batch_size_per_gpu=3"), stderr
+    assert not (tmp_path / "out" / "logs").exists()
 
 
 def test_dry_run_prints_the_plan(tmp_path):

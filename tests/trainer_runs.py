@@ -38,6 +38,16 @@ def run_trainer(output_dir: Path, overrides: list[str], launcher: str = "python"
     return result
 
 
+def compose_config(overrides: list[str], config: tuple[str, str] = ("conf/demo", "sft"), output_dir: Path | None = None):
+    """The config `trainer.py -cp <config[0]> -cn <config[1]> <overrides>` would run with, composed in-process."""
+    from hydra import compose, initialize_config_dir
+
+    import trainer  # noqa: F401 - registers the config resolvers the trainer's YAML uses
+    output = [f"output_dir={output_dir}"] if output_dir is not None else []
+    with initialize_config_dir(config_dir=str(REPO / config[0]), version_base="1.3"):
+        return compose(config_name=config[1], overrides=output + overrides)
+
+
 def read_scalars(output_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """TensorBoard scalars as {tag: [(step, value), ...]} read with tensorboard's EventAccumulator (all the
     event files of the run, as TensorBoard shows them)."""
