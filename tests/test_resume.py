@@ -121,7 +121,7 @@ def test_incompatible_checkpoint_is_refused_unless_weights_only(uninterrupted, t
     result = run_trainer(tmp_path, RUN + ["per_gpu_train_batch_size=2", f"resume={checkpoint}"], check=False)
     assert result.returncode != 0
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("error: cannot resume exactly from") and "per_gpu_train_batch_size 4 → 2" in message
+    assert message.startswith("error: cannot resume exactly from") and "global_batch_size 8 → 4" in message
     assert "resume_mode=weights_only" in message
     run_trainer(tmp_path, RUN + ["per_gpu_train_batch_size=2", "max_steps=2", f"resume={checkpoint}",
                                  "resume_mode=weights_only"])
