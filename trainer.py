@@ -185,7 +185,7 @@ class Trainer:
             # another rank anyway). The data order never depends on them; random layers (dropout) continue from
             # a fresh seed derived from (seed, step), the same on every rank as at a fresh start.
             set_seed(self.cfg.seed + self.step)
-        logger.info("resumed from %s at step %d (epoch %d, sample %d of the epoch; written by %d ranks, resumed on %d)",
+        logger.info("resumed from %s at step %d (epoch %d, sample %d of the epoch; saved at world size %d, now %d)",
                     checkpoint, self.step, self.epoch, self.samples_in_epoch, state["world_size"], self.ctx.world_size)
 
     def request_stop(self, signum, frame) -> None:
@@ -198,8 +198,8 @@ class Trainer:
         return self.ctx.world_size * self.cfg.per_gpu_train_batch_size * self.cfg.gradient_accumulation_steps
 
     def micro_batches(self):
-        """Endless stream of this rank's micro-batches, starting at the current data position (the stream
-        runs ahead of `advance_data_position` by the data loader's prefetch, so it keeps its own)."""
+        """Endless stream of this rank's micro-batches, starting at the current data position. It keeps its
+        own position: the loop advances the trainer's after each step (`advance_data_position`)."""
         epoch, start = self.epoch, self.samples_in_epoch
         while True:
             self.sampler.set_epoch(epoch, start=start)

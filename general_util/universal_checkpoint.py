@@ -6,8 +6,8 @@ exactly with `"checkpoint": {"load_universal": true}` in the DeepSpeed config (Z
 conversion is done once, by global rank 0 while the others wait, into `checkpoint-<step>/universal`
 (written as `.tmp-universal` and renamed when complete, so a crash cannot leave a half conversion that
 a later resume would trust); retention deletes it with its checkpoint. A folder converted beforehand
-with `python -m deepspeed.checkpoint.ds_to_universal --input_folder checkpoint-<step> --output_folder
-checkpoint-<step>/universal` (which can use several worker processes) is used as it is.
+with `python -m deepspeed.checkpoint.ds_to_universal --inject_missing_state --input_folder checkpoint-<step>
+--output_folder checkpoint-<step>/universal` (which can use several worker processes) is used as it is.
 """
 import contextlib
 import io
@@ -48,12 +48,13 @@ def convert_to_universal(checkpoint: Path, saved_world_size: int, ctx: DistConte
             os.replace(tmp, target)
         except OSError as error:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointError(f"cannot convert {checkpoint} (written by {saved_world_size} ranks) to DeepSpeed's "
-                                  f"universal checkpoint to resume on {ctx.world_size} ({error.strerror or error}: "
-                                  f"{error.filename or tmp}); copy the checkpoint to a writable folder") from None
+            raise CheckpointError(f"cannot convert {checkpoint} (saved at world size {saved_world_size}) to "
+                                  f"DeepSpeed's universal checkpoint to resume at world size {ctx.world_size} "
+                                  f"({error.strerror or error}: {error.filename or tmp}); copy the checkpoint to a "
+                                  "writable folder") from None
         finally:
             logger.debug("ds_to_universal:\n%s", output.getvalue())
-        logger.info("converted %s (written by %d ranks) to DeepSpeed's universal checkpoint %s, to resume on %d",
-                    checkpoint, saved_world_size, target, ctx.world_size)
+        logger.info("converted %s (saved at world size %d) to DeepSpeed's universal checkpoint %s, to resume at "
+                    "world size %d", checkpoint, saved_world_size, target, ctx.world_size)
     barrier()
     return target

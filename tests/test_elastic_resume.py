@@ -33,7 +33,8 @@ def step_samples(world, micro, accumulation, epoch=0, start=0, num_samples=NUM_S
         assert len(streams[-1]) == len(sampler)
     per_step = micro * accumulation
     assert len({len(stream) for stream in streams}) == 1  # every rank has as many micro-batches (collectives align)
-    return [sorted(i for stream in streams for i in stream[k:k + per_step]) for k in range(0, len(streams[0]), per_step)]
+    return [sorted(i for stream in streams for i in stream[k:k + per_step])
+            for k in range(0, len(streams[0]), per_step)]
 
 
 def test_every_split_of_the_global_batch_trains_the_same_samples_at_every_step():
@@ -52,7 +53,7 @@ def test_a_mid_epoch_start_continues_at_the_global_sample_position():
         assert step_samples(*split, start=16) == whole[2:]
         assert step_samples(*split, start=24) == []  # the epoch is consumed: the trainer moves on to the next
     with pytest.raises(ValueError, match="not a step boundary"):
-        DistributedEpochSampler(NUM_SAMPLES, 0, 2, seed=7, micro_batch_size=2, accumulation_steps=2).set_epoch(0, start=4)
+        DistributedEpochSampler(NUM_SAMPLES, 0, 2, seed=7, micro_batch_size=2, accumulation_steps=2).set_epoch(0, 4)
 
 
 def test_the_epoch_is_padded_to_whole_steps_with_its_first_samples():
@@ -75,33 +76,28 @@ def test_optimizer_steps_depend_on_the_global_batch_only():
         assert optimizer_steps(NUM_SAMPLES, OmegaConf.merge(cfg, {"max_steps": 5}), world)[1] == 5
 
 
-# ---- end to end: killed on W ranks, resumed on W' ---------------------------------------------------------
+# ---- end to end: killed on 2 ranks, resumed on 1, killed again, resumed on 2 --------------------------------
 STEPS = 12
-KILL_STEP = 7  # after the checkpoints of steps 3 and 6: the resume point is step 6, mid-epoch (148 samples / 8)
 RUN = FAST + [f"max_steps={STEPS}", "save_steps=3", "gradient_accumulation_steps=2", "num_workers=1"]
 SPLIT = {1: ["per_gpu_train_batch_size=4"], 2: ["per_gpu_train_batch_size=2"]}  # global batch 8 either way
 RELATIVE_TOLERANCE = 1e-5
 
 
-def overrides(stage, nproc):
-    return RUN + SPLIT[nproc] + [f"deepspeed@ds_cfg=zero{stage}"]
-
-
 def train(output_dir, stage, nproc, extra=(), **kwargs):
-    return run_trainer(output_dir, overrides(stage, nproc) + list(extra), launcher="torchrun" if nproc == 2 else "python",
-                       nproc=nproc, **kwargs)
+    return run_trainer(output_dir, RUN + SPLIT[nproc] + [f"deepspeed@ds_cfg=zero{stage}"] + list(extra),
+                       launcher="torchrun" if nproc == 2 else "python", nproc=nproc, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """`uninterrupted(stage, nproc)`: the output folder of a run that never stopped (each run once per module)."""
+    """`uninterrupted(stage)`: the output folder of a 2-rank run that never stopped (once per stage and module)."""
     runs = {}
 
-    def run(stage, nproc):
-        if (stage, nproc) not in runs:
-            runs[stage, nproc] = tmp_path_factory.mktemp(f"uninterrupted_zero{stage}_{nproc}ranks")
-            train(runs[stage, nproc], stage, nproc)
-        return runs[stage, nproc]
+    def run(stage):
+        if stage not in runs:
+            runs[stage] = tmp_path_factory.mktemp(f"uninterrupted_zero{stage}")
+            train(runs[stage], stage, 2)
+        return runs[stage]
     return run
 
 
@@ -112,7 +108,7 @@ def losses(output_dir):
 def assert_close_runs(reference, resumed):
     """Every logged loss within the tolerance (relative), and every final weight tensor too (relative norm)."""
     expected, actual = losses(reference), losses(resumed)
-    assert sorted(actual) == list(range(1, STEPS + 1))  # no duplicated or missing steps after the resume
+    assert sorted(actual) == sorted(expected) == list(range(1, STEPS + 1))  # no duplicated or missing steps
     for step, loss in expected.items():
         assert abs(actual[step] - loss) <= RELATIVE_TOLERANCE * abs(loss), (step, loss, actual[step])
     weights_a = load_file(reference / f"checkpoint-{STEPS}" / "model.safetensors")
@@ -125,38 +121,44 @@ def assert_close_runs(reference, resumed):
     assert not torch.equal(weights_a["model.embed_tokens.weight"], initial["model.embed_tokens.weight"])  # it trained
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage,saved,resumed", [(1, 2, 1), (1, 1, 2), (3, 2, 1), (3, 1, 2), (2, 2, 1)],
-                         ids=["zero1_2to1", "zero1_1to2", "zero3_2to1", "zero3_1to2", "zero2_2to1"])
-def test_killed_run_resumes_on_another_world_size(uninterrupted, tmp_path, stage, saved, resumed):
-    reference = uninterrupted(stage, saved)
-    killed = train(tmp_path, stage, saved, check=False, env={"LLAMA_TRAINER_FAULT": f"kill@step={KILL_STEP}"})
-    assert killed.returncode != 0
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
-    train(tmp_path, stage, resumed, ["resume=auto"])
-    log = (tmp_path / "logs" / "rank0.log").read_text()
-    checkpoint = tmp_path / "checkpoint-6"
-    assert f"converted {checkpoint} (written by {saved} ranks) to DeepSpeed's universal checkpoint" in log
-    assert (f"resumed from {checkpoint} at step 6 (epoch 0, sample 48 of the epoch; written by {saved} ranks, "
-            f"resumed on {resumed})") in log
+def checkpoint_steps(output_dir):
+    return sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*"))
+
+
+def assert_resumed_on_another_world_size(output_dir, step, saved, resumed):
+    """The run's log shows the one conversion of checkpoint-<step> and the resume from it."""
+    checkpoint = output_dir / f"checkpoint-{step}"
+    log = (output_dir / "logs" / "rank0.log").read_text()
+    assert log.count(f"converted {checkpoint} (saved at world size {saved}) to DeepSpeed's universal checkpoint "
+                     f"{checkpoint / 'universal'}, to resume at world size {resumed}") == 1, log[-3000:]
+    assert (f"resumed from {checkpoint} at step {step} (epoch 0, sample {8 * step} of the epoch; saved at world "
+            f"size {saved}, now {resumed})") in log
     assert (checkpoint / "universal" / "zero").is_dir() and not (checkpoint / ".tmp-universal").exists()
-    assert_close_runs(reference, tmp_path)
-    optim_files = list((tmp_path / f"checkpoint-{STEPS}").glob("*optim_states.pt"))
-    assert len(optim_files) == resumed  # the run continued partitioned over its own ranks
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 3], ids=["zero1", "zero3"])
-def test_uninterrupted_runs_on_one_and_two_ranks_agree(uninterrupted, stage):
-    """The same global batch split over 1 or 2 ranks trains the same samples at every step."""
-    assert_close_runs(uninterrupted(stage, 2), uninterrupted(stage, 1))
+def test_killed_runs_resume_on_another_world_size(uninterrupted, tmp_path, stage):
+    """2 ranks killed after step 4 → resumed on 1 rank from checkpoint-3, killed after step 7 → resumed on 2
+    ranks from checkpoint-6 (written by 1 rank): every logged loss and the final weights are the
+    uninterrupted 2-rank run's, up to the reduction order. Mid-epoch throughout (19 steps an epoch)."""
+    reference = uninterrupted(stage)
+    killed = train(tmp_path, stage, 2, check=False, env={"LLAMA_TRAINER_FAULT": "kill@step=4"})
+    assert killed.returncode != 0 and checkpoint_steps(tmp_path) == [3]
+    killed = train(tmp_path, stage, 1, ["resume=auto"], check=False, env={"LLAMA_TRAINER_FAULT": "kill@step=7"})
+    assert killed.returncode == -9 and checkpoint_steps(tmp_path) == [3, 6]
+    assert_resumed_on_another_world_size(tmp_path, 3, saved=2, resumed=1)
+    train(tmp_path, stage, 2, ["resume=auto"])
+    assert_resumed_on_another_world_size(tmp_path, 6, saved=1, resumed=2)
+    assert_close_runs(reference, tmp_path)
+    assert len(list((tmp_path / f"checkpoint-{STEPS}").glob("*optim_states.pt"))) == 2  # partitioned over 2 again
 
 
 @pytest.mark.slow
 def test_another_global_batch_is_refused_on_another_world_size(uninterrupted, tmp_path):
-    checkpoint = uninterrupted(1, 2) / "checkpoint-6"
-    result = run_trainer(tmp_path, RUN + ["deepspeed@ds_cfg=zero1", "per_gpu_train_batch_size=2", f"resume={checkpoint}"],
-                         check=False)
+    checkpoint = uninterrupted(1) / "checkpoint-6"
+    overrides = RUN + ["deepspeed@ds_cfg=zero1", "per_gpu_train_batch_size=2", f"resume={checkpoint}"]
+    result = run_trainer(tmp_path, overrides, check=False)
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith(f"error: cannot resume exactly from {checkpoint}: global_batch_size 8 → 4 (the world "

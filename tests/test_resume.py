@@ -13,7 +13,7 @@ from tests.trainer_runs import FAST, read_scalars, run_trainer
 
 pytestmark = pytest.mark.slow
 STEPS = 12
-# accumulation > 1, a dataloader worker, checkpoints every 3 steps; 148 samples / (4 × 2) → 18 steps an epoch,
+# accumulation > 1, a dataloader worker, checkpoints every 3 steps; ⌈148 samples / (4 × 2)⌉ = 19 steps an epoch,
 # so every resume point is in the middle of an epoch.
 RUN = FAST + [f"max_steps={STEPS}", "save_steps=3", "gradient_accumulation_steps=2", "num_workers=1"]
 
