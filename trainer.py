@@ -32,6 +32,7 @@ from general_util.errors import UserError, find_user_error, one_line
 from general_util.fingerprints import data_fingerprint, tokenizer_fingerprint
 from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
+from general_util.universal_checkpoint import convert_to_universal, enable_universal_loading
 from modules.flops import device_peak_flops, training_flops_per_token
 from modules.loss import count_label_tokens, token_loss_sum
 from post_processors.run import run_evaluators
@@ -106,7 +107,7 @@ class Trainer:
         self.micro_per_epoch, self.total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size)
         self.ds_config = deepspeed_config(cfg, self.total_steps)
         self.stage = zero_stage(cfg)
-        self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
+        self.step, self.epoch, self.samples_in_epoch = 0, 0, 0  # data position: global samples the epoch consumed
         self.fingerprints = {"data": data_fingerprint(train_data), "tokenizer": tokenizer_fingerprint(tokenizer)}
         self.stop_requested = False
         self.tracker_runs: dict[str, str] = {}  # W&B / MLflow run ids to continue (kept in every checkpoint)
@@ -121,16 +122,23 @@ class Trainer:
     # ---- set-up -------------------------------------------------------------------------------------
     def setup(self, model) -> None:
         import deepspeed
+        resume_from = ckpt.resolve_resume(self.cfg.resume, self.output_dir)
+        state = None  # the checkpoint's trainer state, when it is continued exactly
+        if resume_from is not None and self.cfg.resume_mode == "exact":
+            state = ckpt.read_trainer_state(resume_from)
+            ckpt.check_resumable(resume_from, state, self.layout())
+            if self.reshards(state):
+                enable_universal_loading(self.ds_config)  # read by deepspeed.initialize
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=parameter_groups(model, self.cfg.weight_decay), config=self.ds_config,
             lr_scheduler=lr_scheduler_factory(self.cfg, self.total_steps))
         from data.sampler import DistributedEpochSampler
-        self.sampler = DistributedEpochSampler(len(self.train_data), self.ctx.rank, self.ctx.world_size, self.cfg.seed)
+        self.sampler = DistributedEpochSampler(len(self.train_data), self.ctx.rank, self.ctx.world_size, self.cfg.seed,
+                                               self.cfg.per_gpu_train_batch_size, self.cfg.gradient_accumulation_steps)
         self.collator = instantiate(self.cfg.collator, tokenizer=self.tokenizer)
-        resume_from = ckpt.resolve_resume(self.cfg.resume, self.output_dir)
         if resume_from is not None:
-            self.resume(resume_from)
+            self.resume(resume_from, state)
         self.metrics = MetricsWriter(self.output_dir, self.ctx, self.total_steps, self.step, self.cfg.report_to,
                                      OmegaConf.to_container(self.cfg, resolve=True), self.tracker_runs,
                                      OmegaConf.to_container(self.cfg.tracking, resolve=True))
@@ -141,27 +149,46 @@ class Trainer:
                     self.cfg.gradient_accumulation_steps, self.samples_per_step)
 
     def layout(self) -> dict:
-        """What must match for a checkpoint to continue this run exactly."""
-        return {"world_size": self.ctx.world_size, "per_gpu_train_batch_size": self.cfg.per_gpu_train_batch_size,
-                "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps, "seed": self.cfg.seed,
+        """What must match for a checkpoint to continue this run exactly. The world size, micro batch and
+        accumulation may change: the data order and the loss depend on their product (the global batch) only."""
+        return {"global_batch_size": self.samples_per_step, "seed": self.cfg.seed,
                 "data_fingerprint": self.fingerprints["data"], "tokenizer_fingerprint": self.fingerprints["tokenizer"]}
 
-    def resume(self, checkpoint: Path) -> None:
-        """Continue from `checkpoint`: exactly (weights, optimizer, scheduler, step, data position, RNG) or,
-        with resume_mode=weights_only, from its weights alone with a fresh optimizer at step 0."""
-        if self.cfg.resume_mode == "weights_only":
+    def split(self) -> dict:
+        """How this run splits the global batch (recorded in each checkpoint; free to change at resume)."""
+        return {"world_size": self.ctx.world_size, "per_gpu_train_batch_size": self.cfg.per_gpu_train_batch_size,
+                "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps}
+
+    def reshards(self, state: dict) -> bool:
+        """Whether the checkpoint's ZeRO partitions must be re-cut for this world size (through DeepSpeed's
+        universal checkpoint); without ZeRO (stage 0) every rank holds the whole state anyway."""
+        return self.stage > 0 and state["world_size"] != self.ctx.world_size
+
+    def resume(self, checkpoint: Path, state: dict | None) -> None:
+        """Continue from `checkpoint`: exactly (weights, optimizer, scheduler, step, data position, RNG), with
+        its trainer `state` checked by `setup`, or, with resume_mode=weights_only (`state` None), from its
+        weights alone with a fresh optimizer at step 0."""
+        if state is None:
             self.engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name, load_module_only=True,
                                         load_optimizer_states=False, load_lr_scheduler_states=False)
             logger.info("initialised weights from %s (resume_mode=weights_only: fresh optimizer, step 0)", checkpoint)
             return
-        state = ckpt.read_trainer_state(checkpoint)
-        ckpt.check_resumable(checkpoint, state, self.layout())
-        self.engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
-        self.step, self.epoch, self.micro_in_epoch = state["global_step"], state["epoch"], state["micro_in_epoch"]
+        self.step, self.epoch, self.samples_in_epoch = state["global_step"], state["epoch"], state["samples_in_epoch"]
         self.tracker_runs = state.get("tracker_runs", {})
-        ckpt.restore_rng_state(checkpoint, self.ctx.rank)
-        logger.info("resumed from %s at step %d (epoch %d, micro-batch %d of the epoch)", checkpoint, self.step,
-                    self.epoch, self.micro_in_epoch)
+        if self.reshards(state):
+            universal = convert_to_universal(checkpoint, state["world_size"], self.ctx)
+            self.engine.load_checkpoint(str(checkpoint), tag=universal.name)
+        else:
+            self.engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+        if state["world_size"] == self.ctx.world_size:
+            ckpt.restore_rng_state(checkpoint, self.ctx.rank)
+        else:
+            # Per-rank RNG states cannot be carried over to another number of ranks (and each sample now meets
+            # another rank anyway). The data order never depends on them; random layers (dropout) continue from
+            # a fresh seed derived from (seed, step), the same on every rank as at a fresh start.
+            set_seed(self.cfg.seed + self.step)
+        logger.info("resumed from %s at step %d (epoch %d, sample %d of the epoch; saved at world size %d, now %d)",
+                    checkpoint, self.step, self.epoch, self.samples_in_epoch, state["world_size"], self.ctx.world_size)
 
     def request_stop(self, signum, frame) -> None:
         """SIGTERM (schedulers send it before preemption): finish this step, save, exit 0."""
@@ -173,18 +200,24 @@ class Trainer:
         return self.ctx.world_size * self.cfg.per_gpu_train_batch_size * self.cfg.gradient_accumulation_steps
 
     def micro_batches(self):
-        """Endless stream of this rank's micro-batches, starting at the current data position."""
+        """Endless stream of this rank's micro-batches, starting at the current data position. It keeps its
+        own position: the loop advances the trainer's after each step (`advance_data_position`)."""
+        epoch, start = self.epoch, self.samples_in_epoch
         while True:
-            self.sampler.set_epoch(self.epoch, start=self.micro_in_epoch * self.cfg.per_gpu_train_batch_size)
+            self.sampler.set_epoch(epoch, start=start)
             loader = DataLoader(self.train_data, batch_size=self.cfg.per_gpu_train_batch_size, sampler=self.sampler,
                                 collate_fn=self.collator, num_workers=self.cfg.num_workers,
                                 pin_memory=self.ctx.device.type == "cuda",
                                 # worker seeds depend on (seed, epoch) only, so a resumed epoch gets the same ones
-                                generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch))
-            for batch in loader:
-                self.micro_in_epoch += 1
-                yield batch
-            self.epoch, self.micro_in_epoch = self.epoch + 1, 0
+                                generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch))
+            yield from loader
+            epoch, start = epoch + 1, 0
+
+    def advance_data_position(self) -> None:
+        """After an optimizer step: a global batch more of the epoch is consumed; at its end the next begins."""
+        self.samples_in_epoch += self.samples_per_step
+        if self.samples_in_epoch == self.sampler.epoch_length:
+            self.epoch, self.samples_in_epoch = self.epoch + 1, 0
 
     # ---- the loop -----------------------------------------------------------------------------------
     def train(self) -> None:
@@ -207,6 +240,7 @@ class Trainer:
             window = [next(stream) for _ in range(accumulation)]
             stop = self.optimizer_step(window)
             self.step += 1
+            self.advance_data_position()
             if not self.engine.was_step_applied():
                 self.non_finite_step(window)
             self.metrics.advance()
@@ -322,8 +356,8 @@ class Trainer:
             self.save()
 
     def save(self) -> None:
-        state = {"global_step": self.step, "epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch,
-                 "tracker_runs": self.metrics.run_ids, **self.layout()}
+        state = {"global_step": self.step, "epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch,
+                 "tracker_runs": self.metrics.run_ids, **self.split(), **self.layout()}
         ckpt.save_checkpoint(self.engine, self.output_dir, self.step, state, self.tokenizer, self.config_yaml,
                              self.stage, self.ctx)
         self.metrics.checkpoint()  # the trackers keep every step up to this resume point

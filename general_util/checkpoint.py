@@ -156,11 +156,16 @@ def read_trainer_state(checkpoint: Path) -> dict:
 
 
 def check_resumable(checkpoint: Path, state: dict, layout: dict) -> None:
-    """Refuse a checkpoint that this run cannot continue exactly."""
-    different = [f"{key} {state.get(key)} → {value}" for key, value in layout.items() if state.get(key) != value]
+    """Refuse a checkpoint that this run cannot continue exactly (`layout`: what must match)."""
+    weights_only = "pass resume_mode=weights_only to start from its weights with a fresh optimizer"
+    if "samples_in_epoch" not in state:
+        raise CheckpointError(f"cannot resume exactly from {checkpoint}: it was written by an earlier version of the "
+                              f"trainer, whose data order depended on the world size; {weights_only}")
+    notes = {"global_batch_size": " (the world size, micro batch and accumulation may change, not their product)"}
+    different = [f"{key} {state.get(key)} → {value}{notes.get(key, '')}" for key, value in layout.items()
+                 if state.get(key) != value]
     if different:
-        raise CheckpointError(f"cannot resume exactly from {checkpoint}: {', '.join(different)}; "
-                              f"pass resume_mode=weights_only to start from its weights with a fresh optimizer")
+        raise CheckpointError(f"cannot resume exactly from {checkpoint}: {', '.join(different)}; {weights_only}")
 
 
 def apply_retention(output_dir: Path, limit: int, protected: set[Path]) -> list[Path]:

@@ -179,16 +179,20 @@ def packing_problems(cfg: DictConfig) -> list[str]:
 
 
 def optimizer_steps(num_samples: int, cfg: DictConfig, world_size: int) -> tuple[int, int]:
-    """(micro-batches per rank per epoch, total optimizer steps). Every rank sees ceil(N / world) samples
-    an epoch; the accumulation window may span an epoch boundary."""
-    micro_per_epoch = math.ceil(math.ceil(num_samples / world_size) / cfg.per_gpu_train_batch_size)
+    """(micro-batches per rank per epoch, total optimizer steps). An epoch is ⌈N / G⌉ optimizer steps of
+    G = world × micro batch × accumulation samples (data/sampler.py pads it to whole steps), so the
+    number of steps depends on the global batch only, not on how it is split: a run resumed on another
+    world size keeps its learning-rate schedule. `world_size` is the data-parallel size."""
+    global_batch = world_size * cfg.per_gpu_train_batch_size * cfg.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(num_samples / global_batch)
+    micro_per_epoch = steps_per_epoch * cfg.gradient_accumulation_steps
     if cfg.max_steps > 0:
         return micro_per_epoch, cfg.max_steps
-    total = micro_per_epoch * cfg.num_train_epochs // cfg.gradient_accumulation_steps
+    total = math.floor(cfg.num_train_epochs * steps_per_epoch)
     if total < 1:
-        raise ConfigError(f"num_train_epochs={cfg.num_train_epochs}: {num_samples} samples give no complete optimizer "
-                          f"step (world {world_size} × batch {cfg.per_gpu_train_batch_size} × accumulation "
-                          f"{cfg.gradient_accumulation_steps}); lower the batch or accumulation")
+        raise ConfigError(f"num_train_epochs={cfg.num_train_epochs}: {num_samples} samples in steps of {global_batch} "
+                          f"(world {world_size} × batch {cfg.per_gpu_train_batch_size} × accumulation "
+                          f"{cfg.gradient_accumulation_steps}) give no complete optimizer step; raise num_train_epochs")
     return micro_per_epoch, total
 
 

@@ -13,7 +13,7 @@ from tests.trainer_runs import FAST, read_scalars, run_trainer
 
 pytestmark = pytest.mark.slow
 STEPS = 12
-# accumulation > 1, a dataloader worker, checkpoints every 3 steps; 148 samples / (4 × 2) → 18 steps an epoch,
+# accumulation > 1, a dataloader worker, checkpoints every 3 steps; ⌈148 samples / (4 × 2)⌉ = 19 steps an epoch,
 # so every resume point is in the middle of an epoch.
 RUN = FAST + [f"max_steps={STEPS}", "save_steps=3", "gradient_accumulation_steps=2", "num_workers=1"]
 
@@ -121,7 +121,7 @@ def test_incompatible_checkpoint_is_refused_unless_weights_only(uninterrupted, t
     result = run_trainer(tmp_path, RUN + ["per_gpu_train_batch_size=2", f"resume={checkpoint}"], check=False)
     assert result.returncode != 0
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("error: cannot resume exactly from") and "per_gpu_train_batch_size 4 → 2" in message
+    assert message.startswith("error: cannot resume exactly from") and "global_batch_size 8 → 4" in message
     assert "resume_mode=weights_only" in message
     run_trainer(tmp_path, RUN + ["per_gpu_train_batch_size=2", "max_steps=2", f"resume={checkpoint}",
                                  "resume_mode=weights_only"])

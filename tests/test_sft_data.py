@@ -7,7 +7,6 @@ import torch
 
 from data.collators import PaddingCollator
 from data.records import DataError
-from data.sampler import DistributedEpochSampler
 from data.sft import IGNORE_INDEX, InstructionDataset, build_example
 from models.loading import load_causal_lm, load_tokenizer
 
@@ -72,14 +71,3 @@ def test_bad_record_names_file_and_line(tmp_path, tokenizer):
     path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": "b"\n', encoding="utf-8")
     with pytest.raises(DataError, match=rf"{path}:2: malformed JSON"):
         InstructionDataset(str(path), tokenizer)
-
-
-def test_sampler_splits_each_epoch_disjointly_and_resumes_at_an_offset():
-    shares = [DistributedEpochSampler(10, rank, 2, seed=3).epoch_indices(0) for rank in (0, 1)]
-    assert sorted(shares[0] + shares[1]) == list(range(10))
-    sampler = DistributedEpochSampler(10, 0, 2, seed=3)
-    sampler.set_epoch(0, start=2)
-    assert list(sampler) == shares[0][2:] and len(sampler) == 3
-    assert DistributedEpochSampler(10, 0, 2, seed=3).epoch_indices(1) != shares[0]
-    uneven = [DistributedEpochSampler(5, rank, 2, seed=0).epoch_indices(0) for rank in (0, 1)]
-    assert len(uneven[0]) == len(uneven[1]) == 3 and set(uneven[0] + uneven[1]) == set(range(5))
