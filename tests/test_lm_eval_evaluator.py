@@ -136,13 +136,13 @@ def test_unreachable_hub_dataset_is_one_line(tmp_path):
     assert "HF_HUB_OFFLINE" in line and not (tmp_path / "checkpoint-2").exists()
 
 
-def train_with_harness(run: Path, stage: str) -> None:
+def train_with_harness(run: Path, stage: str, config: str = "sft") -> None:
     """2 ranks, 4 steps, the harness evaluator on both local tasks at steps 2 and 4, best by logiqa2_local/acc."""
     run_trainer(run, FAST + HARNESS + [
         "max_steps=4", "per_gpu_train_batch_size=2", f"deepspeed@ds_cfg={stage}", "do_eval=true",
         "evaluate_during_training=true", "eval_steps=2", "save_steps=2",
         "prediction_cfg.metric=harness/logiqa2_local/acc", "prediction_cfg.measure=1"],
-        launcher="torchrun", nproc=2, env=OFFLINE)
+        launcher="torchrun", nproc=2, config=("conf/demo", config), env=OFFLINE)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,8 @@ def zero2_run(tmp_path_factory) -> Path:
     return run
 
 
-def assert_training_run(run: Path) -> None:
+def assert_training_run(run: Path, weights: str = "") -> None:
+    """`weights`: where in a checkpoint the full model is (a LoRA checkpoint's merged/)."""
     scalars = read_scalars(run)
     tags = [f"eval/harness/{key}" for key in ("logiqa2_local/acc", "logiqa2_local/acc_norm",
                                                "gsm8k_local/exact_match/strict-match",
@@ -169,7 +170,8 @@ def assert_training_run(run: Path) -> None:
         metrics = json.loads((folder / "metrics.json").read_text())
         for tag in tags:
             assert dict(scalars[tag])[step] == pytest.approx(metrics[tag.removeprefix("eval/harness/")], abs=1e-6)
-        assert_same_as_lm_eval(metrics, folder, reference(run / f"checkpoint-{step}", list(MC_AND_GENERATION), FIXTURES))
+        assert_same_as_lm_eval(metrics, folder, reference(run / f"checkpoint-{step}" / weights, list(MC_AND_GENERATION),
+                                                         FIXTURES))
 
 
 @pytest.mark.slow
@@ -182,6 +184,13 @@ def test_two_rank_training_zero3(tmp_path):
     """ZeRO-3: parameters gathered inside forward, generation with synced_gpus; ranks in lockstep."""
     train_with_harness(tmp_path, "zero3")
     assert_training_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_rank_training_lora(tmp_path):
+    """A peft model inside the engine: the adapter's live forward; lm-eval reads the merged copy."""
+    train_with_harness(tmp_path, "zero2", config="lora")
+    assert_training_run(tmp_path, weights="merged")
 
 
 @pytest.mark.slow
