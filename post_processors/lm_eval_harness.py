@@ -87,8 +87,8 @@ class LMEvalHarnessEvaluator:
 
 
 def task_specs(tasks: list[str]) -> tuple[list[str], list[str]]:
-    """(what TaskManager.load takes: names and YAML paths, the folders to index). A folder stands for its task
-    YAMLs (files with a `task:` key), in name order."""
+    """(what TaskManager.load takes: names and YAML paths, the folders to index: those named and those of the YAML
+    files). A folder stands for its task YAMLs (files with a `task:` key), in name order."""
     specs, folders = [], []
     for task in tasks:
         path = resolve_path(task)
@@ -97,6 +97,7 @@ def task_specs(tasks: list[str]) -> tuple[list[str], list[str]]:
             specs += [str(p) for p in sorted(path.glob("*.y*ml")) if is_task_yaml(p)]
         elif path.suffix in (".yaml", ".yml") or path.is_file():
             specs.append(str(path))
+            folders.append(str(path.parent))  # its includes and sibling tasks (a group's members) by name
         else:
             specs.append(task)
     return specs, folders

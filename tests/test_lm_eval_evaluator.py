@@ -90,6 +90,27 @@ def test_multiple_choice_and_generation_equal_lm_eval(tmp_path):
     assert evaluator(model, AutoTokenizer.from_pretrained(TINY), tmp_path / "again") == metrics
 
 
+def test_chat_template_equals_lm_eval(tmp_path):
+    """apply_chat_template with a system instruction and the one-shot example as an earlier turn."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from post_processors.lm_eval_harness import LMEvalHarnessEvaluator
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY)
+    tokenizer.chat_template = (REPO / "tests" / "fixtures" / "chat_templates" / "llama2_chat.jinja").read_text()
+    model = AutoModelForCausalLM.from_pretrained(TINY).eval()
+    chat_model = tmp_path / "chat_model"
+    model.save_pretrained(chat_model)
+    tokenizer.save_pretrained(chat_model)
+    options = dict(num_fewshot=1, apply_chat_template=True, fewshot_as_multiturn=True,
+                   system_instruction="Answer briefly.")
+    evaluator = LMEvalHarnessEvaluator("harness", [str(FIXTURES)], batch_size=4, **options)
+    metrics = evaluator(model, tokenizer, tmp_path / "out")
+    prompt = read_samples(tmp_path / "out", "gsm8k_local")[0]["arguments"][0][0]  # (context, generation kwargs)
+    assert prompt.startswith("<s>[INST] <<SYS>>\nAnswer briefly.") and prompt.count("[INST]") == 2
+    assert_same_as_lm_eval(metrics, tmp_path / "out", reference(chat_model, list(MC_AND_GENERATION), FIXTURES, **options))
+
+
 def test_rolling_loglikelihood_equals_lm_eval(tmp_path):
     """Perplexity over documents longer than the context: lm-eval's disjoint rolling windows."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
