@@ -231,3 +231,21 @@ def test_checkpoint_sweep(zero2_run):
         assert all(swept[k] == pytest.approx(trained[k], abs=1e-6) for k in swept)
         assert float(row["harness/logiqa2_local/acc"]) == pytest.approx(swept["logiqa2_local/acc"], abs=1e-6)
         assert len(read_samples(zero2_run / "eval" / f"checkpoint-{step}" / "harness", "gsm8k_local")) == 12
+
+
+@pytest.mark.slow
+def test_ready_task_sets_name_lm_eval_tasks():
+    """conf/eval/lm_eval_zh.yaml and lm_eval_reasoning.yaml, composed by their task configs, name tasks and
+    groups that lm-eval 0.4.13 has (their datasets need the hub, so they are not run here)."""
+    from hydra import compose, initialize_config_dir
+    from lm_eval.tasks import TaskManager
+
+    expected = {("zh", "eval_lm_eval_zh", "lm_eval_zh"): ["cmmlu", "ceval-valid"],
+                ("wiki", "eval_lm_eval_reasoning", "lm_eval_reasoning"): ["gsm8k", "logiqa2"]}
+    known = set(TaskManager().all_tasks)
+    for (folder, config, key), tasks in expected.items():
+        with initialize_config_dir(config_dir=str(REPO / "conf" / "llama" / folder), version_base="1.3"):
+            cfg = compose(config, overrides=["model_name_or_path=models/tiny_llama"])
+        node = cfg.evaluators[key]
+        assert node._target_ == "post_processors.lm_eval_harness.LMEvalHarnessEvaluator" and list(node.tasks) == tasks
+        assert cfg.prediction_cfg.metric.startswith(f"{key}/{tasks[0]}/") and set(tasks) <= known
