@@ -33,7 +33,7 @@ class DatasetUnavailable(UserError):
 
 class LMEvalHarnessEvaluator:
     """`tasks`: lm-eval task or group names (`gsm8k`, `cmmlu`), paths to task YAML files, or folders of them (a
-    folder adds its task YAMLs, and makes its tasks and groups nameable). `num_fewshot`: None keeps each
+    folder adds its task YAMLs; the folders of both make their tasks and groups nameable). `num_fewshot`: None keeps each
     task's own (a task that fixes 0 keeps 0, as in lm-eval). `limit`: documents per task (a fraction < 1:
     that share). `batch_size`: requests per model call. `max_length`: context length (None: the model's);
     `max_gen_toks`: tokens a generation task may add when it does not say; `gen_kwargs`: overrides of every

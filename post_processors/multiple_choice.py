@@ -4,9 +4,9 @@ generating an answer, on one rank or many.
 Every rank scores a contiguous share of the items (no duplicates, unlike DistributedSampler). All ranks
 make the same number of model calls — ZeRO-3 gathers parameters inside forward, so a rank that stopped
 early would hang the others: the batch count is agreed by an all-reduce MAX and a rank with fewer
-batches repeats one whose results it discards (`post_processors.gathering.run_in_lockstep`). The predictions are gathered on every rank, checked to
-hold exactly one per item, and scored there, so every rank returns the same metrics; global rank 0
-writes the files (see `post_processors.prediction_files`).
+batches repeats one whose results it discards (`post_processors.gathering.run_in_lockstep`). The
+predictions are gathered on every rank, checked to hold exactly one per item, and scored there, so every
+rank returns the same metrics; global rank 0 writes the files (see `post_processors.prediction_files`).
 """
 from pathlib import Path
 

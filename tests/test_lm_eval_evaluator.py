@@ -24,7 +24,8 @@ TINY = REPO / "models" / "tiny_llama"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 MC_AND_GENERATION = ("logiqa2_local", "gsm8k_local")
 HARNESS = ["+eval@evaluators.harness=lm_eval", f"evaluators.harness.tasks=[{FIXTURES.relative_to(REPO)}]",
-           "evaluators.harness.batch_size=3"]
+           "evaluators.harness.batch_size=3", "evaluators.harness.gen_kwargs={max_gen_toks:8,until:['Answer:']}"]
+GEN_KWARGS = {"max_gen_toks": 8, "until": ["Answer:"]}  # as HARNESS sets them
 
 
 def reference(checkpoint: Path, tasks: list[str], include_path: Path, **options) -> dict:
@@ -192,7 +193,9 @@ def assert_training_run(run: Path, weights: str = "") -> None:
         for tag in tags:
             assert dict(scalars[tag])[step] == pytest.approx(metrics[tag.removeprefix("eval/harness/")], abs=1e-6)
         assert_same_as_lm_eval(metrics, folder, reference(run / f"checkpoint-{step}" / weights, list(MC_AND_GENERATION),
-                                                         FIXTURES))
+                                                         FIXTURES, gen_kwargs=GEN_KWARGS))
+        generation = read_samples(folder, "gsm8k_local")[0]["arguments"][0][1]
+        assert generation["max_gen_toks"] == 8 and generation["until"] == ["Answer:"]
 
 
 @pytest.mark.slow
