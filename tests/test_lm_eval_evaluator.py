@@ -158,6 +158,22 @@ def test_unreachable_hub_dataset_is_one_line(tmp_path):
     assert "HF_HUB_OFFLINE" in line and not (tmp_path / "checkpoint-2").exists()
 
 
+def test_missing_local_data_and_unknown_task_are_one_line(tmp_path):
+    from general_util.errors import ConfigError, one_line
+    from post_processors.lm_eval_harness import DatasetUnavailable, LMEvalHarnessEvaluator
+
+    task = (FIXTURES / "logiqa2_local.yaml").read_text().replace("tests/fixtures/lm_eval/data/logiqa2_validation.jsonl",
+                                                                  str(tmp_path / "gone.jsonl"))
+    (tmp_path / "logiqa2_gone.yaml").write_text(task)
+    with pytest.raises(DatasetUnavailable) as error:
+        LMEvalHarnessEvaluator("harness", [str(tmp_path / "logiqa2_gone.yaml")])
+    line = one_line(error.value)
+    assert line.startswith("error: evaluator harness: task logiqa2_local: dataset json (files {") and "gone.jsonl" in line
+    assert "\n" not in line
+    with pytest.raises(ConfigError, match=r"^evaluator harness: Spec 'no_such_task' is not a registered task"):
+        LMEvalHarnessEvaluator("harness", [str(FIXTURES), "no_such_task"])  # indexes lm-eval's tasks too
+
+
 def train_with_harness(run: Path, stage: str, config: str = "sft") -> None:
     """2 ranks, 4 steps, the harness evaluator on both local tasks at steps 2 and 4, best by logiqa2_local/acc."""
     run_trainer(run, FAST + HARNESS + [
