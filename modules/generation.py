@@ -4,6 +4,13 @@ import torch
 DEFAULT_GENERATION = {"max_new_tokens": 16, "num_beams": 1, "do_sample": False}
 
 
+def needs_synced_generation(model, world_size: int) -> bool:
+    """Whether `generate` must keep every rank stepping until all are done (`synced_gpus`): a DeepSpeed engine
+    under ZeRO-3 with more than one rank gathers its parameters inside every forward call."""
+    zero3 = getattr(model, "zero_optimization_partition_weights", None)
+    return world_size > 1 and callable(zero3) and bool(zero3())
+
+
 @torch.no_grad()
 def generate_continuations(model, tokenizer, prompts: list[list[int]], generation: dict, device: torch.device,
                            synced_gpus: bool = False) -> list[str]:

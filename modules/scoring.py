@@ -30,7 +30,8 @@ padding after them, and SDPA keeps its causal kernel. Logits are computed only a
 skip the context.
 
 Choice: `acc` takes the option with the largest sum; `acc_norm` the largest sum per character of the
-answer (lm-eval's `acc_norm`).
+answer (lm-eval's `acc_norm`). `score_batch` also tells whether each continuation is the greedy one (every
+token the argmax at its position, lm-eval's `is_greedy`).
 """
 from dataclasses import dataclass
 
@@ -215,9 +216,17 @@ def pack(requests: list[Request], max_length: int, shared_context: bool = True,
     return PackedBatch(input_ids, position_ids, segments, keep, targets, truncated)
 
 
-def continuation_logprobs(logits: torch.Tensor, batch: PackedBatch) -> list[float]:
-    """Summed log-prob of each request's continuation. `logits`: [kept positions, vocab], the rows of
-    `batch.logits_to_keep`'s True positions in row-major order (log-softmax in float64)."""
+@dataclass
+class Scores:
+    sums: list[float]        # per request: summed log-prob of its continuation
+    greedy: list[bool]       # per request: every continuation token is the argmax at its position
+    truncated: list[bool]    # per request: context cut from the left to fit max_length
+
+
+def continuation_logprobs(logits: torch.Tensor, batch: PackedBatch) -> tuple[list[float], list[bool]]:
+    """Summed log-prob of each request's continuation, and whether it is the greedy one. `logits`: [kept
+    positions, vocab], the rows of `batch.logits_to_keep`'s True positions in row-major order (log-softmax in
+    float64)."""
     log_probs = logits.double().log_softmax(dim=-1)
     width = batch.logits_to_keep.shape[1]
     flat = (batch.logits_to_keep.flatten().cumsum(0) - 1).tolist()  # (row, position) → index in `logits`
@@ -226,16 +235,19 @@ def continuation_logprobs(logits: torch.Tensor, batch: PackedBatch) -> list[floa
         index += [flat[row * width + p] for p in positions]
         tokens += continuation
         owner += [i] * len(continuation)
-    picked = log_probs[torch.tensor(index, device=logits.device), torch.tensor(tokens, device=logits.device)]
-    sums = torch.zeros(len(batch.targets), dtype=picked.dtype, device=logits.device)
-    return sums.index_add_(0, torch.tensor(owner, device=logits.device), picked).tolist()  # one copy to host
+    index, tokens, owner = (torch.tensor(x, device=logits.device) for x in (index, tokens, owner))
+    picked = log_probs[index, tokens]
+    sums = torch.zeros(len(batch.targets), dtype=picked.dtype, device=logits.device).index_add_(0, owner, picked)
+    misses = torch.zeros(len(batch.targets), dtype=torch.long, device=logits.device)
+    misses.index_add_(0, owner, (logits[index].argmax(dim=-1) != tokens).long())
+    return sums.tolist(), (misses == 0).tolist()  # one copy each to host
 
 
 @torch.no_grad()
-def score_requests(model, requests: list[Request], max_length: int, device: torch.device,
-                   truncation: str = "lm_eval") -> tuple[list[float], list[bool]]:
-    """One forward call over all `requests`: their summed continuation log-probs and truncation flags.
-    `model`: a transformers causal LM, or a wrapper of one (DeepSpeed engine: `.module`; peft)."""
+def score_batch(model, requests: list[Request], max_length: int, device: torch.device,
+                truncation: str = "lm_eval") -> Scores:
+    """One forward call over all `requests`. `model`: a transformers causal LM, or a wrapper of one
+    (DeepSpeed engine: `.module`; peft)."""
     config = getattr(getattr(model, "module", model), "config", None)
     batch = pack(requests, max_length, getattr(config, "_attn_implementation", None) in SHARED_CONTEXT_ATTENTION,
                  truncation)
@@ -244,7 +256,15 @@ def score_requests(model, requests: list[Request], max_length: int, device: torc
     if mask is not None:
         inputs["attention_mask"] = mask
     logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
-    return continuation_logprobs(logits, batch), batch.truncated
+    sums, greedy = continuation_logprobs(logits, batch)
+    return Scores(sums, greedy, batch.truncated)
+
+
+def score_requests(model, requests: list[Request], max_length: int, device: torch.device,
+                   truncation: str = "lm_eval") -> tuple[list[float], list[bool]]:
+    """`score_batch`'s summed continuation log-probs and truncation flags."""
+    scores = score_batch(model, requests, max_length, device, truncation)
+    return scores.sums, scores.truncated
 
 
 def choose(sums: list[float], answer_chars: list[int]) -> tuple[int, int]:

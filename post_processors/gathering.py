@@ -1,5 +1,10 @@
-"""Merge the predictions every rank made for its share of the items."""
+"""Run each rank's share of an evaluation in lockstep, and merge the predictions every rank made."""
 from collections import Counter
+from collections.abc import Callable
+
+import torch
+
+from general_util.dist import all_reduce
 
 
 def merge_by_index(shards: list[list[dict]], num_items: int) -> list[dict]:
@@ -12,3 +17,20 @@ def merge_by_index(shards: list[list[dict]], num_items: int) -> list[dict]:
         raise RuntimeError(f"gathered {len(merged)} predictions for {num_items} items: "
                            f"missing indices {missing[:10]}, duplicated or unknown {extra[:10]}")
     return merged
+
+
+def run_in_lockstep(batches: list, run: Callable[[object], list], device: torch.device, stand_in,
+                    on_batch: Callable[[object], None] = lambda batch: None) -> list:
+    """`run` over this rank's `batches`, the results concatenated. Every rank calls `run` the same number of
+    times (the most batches any rank has, agreed by an all-reduce MAX): ZeRO-3 gathers parameters inside
+    forward, so a rank that stopped early would hang the others. The extra calls run `stand_in` (a batch the
+    rank can compute, e.g. its first) and their results are discarded. `on_batch` follows every real batch."""
+    num_batches = int(all_reduce(torch.tensor([len(batches)], device=device), "max").item())
+    results = []
+    for b in range(num_batches):
+        if b < len(batches):
+            results.extend(run(batches[b]))
+            on_batch(batches[b])
+        else:
+            run(stand_in)
+    return results

@@ -4,21 +4,19 @@ generating an answer, on one rank or many.
 Every rank scores a contiguous share of the items (no duplicates, unlike DistributedSampler). All ranks
 make the same number of model calls — ZeRO-3 gathers parameters inside forward, so a rank that stopped
 early would hang the others: the batch count is agreed by an all-reduce MAX and a rank with fewer
-batches repeats one whose results it discards. The predictions are gathered on every rank, checked to
-hold exactly one per item, and scored there, so every rank returns the same metrics; global rank 0
-writes the files (see `post_processors.prediction_files`).
+batches repeats one whose results it discards (`post_processors.gathering.run_in_lockstep`). The
+predictions are gathered on every rank, checked to hold exactly one per item, and scored there, so every
+rank returns the same metrics; global rank 0 writes the files (see `post_processors.prediction_files`).
 """
 from pathlib import Path
 
-import torch
-
-from general_util.dist import all_reduce, current, gather_objects, shard_range
+from general_util.dist import current, gather_objects, shard_range
 from general_util.errors import ConfigError
 from general_util.logging import progress_bar
-from modules.generation import DEFAULT_GENERATION, generate_continuations
+from modules.generation import DEFAULT_GENERATION, generate_continuations, needs_synced_generation
 from modules.scoring import TRUNCATIONS, choose, encode_options, score_requests
 from post_processors.answer_extraction import check_rule, extract_choice
-from post_processors.gathering import merge_by_index
+from post_processors.gathering import merge_by_index, run_in_lockstep
 from post_processors.mc_metrics import multiple_choice_metrics
 from post_processors.prediction_files import write_outputs, write_prediction_indices
 
@@ -81,9 +79,7 @@ class MultipleChoiceEvaluator:
         if self.scoring == "loglikelihood":
             local = self._loglikelihood(model, tokenizer, share, ctx.device)
         else:
-            zero3 = getattr(model, "zero_optimization_partition_weights", None)
-            synced = ctx.world_size > 1 and callable(zero3) and bool(zero3())
-            local = self._generate(model, tokenizer, share, ctx.device, synced)
+            local = self._generate(model, tokenizer, share, ctx.device, needs_synced_generation(model, ctx.world_size))
         predictions = merge_by_index(gather_objects(local), len(self.items))
         metrics = multiple_choice_metrics(predictions)
         if ctx.is_main:
@@ -136,20 +132,14 @@ class MultipleChoiceEvaluator:
         return self._aligned(order, run, device)
 
     def _aligned(self, order: list[int], run, device) -> list[dict]:
-        """`run` over batches of `order`; every rank calls it the same number of times (extra calls on a
-        stand-in batch — the first one, or item 0 on a rank without items — are discarded)."""
+        """`run` over batches of `order`, every rank as many times (`run_in_lockstep`; a rank's extra calls
+        score its first batch, or item 0 on a rank without items)."""
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        num_batches = int(all_reduce(torch.tensor([len(batches)], device=device), "max").item())
         ctx = current()
-        results = []
         with progress_bar(f"eval {self.name}", len(self.items), ctx) as bar:
-            for b in range(num_batches):
-                if b < len(batches):
-                    results.extend(run(batches[b]))
-                    bar.update(min(len(batches[b]) * ctx.world_size, bar.total - bar.n))  # ranks step together
-                else:
-                    run(batches[0] if batches else [0])
-        return results
+            # ranks step together: a batch here stands for one on every rank
+            return run_in_lockstep(batches, run, device, batches[0] if batches else [0],
+                                   lambda batch: bar.update(min(len(batch) * ctx.world_size, bar.total - bar.n)))
 
     # ---- prediction records -------------------------------------------------------------------------
     def _record(self, i: int, truncated: bool) -> dict:
