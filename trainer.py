@@ -403,7 +403,7 @@ def run(cfg: DictConfig) -> None:
             built["lock"].release()
 
 
-def claim_output_dir(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
+def claim_output_dir(cfg: DictConfig, built: dict) -> None:
     """Global rank 0 locks output_dir for this job (general_util/run_folder.py) and, when training starts at
     step 0, refuses a folder that holds another run (or empties it: overwrite_output_dir=true); every rank
     raises the same refusal, so all stop together."""
@@ -429,7 +429,7 @@ def run_job(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
     output_dir = Path(cfg.output_dir)
     setup_logging(output_dir, ctx)
     if not (cfg.do_preprocess or cfg.dry_run):  # these two write nothing in output_dir but their logs
-        claim_output_dir(cfg, ctx, built)
+        claim_output_dir(cfg, built)
     set_seed(cfg.seed)
     tokenizer = instantiate(cfg.tokenizer)
     train_data = instantiate(cfg.train_dataset, tokenizer=tokenizer) if cfg.do_train or cfg.do_preprocess else None
