@@ -216,8 +216,8 @@ def main() -> None:
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--output", type=Path, default=Path("train_throughput.json"),
-                        help="JSON rewritten after every measurement (default: ./train_throughput.json)")
+    parser.add_argument("--output", type=Path, default=Path("outputs/bench/train_throughput.json"),
+                        help="JSON rewritten after every measurement (default: outputs/bench/train_throughput.json)")
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
@@ -226,6 +226,7 @@ def main() -> None:
     results = {"sizes": {}, "repeats": repeats, "warmup_steps": warmup, "measured_steps": steps}
     # stdout carries the report alone: library messages (DeepSpeed logs to stdout) go to stderr
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         print(f"measurements go to {args.output.resolve()} as they are taken")
         for size in sizes:
             model_dir = build_model_dir(size, Path(tmp) / f"model-{size}")
