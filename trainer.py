@@ -26,11 +26,12 @@ from general_util import checkpoint as ckpt, faults
 from general_util.cli import convert_legacy_arguments
 from general_util.config import (deepspeed_config, human_bytes, lr_scheduler_factory,
                                  memory_estimate_bytes, optimizer_steps, validate, zero_stage)
-from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, exit_process, gather_objects,
-                               init_distributed, teardown)
+from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, decided_by_rank0, exit_process,
+                               gather_objects, init_distributed, lost_peer_error, teardown)
 from general_util.errors import UserError, find_user_error, one_line
 from general_util.fingerprints import data_fingerprint, tokenizer_fingerprint
 from general_util.logging import MetricsWriter, setup_logging
+from general_util.run_folder import OutputDirError, OutputDirLock, check_fresh_start
 from general_util.seeding import set_seed
 from general_util.universal_checkpoint import convert_to_universal, enable_universal_loading
 from modules.flops import device_peak_flops, training_flops_per_token
@@ -358,6 +359,7 @@ class Trainer:
     def save(self) -> None:
         state = {"global_step": self.step, "epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch,
                  "tracker_runs": self.metrics.run_ids, **self.split(), **self.layout()}
+        ckpt.check_free_space(self.output_dir, self.step, self.cfg.save_space_check, self.ctx)
         ckpt.save_checkpoint(self.engine, self.output_dir, self.step, state, self.tokenizer, self.config_yaml,
                              self.stage, self.ctx)
         self.metrics.checkpoint()  # the trackers keep every step up to this resume point
@@ -409,20 +411,52 @@ def run(cfg: DictConfig) -> None:
     """Validate, join the process group, do the job, then tear down in order on every rank, after an error too
     (general_util.dist.teardown: engine, data workers, barrier, process group), so each rank exits cleanly."""
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
-    ctx = init_distributed()
-    built: dict = {}  # what teardown must release: run_job puts its trainer (engine, data workers) here
+    ctx = init_distributed(cfg.dist_timeout_s)
+    built: dict = {}  # what teardown must release: run_job puts its trainer (engine, data workers) and lock here
     finished = False
     try:
         run_job(cfg, ctx, built)
         finished = True
+    except RuntimeError as error:  # a peer that died is named in one line (general_util.dist.lost_peer_error)
+        lost = lost_peer_error(error)
+        if lost is None:
+            raise
+        logger.error("%s", lost)
+        raise lost from error
     finally:
         trainer = built.get("trainer")
         teardown(getattr(trainer, "engine", None), trainer.close_data if trainer else None, clean=finished)
+        if built.get("lock"):
+            built["lock"].release()
+
+
+def claim_output_dir(cfg: DictConfig, built: dict) -> None:
+    """Global rank 0 locks output_dir for this job (general_util/run_folder.py) and, when training starts at
+    step 0, refuses a folder that holds another run (or empties it: overwrite_output_dir=true); every rank
+    raises the same refusal, so all stop together."""
+    output_dir = Path(cfg.output_dir)
+
+    def decide() -> None:
+        built["lock"] = OutputDirLock(output_dir)
+        built["lock"].acquire()
+        if not cfg.do_train:
+            return  # the evaluation sweep reads the run's checkpoints; it only needs the folder to itself
+        resume_from = ckpt.resolve_resume(cfg.resume, output_dir)
+        if resume_from is not None and cfg.resume_mode == "exact":
+            return  # continues that run
+        if cfg.overwrite_output_dir and resume_from is not None and output_dir.resolve() in resume_from.resolve().parents:
+            raise OutputDirError(f"resume={cfg.resume} lies in output_dir={output_dir}, which overwrite_output_dir=true "
+                                 f"would empty; start from a copy elsewhere or pick a new output_dir")
+        check_fresh_start(output_dir, cfg.overwrite_output_dir)
+
+    decided_by_rank0(decide)
 
 
 def run_job(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
     output_dir = Path(cfg.output_dir)
     setup_logging(output_dir, ctx)
+    if not (cfg.do_preprocess or cfg.dry_run):  # these two write nothing in output_dir but their logs
+        claim_output_dir(cfg, built)
     set_seed(cfg.seed)
     tokenizer = instantiate(cfg.tokenizer)
     train_data = instantiate(cfg.train_dataset, tokenizer=tokenizer) if cfg.do_train or cfg.do_preprocess else None
@@ -453,14 +487,14 @@ def run_job(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
 @hydra.main(config_path="conf", config_name=None, version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """User errors (bad config, data, checkpoint; also when Hydra's instantiate wraps them) print one line
-    and exit 2; HYDRA_FULL_ERROR=1 shows the whole traceback instead."""
+    and exit 2 (a lost peer rank: 1); HYDRA_FULL_ERROR=1 shows the whole traceback instead."""
     try:
         run(cfg)
     except Exception as error:  # noqa: BLE001 - anything that is not the user's to fix is re-raised
         if find_user_error(error) is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(one_line(error), file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(find_user_error(error), "exit_code", 2))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ Same random LLaMA, same random token batches, same global batch and steps; each 
 own process, the variants alternate within every repetition, and the ratios are taken within a
 repetition (shared CPUs are noisy: only ratios measured side by side count).
 
+Each measurement is written to the `--output` JSON as soon as it is taken. A measurement whose process
+crashed is recorded as an error and the others go on (the exit status is then 1); one that crashed at exit,
+after reporting its number (the HF Trainer + DeepSpeed stack has aborted at interpreter exit), keeps the number
+and notes the exit code.
+
     python bench/train_throughput.py             # both sizes, 3 repetitions (about 10 minutes on 2 cores)
     python bench/train_throughput.py --quick     # tiny and short: checks the comparison code (CI)
 """
@@ -142,21 +147,62 @@ def measure_hf_trainer(model_dir: Path, size: str, warmup: int, steps: int, out:
 
 
 def run_worker(args) -> None:
+    from general_util.dist import exit_process
     out = Path(args.workdir) / f"{args.worker}-{time.time_ns()}"
     measure = {"ours": measure_ours, "bare": measure_bare, "hf_trainer": measure_hf_trainer}[args.worker]
     tokens_per_second = measure(Path(args.model_dir), args.size, args.warmup, args.steps, out)
-    print("RESULT " + json.dumps({"tokens_per_second": tokens_per_second}))
+    print("RESULT " + json.dumps({"tokens_per_second": tokens_per_second}), flush=True)
+    exit_process(0)  # the number is out: skip the exit-time destructors that have aborted a finished process
 
 
-def measure_in_subprocess(variant: str, size: str, model_dir: Path, workdir: Path, warmup: int, steps: int) -> float:
+def measurement(result: subprocess.CompletedProcess) -> dict:
+    """A worker's outcome: {"tokens_per_second"} (plus "exit_code" when it crashed after reporting it) or
+    {"error"} when it crashed before."""
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if lines:
+        value = json.loads(lines[-1][len("RESULT "):])
+        return value if result.returncode == 0 else {**value, "exit_code": result.returncode}
+    tail = " | ".join(result.stderr.strip().splitlines()[-3:])[-600:]
+    return {"error": f"exit code {result.returncode} before a result: {tail}"}
+
+
+def measure_in_subprocess(variant: str, size: str, model_dir: Path, workdir: Path, warmup: int, steps: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", variant, "--size", size, "--model-dir", str(model_dir),
            "--workdir", str(workdir), "--warmup", str(warmup), "--steps", str(steps)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    if result.returncode != 0 or not lines:
-        raise RuntimeError(f"{variant}/{size} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])["tokens_per_second"]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
+    except subprocess.TimeoutExpired:
+        return {"error": "no result within 1800 s"}
+    return measurement(result)
+
+
+def median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarise(size: str, runs: list[dict]) -> dict:
+    """Medians over the repetitions that measured the variant(s); ratios only within a repetition."""
+    def tps(run, variant):
+        return run.get(variant, {}).get("tokens_per_second")
+
+    def ratio(other):
+        return median_or_none([tps(r, "ours") / tps(r, other) for r in runs if tps(r, "ours") and tps(r, other)])
+
+    layers, hidden, _, _, batch, seq = SIZES[size]
+    return {"model": f"{layers} layers, hidden {hidden}", "batch": batch, "seq": seq,
+            "tokens_per_second": {v: median_or_none([tps(r, v) for r in runs if tps(r, v)]) for v in VARIANTS},
+            "ours_over_bare": ratio("bare"), "ours_over_hf_trainer": ratio("hf_trainer"), "runs": runs}
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def cell(value: float | None, digits: int) -> str:
+    return "failed" if value is None else f"{value:.{digits}f}"
 
 
 def main() -> None:
@@ -170,6 +216,8 @@ def main() -> None:
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--output", type=Path, default=Path("outputs/bench/train_throughput.json"),
+                        help="JSON rewritten after every measurement (default: outputs/bench/train_throughput.json)")
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
@@ -178,25 +226,29 @@ def main() -> None:
     results = {"sizes": {}, "repeats": repeats, "warmup_steps": warmup, "measured_steps": steps}
     # stdout carries the report alone: library messages (DeepSpeed logs to stdout) go to stderr
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        print(f"measurements go to {args.output.resolve()} as they are taken")
         for size in sizes:
             model_dir = build_model_dir(size, Path(tmp) / f"model-{size}")
             runs = []
             for repeat in range(repeats):
                 order = VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]  # alternate who goes first
-                runs.append({v: measure_in_subprocess(v, size, model_dir, Path(tmp), warmup, steps) for v in order})
-            layers, hidden, _, _, batch, seq = SIZES[size]
-            results["sizes"][size] = {
-                "model": f"{layers} layers, hidden {hidden}", "batch": batch, "seq": seq,
-                "tokens_per_second": {v: statistics.median(r[v] for r in runs) for v in VARIANTS},
-                "ours_over_bare": statistics.median(r["ours"] / r["bare"] for r in runs),
-                "ours_over_hf_trainer": statistics.median(r["ours"] / r["hf_trainer"] for r in runs),
-                "runs": runs}
+                runs.append({})
+                for variant in order:
+                    runs[-1][variant] = measure_in_subprocess(variant, size, model_dir, Path(tmp), warmup, steps)
+                    results["sizes"][size] = summarise(size, runs)
+                    write_json_atomic(args.output, results)
     print(json.dumps(results, indent=2))
     print("\n| size | ours tok/s | bare tok/s | HF Trainer tok/s | ours/bare | ours/Trainer |\n|---|---|---|---|---|---|")
     for size, r in results["sizes"].items():
         t = r["tokens_per_second"]
-        print(f"| {size} ({r['model']}, {r['batch']}×{r['seq']}) | {t['ours']:.0f} | {t['bare']:.0f} | "
-              f"{t['hf_trainer']:.0f} | {r['ours_over_bare']:.3f} | {r['ours_over_hf_trainer']:.3f} |")
+        print(f"| {size} ({r['model']}, {r['batch']}×{r['seq']}) | {cell(t['ours'], 0)} | {cell(t['bare'], 0)} | "
+              f"{cell(t['hf_trainer'], 0)} | {cell(r['ours_over_bare'], 3)} | {cell(r['ours_over_hf_trainer'], 3)} |")
+    failed = [f"{size}/{variant}" for size, r in results["sizes"].items() for run in r["runs"]
+              for variant, m in run.items() if "error" in m]
+    if failed:
+        print(f"failed measurements (recorded as errors): {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

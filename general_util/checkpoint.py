@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from general_util import faults
-from general_util.dist import DistContext, barrier
+from general_util.dist import DistContext, barrier, decided_by_rank0, gather_objects
 from general_util.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -57,48 +57,135 @@ def consolidated_state_dict(engine, zero_stage: int) -> dict | None:
 
 def save_hf_weights(engine, directory: Path, tokenizer, config_yaml: str, zero_stage: int, ctx: DistContext) -> None:
     """Called on every rank: `from_pretrained`-loadable safetensors weights, tokenizer and the resolved
-    training config, written by global rank 0. A peft model writes its adapter alone
-    (adapter_model.safetensors + adapter_config.json) and, with `model.save_merged`, the merged full
-    model into `directory/merged`."""
+    training config, written by global rank 0 (see `write_hf_weights`)."""
     state_dict = consolidated_state_dict(engine, zero_stage)
     if ctx.is_main:
-        engine.module.save_pretrained(directory, state_dict=state_dict)
-        if getattr(engine.module, "save_merged", False):
-            from models.lora import merged_copy
-            merged_copy(engine.module, state_dict).save_pretrained(directory / "merged")
-            tokenizer.save_pretrained(directory / "merged")
-        tokenizer.save_pretrained(directory)
-        (directory / "training_config.yaml").write_text(config_yaml, encoding="utf-8")
-        logger.info("wrote Hugging Face weights to %s", directory)
+        write_hf_weights(engine.module, state_dict, directory, tokenizer, config_yaml)
+
+
+def write_hf_weights(module, state_dict: dict, directory: Path, tokenizer, config_yaml: str) -> None:
+    """Rank 0's part of `save_hf_weights`. A peft model writes its adapter alone (adapter_model.safetensors +
+    adapter_config.json) and, with `model.save_merged`, the merged full model into `directory/merged`."""
+    module.save_pretrained(directory, state_dict=state_dict)
+    if getattr(module, "save_merged", False):
+        from models.lora import merged_copy
+        merged_copy(module, state_dict).save_pretrained(directory / "merged")
+        tokenizer.save_pretrained(directory / "merged")
+    tokenizer.save_pretrained(directory)
+    (directory / "training_config.yaml").write_text(config_yaml, encoding="utf-8")
+    logger.info("wrote Hugging Face weights to %s", directory)
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """A failed write (disk full, quota, permission): an OSError, or torch.save's own RuntimeError when the
+    disk fills under it (`[enforce fail at inline_container.cc] . unexpected pos`, `file write failed`)."""
+    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and any(
+        mark in str(error) for mark in ("inline_container", "PytorchStreamWriter", "file write failed")))
+
+
+class RecordedWrites:
+    """Runs this rank's writes of a save, keeping the first failure instead of raising it, so that every rank
+    still reaches the save's collectives (DeepSpeed's barriers, the ZeRO-3 weight gather) and all ranks can
+    agree on the outcome afterwards. Also wraps DeepSpeed's checkpoint engine (`engine.checkpoint_engine`),
+    whose `save` / `makedirs` write each rank's shards."""
+
+    def __init__(self, inner=None):
+        self.inner, self.failure = inner, None
+
+    def run(self, write, *args, **kwargs) -> None:
+        if self.failure is not None:
+            return  # after a failure, nothing more is written (the folder is removed anyway)
+        try:
+            write(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - only write failures are kept; anything else is a bug
+            if not is_write_failure(error):
+                raise
+            self.failure = error
+
+    def save(self, state_dict, path):
+        self.run(self.inner.save, state_dict, path)
+
+    def makedirs(self, path, exist_ok=False):
+        self.run(self.inner.makedirs, path, exist_ok=exist_ok)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def describe_failure(error: BaseException) -> str:
+    """The cause of a failed write (errno text, or torch's message) and the file."""
+    cause = error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())[:160]
+    filename = getattr(error, "filename", None)
+    return f"{cause}{f': {filename}' if filename else ''}"
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def check_free_space(output_dir: Path, step: int, policy: str, ctx: DistContext) -> None:
+    """Before a save: warn (policy `warn`) or stop every rank (`stop`) when the free space of output_dir's
+    filesystem is below the size of the newest checkpoint, i.e. the next one will likely not fit."""
+    def decide() -> None:
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
+            return
+        needed, free = folder_size(checkpoints[-1]), shutil.disk_usage(output_dir).free
+        if free >= needed:
+            return
+        message = (f"checkpoint-{step} will likely not fit in {output_dir}: {human_size(free)} free, the last "
+                   f"checkpoint ({checkpoints[-1].name}) takes {human_size(needed)}")
+        if policy == "stop":
+            raise CheckpointError(f"{message} (save_space_check=stop); free space or lower save_total_limit, "
+                                  f"then continue with resume=auto")
+        logger.warning("%s; saving anyway (save_space_check=warn)", message)
+
+    decided_by_rank0(decide)
+
+
+def human_size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**20:.1f} MiB" if num_bytes < 2**30 else f"{num_bytes / 2**30:.2f} GiB"
 
 
 def save_checkpoint(engine, output_dir: Path, step: int, client_state: dict, tokenizer, config_yaml: str,
                     zero_stage: int, ctx: DistContext) -> Path:
-    """Called on every rank. Returns the final checkpoint folder."""
+    """Called on every rank. Returns the final checkpoint folder. A write that fails on any rank (disk full,
+    quota, permission) fails the save on every rank: the partial folder is removed, the previous checkpoints
+    stay, and a CheckpointError names the checkpoint, the cause and the free space."""
     final = checkpoint_dir(output_dir, step)
     tmp_tag = f".tmp-{final.name}"
     tmp = output_dir / tmp_tag
     if ctx.is_main and tmp.exists():
         shutil.rmtree(tmp)  # left over by a crash during an earlier save
     barrier()
+    writes = RecordedWrites(engine.checkpoint_engine)
+    engine.checkpoint_engine = writes
     try:
         engine.save_checkpoint(str(output_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
-        save_rng_state(tmp, ctx.rank)
-        faults.fire("save", step)  # test-only: LLAMA_TRAINER_FAULT=kill@save=N, a crash mid-save (general_util/faults.py)
-        save_hf_weights(engine, tmp, tokenizer, config_yaml, zero_stage, ctx)
-        if ctx.is_main:
-            write_json_atomic(tmp / TRAINER_STATE, client_state)
-        barrier()
-        if ctx.is_main:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)  # the checkpoint appears whole, or not at all
-            logger.info("saved %s", final)
-    except OSError as error:
+    finally:
+        engine.checkpoint_engine = writes.inner
+    writes.run(save_rng_state, tmp, ctx.rank)
+    # test-only: LLAMA_TRAINER_FAULT=kill@save=N / enospc@save=N, a crash or full disk mid-save (general_util/faults.py)
+    writes.run(faults.fire, "save", step)
+    state_dict = consolidated_state_dict(engine, zero_stage)  # a collective under ZeRO-3: every rank takes part
+    if ctx.is_main:
+        writes.run(write_hf_weights, engine.module, state_dict, tmp, tokenizer, config_yaml)
+        writes.run(write_json_atomic, tmp / TRAINER_STATE, client_state)
+    failures = [f"rank {rank}: {text}" for rank, text in
+                enumerate(gather_objects(describe_failure(writes.failure) if writes.failure else None)) if text]
+    if failures:
         if ctx.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not save checkpoint {final} ({error.strerror or error}: "
-                              f"{error.filename or tmp}); the previous checkpoints are intact") from None
+        free = human_size(shutil.disk_usage(output_dir).free)
+        previous = list_checkpoints(output_dir)
+        raise CheckpointError(f"could not save checkpoint {final} ({'; '.join(failures)}; {free} free on "
+                              f"{output_dir}); the partial {tmp_tag} was removed and "
+                              f"{previous[-1].name if previous else 'no earlier checkpoint'} stays the resume point")
+    if ctx.is_main:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)  # the checkpoint appears whole, or not at all
+        logger.info("saved %s", final)
     barrier()
     return final
 

@@ -52,6 +52,8 @@ def validate(cfg: DictConfig, world_size: int) -> None:
     check(cfg.nan_policy in ("skip", "stop"), "nan_policy", "use skip or stop")
     check(cfg.resume_mode in ("exact", "weights_only"), "resume_mode", "use exact or weights_only")
     check(cfg.logging_steps >= 1, "logging_steps", "must be ≥ 1")
+    check(cfg.save_space_check in ("warn", "stop"), "save_space_check", "use warn or stop")
+    check(cfg.dist_timeout_s > 0, "dist_timeout_s", "must be > 0 seconds")
     check(cfg.max_steps > 0 or cfg.num_train_epochs > 0, "num_train_epochs", "must be > 0 unless max_steps > 0")
     check(cfg.prediction_cfg.measure in (1, -1), "prediction_cfg.measure", "use 1 (higher is better) or -1 (lower)")
     check(not (cfg.save_best and cfg.save_steps <= 0), "save_steps",

@@ -7,10 +7,15 @@ import logging
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
+
+from general_util.errors import UserError
 
 
 def consume_local_rank_arg(argv: list[str]) -> list[str]:
@@ -61,7 +66,9 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed() -> DistContext:
+def init_distributed(timeout_s: float | None = None) -> DistContext:
+    """`timeout_s`: how long a collective may wait for a peer (None: DeepSpeed's default, 10 minutes). A peer
+    that died is noticed at once (its connections close); the timeout only bounds one that hangs."""
     import deepspeed
     fill_single_process_env()
     if torch.cuda.is_available():
@@ -75,9 +82,62 @@ def init_distributed() -> DistContext:
         # The shared-memory collective op is compiled on first use (~35 s); gloo is enough on CPU.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not torch_dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend)
+        deepspeed.init_distributed(dist_backend=backend,
+                                   **({"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}))
+    global PEERS
+    PEERS = gather_objects((socket.gethostname(), os.getpid()))
     return DistContext(rank=torch_dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
                        world_size=torch_dist.get_world_size(), device=device)
+
+
+PEERS: list[tuple[str, int]] = []  # (host, pid) of every rank, in rank order, gathered at init
+
+
+class PeerLostError(UserError, RuntimeError):
+    """Another rank of the job is gone; this rank stops too. The message is one line."""
+    exit_code = 1  # not a configuration problem: the job failed (a scheduler may retry it with resume=auto)
+
+
+def lost_peer_error(error: BaseException) -> PeerLostError | None:
+    """After a collective failed on a closed connection (a peer process died: the kernel closed its sockets),
+    the one line naming the rank(s) gone; None for any other error. Ranks on this host are found by pid (a
+    dying peer may take a moment to exit, so they are looked at for up to 10 s); those on other hosts cannot
+    be checked, their node's launcher names them."""
+    if len(PEERS) < 2 or not is_connection_error(error):
+        return None
+    host, me = socket.gethostname(), torch_dist.get_rank() if torch_dist.is_initialized() else 0
+    local_peers = [(rank, pid) for rank, (peer_host, pid) in enumerate(PEERS) if rank != me and peer_host == host]
+    for _ in range(50):
+        gone = [f"rank {rank} (pid {pid} on {host})" for rank, pid in local_peers if not pid_alive(pid)]
+        if gone:
+            break
+        time.sleep(0.2)
+    remote = sorted({peer_host for peer_host, _ in PEERS if peer_host != host})
+    who = ", ".join(gone) if gone else f"a rank on {', '.join(remote) or host}"
+    detail = " ".join(str(error).split())[:200]
+    return PeerLostError(f"{who} is gone, so rank {me} stops too (a collective failed: {detail}); the newest complete "
+                         f"checkpoint in output_dir is the resume point: relaunch with resume=auto")
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """A collective that failed because a peer's connection closed (gloo; nccl once aborted)."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(mark in text for mark in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted"))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs on this host (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def teardown(engine=None, close_data=None, clean: bool = True) -> None:
@@ -134,6 +194,29 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if op == "mean":
             tensor /= torch_dist.get_world_size()
     return tensor
+
+
+def broadcast_object(obj, src: int = 0):
+    """Global rank `src`'s `obj` on every rank (all ranks must call it)."""
+    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def decided_by_rank0(decide) -> None:
+    """Run `decide()` on global rank 0 only and raise the UserError it raised on every rank, so that all ranks
+    stop together (or go on together) on a decision about shared state, e.g. the output folder."""
+    verdict = None
+    if current().is_main:
+        try:
+            decide()
+        except UserError as error:
+            verdict = error
+    verdict = broadcast_object(verdict)
+    if verdict is not None:
+        raise verdict
 
 
 def gather_objects(obj) -> list:

@@ -11,21 +11,23 @@ fault-tolerance tests do not depend on timing.
     kill@save=6      SIGKILL inside the save of step 6, after the DeepSpeed state and RNG files are written
                      and before the Hugging Face weights and trainer_state.json: a crash mid-save, which
                      leaves `.tmp-checkpoint-6` half written
+    enospc@save=6    at the same point, raise OSError(ENOSPC) as a write that found the disk full would
     ...@rank=1       only on global rank 1 (RANK); without it, on every rank
 
 Unset (always, outside tests), `fire()` does nothing. A malformed value raises at import, so that a typo
 cannot quietly turn a fault test into a normal run. Imports nothing else of the project.
 """
+import errno
 import os
 import signal
 
 VARIABLE = "LLAMA_TRAINER_FAULT"
-ACTIONS = {"kill": signal.SIGKILL, "sigterm": signal.SIGTERM}
+ACTIONS = {"kill": signal.SIGKILL, "sigterm": signal.SIGTERM, "enospc": errno.ENOSPC}
 POINTS = ("step", "save")
 
 
-def parse(spec: str | None) -> tuple[signal.Signals, str, int, int | None] | None:
-    """(signal, point, step, rank or None) of a fault spec; None when there is none."""
+def parse(spec: str | None) -> tuple[signal.Signals | int, str, int, int | None] | None:
+    """(signal or errno, point, step, rank or None) of a fault spec; None when there is none."""
     if not spec:
         return None
     try:
@@ -49,9 +51,12 @@ FAULT = parse(os.environ.get(VARIABLE))
 
 
 def fire(point: str, step: int) -> None:
-    """Send the configured signal to this process if the fault is set for (`point`, `step`) and this rank."""
+    """Strike the configured fault (a signal to this process, or an OSError raised here) if it is set for
+    (`point`, `step`) and this rank."""
     if FAULT is None:
         return
-    sig, at_point, at_step, rank = FAULT
+    action, at_point, at_step, rank = FAULT
     if (point, step) == (at_point, at_step) and rank in (None, int(os.environ.get("RANK", 0))):
-        signal.raise_signal(sig)  # synchronous: SIGKILL never returns; SIGTERM's Python handler runs right after
+        if not isinstance(action, signal.Signals):
+            raise OSError(action, f"{os.strerror(action)} (injected by {VARIABLE})")
+        signal.raise_signal(action)  # synchronous: SIGKILL never returns; SIGTERM's Python handler runs right after

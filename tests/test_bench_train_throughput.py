@@ -1,22 +1,53 @@
-"""The throughput benchmark's comparison code runs end to end (speed is judged by hand, not in CI)."""
+"""The throughput benchmark's comparison code runs end to end (speed is judged by hand, not in CI), records each
+measurement as it is taken, and loses only the variant whose process crashed."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from tests.trainer_runs import REPO
+from bench.train_throughput import measurement
+from tests.trainer_runs import REPO, child_env
 
-pytestmark = pytest.mark.slow
+
+def bench(tmp_path, env=None):
+    output = tmp_path / "results.json"
+    result = subprocess.run([sys.executable, "bench/train_throughput.py", "--quick", "--output", str(output)], cwd=REPO,
+                            env=child_env(**(env or {})), capture_output=True, text=True, timeout=900)
+    return result, output
 
 
-def test_quick_mode_reports_every_variant_and_ratio():
-    result = subprocess.run([sys.executable, "bench/train_throughput.py", "--quick"], cwd=REPO, capture_output=True,
-                            text=True, timeout=900)
+@pytest.mark.slow
+def test_quick_mode_reports_every_variant_and_ratio(tmp_path):
+    result, output = bench(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout[:result.stdout.index("\n|")])
+    assert json.loads(output.read_text()) == report  # the file rewritten after each measurement ends as the report
     quick = report["sizes"]["quick"]
     assert set(quick["tokens_per_second"]) == {"ours", "bare", "hf_trainer"}
     assert all(value > 0 for value in quick["tokens_per_second"].values())
-    assert quick["ours_over_bare"] == pytest.approx(quick["runs"][0]["ours"] / quick["runs"][0]["bare"])
+    run = quick["runs"][0]
+    assert quick["ours_over_bare"] == pytest.approx(run["ours"]["tokens_per_second"] / run["bare"]["tokens_per_second"])
     assert "| quick (1 layers, hidden 32, 4×32) |" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_crashed_variant_loses_only_itself(tmp_path):
+    # only our trainer's loop calls the fault hook: the "ours" worker is SIGKILLed in the middle of its measurement
+    result, output = bench(tmp_path, env={"LLAMA_TRAINER_FAULT": "kill@step=3"})
+    assert result.returncode == 1 and "failed measurements (recorded as errors): quick/ours" in result.stderr
+    quick = json.loads(output.read_text())["sizes"]["quick"]
+    assert quick["runs"][0]["ours"]["error"].startswith("exit code -9 before a result")
+    assert quick["tokens_per_second"]["bare"] > 0 and quick["tokens_per_second"]["hf_trainer"] > 0
+    assert quick["tokens_per_second"]["ours"] is None and quick["ours_over_bare"] is None
+    assert "| quick (1 layers, hidden 32, 4×32) | failed |" in result.stdout
+
+
+def test_a_worker_that_aborts_after_its_result_keeps_the_number():
+    aborted = subprocess.CompletedProcess([], -6, 'RESULT {"tokens_per_second": 1234.5}\n',
+                                          "terminate called without an active exception\n")
+    assert measurement(aborted) == {"tokens_per_second": 1234.5, "exit_code": -6}
+    assert measurement(subprocess.CompletedProcess([], 0, 'RESULT {"tokens_per_second": 7.0}\n', "")) == \
+        {"tokens_per_second": 7.0}
+    crashed = measurement(subprocess.CompletedProcess([], 1, "", "Traceback ...\nRuntimeError: boom\n"))
+    assert crashed == {"error": "exit code 1 before a result: Traceback ... | RuntimeError: boom"}

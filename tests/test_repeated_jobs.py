@@ -1,0 +1,20 @@
+"""Clean exits, repeated (issue 14's acceptance): a 2-rank job that trains, saves and finishes exits 0 on every
+rank, every time. A finished ZeRO-3 rank once aborted at interpreter exit (`terminate called without an active
+exception`, exit -6) on a loaded machine; general_util.dist.teardown/exit_process end each rank in order. As
+short as a job can be (2 steps, the final save, no evaluation), ten launches per ZeRO stage."""
+import pytest
+
+from tests.trainer_runs import FAST, run_trainer
+
+pytestmark = pytest.mark.slow
+REPEATS = 10
+
+
+@pytest.mark.parametrize("stage", ["zero1", "zero3"])
+def test_two_rank_jobs_exit_zero_every_time(tmp_path, stage):
+    for attempt in range(REPEATS):
+        out = tmp_path / f"run{attempt}"
+        result = run_trainer(out, FAST + ["max_steps=2", "per_gpu_train_batch_size=2", f"deepspeed@ds_cfg={stage}"],
+                             launcher="torchrun", nproc=2, check=False)
+        assert result.returncode == 0, (attempt, result.stderr[-4000:])
+        assert (out / "checkpoint-2" / "model.safetensors").is_file()
