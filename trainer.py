@@ -32,7 +32,8 @@ from general_util.errors import UserError, find_user_error, one_line
 from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
 from modules.flops import device_peak_flops, training_flops_per_token
-from modules.loss import count_label_tokens, token_loss_sum
+from modules.loss import count_label_tokens
+from modules.loss_impl import causal_lm_loss_sum
 from post_processors.summary import write_summary
 
 OmegaConf.register_new_resolver("eq", lambda a, b: a == b, replace=True)
@@ -232,8 +233,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         for batch in window:
             self.window.add_batch(batch)
-            logits = self.engine(**model_inputs(batch, self.ctx.device)).logits
-            micro_loss = token_loss_sum(logits, batch["labels"])
+            micro_loss = causal_lm_loss_sum(self.engine, model_inputs(batch, self.ctx.device), batch["labels"])
             self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
             self.engine.step()
             loss_sum += micro_loss.detach().double()

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from modules.loss_impl import target_log_probs
+
 
 @dataclass(frozen=True)
 class Request:
@@ -215,27 +217,26 @@ def pack(requests: list[Request], max_length: int, shared_context: bool = True,
     return PackedBatch(input_ids, position_ids, segments, keep, targets, truncated)
 
 
-def continuation_logprobs(logits: torch.Tensor, batch: PackedBatch) -> list[float]:
-    """Summed log-prob of each request's continuation. `logits`: [kept positions, vocab], the rows of
-    `batch.logits_to_keep`'s True positions in row-major order (log-softmax in float64)."""
-    log_probs = logits.double().log_softmax(dim=-1)
+def scored_tokens(batch: PackedBatch) -> tuple[list[int], list[int], list[int]]:
+    """Per scored token: the index of the position that predicts it among `batch.logits_to_keep`'s True
+    positions (row-major order), the token, and the request it belongs to."""
     width = batch.logits_to_keep.shape[1]
-    flat = (batch.logits_to_keep.flatten().cumsum(0) - 1).tolist()  # (row, position) → index in `logits`
+    flat = (batch.logits_to_keep.flatten().cumsum(0) - 1).tolist()  # (row, position) → index in the kept logits
     index, tokens, owner = [], [], []
     for i, (row, positions, continuation) in enumerate(batch.targets):
         index += [flat[row * width + p] for p in positions]
         tokens += continuation
         owner += [i] * len(continuation)
-    picked = log_probs[torch.tensor(index, device=logits.device), torch.tensor(tokens, device=logits.device)]
-    sums = torch.zeros(len(batch.targets), dtype=picked.dtype, device=logits.device)
-    return sums.index_add_(0, torch.tensor(owner, device=logits.device), picked).tolist()  # one copy to host
+    return index, tokens, owner
 
 
 @torch.no_grad()
 def score_requests(model, requests: list[Request], max_length: int, device: torch.device,
                    truncation: str = "lm_eval") -> tuple[list[float], list[bool]]:
-    """One forward call over all `requests`: their summed continuation log-probs and truncation flags.
-    `model`: a transformers causal LM, or a wrapper of one (DeepSpeed engine: `.module`; peft)."""
+    """One forward call over all `requests`: their summed continuation log-probs (float64 log-softmax) and
+    truncation flags. `model`: a transformers causal LM, or a wrapper of one (DeepSpeed engine: `.module`;
+    peft). Under model.loss_impl chunked/liger the log-probs come from the hidden states a slice of positions
+    at a time (modules/loss_impl.py), so no kept positions × vocabulary tensor is built."""
     config = getattr(getattr(model, "module", model), "config", None)
     batch = pack(requests, max_length, getattr(config, "_attn_implementation", None) in SHARED_CONTEXT_ATTENTION,
                  truncation)
@@ -243,8 +244,10 @@ def score_requests(model, requests: list[Request], max_length: int, device: torc
     mask = batch.attention_mask(next(model.parameters()).dtype)
     if mask is not None:
         inputs["attention_mask"] = mask
-    logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
-    return continuation_logprobs(logits, batch), batch.truncated
+    index, tokens, owner = (torch.tensor(values, device=device) for values in scored_tokens(batch))
+    picked = target_log_probs(model, {k: v.to(device) for k, v in inputs.items()}, index, tokens)
+    sums = torch.zeros(len(batch.targets), dtype=picked.dtype, device=device)
+    return sums.index_add_(0, owner, picked).tolist(), batch.truncated  # one copy to host
 
 
 def choose(sums: list[float], answer_chars: list[int]) -> tuple[int, int]:
