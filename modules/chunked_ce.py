@@ -25,10 +25,12 @@ def _slices(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, c
         index = rows[start:start + chunk_tokens]
         h, target = hidden[index], targets[index, None]
         logits = F.linear(h, weight).float()  # [slice, V]: the only vocabulary-wide activation
-        lse = logits.logsumexp(dim=-1, keepdim=True)
-        loss += (lse - logits.gather(1, target)).sum()
+        target_logits, peak = logits.gather(1, target), logits.amax(dim=-1, keepdim=True)
+        probs = logits.sub_(peak).exp_()  # unnormalised, in place (a stable log-sum-exp without a copy)
+        total = probs.sum(dim=-1, keepdim=True)
+        loss += (total.log() + peak - target_logits).sum()
         if with_grads:
-            grad = logits.sub_(lse).exp_()  # softmax, in place
+            grad = probs.div_(total)  # the softmax
             grad.scatter_add_(1, target, torch.full_like(target, -1, dtype=grad.dtype))  # minus the one-hot
             grad = grad.to(hidden.dtype)
             grad_hidden.index_copy_(0, index, grad @ weight)
