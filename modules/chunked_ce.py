@@ -13,6 +13,23 @@ import torch.nn.functional as F
 from modules.loss import IGNORE_INDEX
 
 
+def _slice(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, with_grads: bool):
+    """(summed loss fp32, d loss / d h, d loss / d weight) of one slice; the gradients are None unless
+    `with_grads`. Its [slice, V] logits live only inside this call (a loop variable would keep the previous
+    slice's alive while the next one is computed)."""
+    logits = F.linear(h, weight).float()
+    target_logits, peak = logits.gather(1, target), logits.amax(dim=-1, keepdim=True)
+    probs = logits.sub_(peak).exp_()  # unnormalised, in place (a stable log-sum-exp without a copy)
+    total = probs.sum(dim=-1, keepdim=True)
+    loss = (total.log() + peak - target_logits).sum()
+    if not with_grads:
+        return loss, None, None
+    grad = probs.div_(total)  # the softmax
+    grad.scatter_add_(1, target, torch.full_like(target, -1, dtype=grad.dtype))  # minus the one-hot
+    grad = grad.to(h.dtype)
+    return loss, grad @ weight, grad.T @ h
+
+
 def _slices(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int,
             with_grads: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(summed loss fp32, d loss / d hidden, d loss / d weight) over the positions whose target is not -100;
@@ -23,18 +40,12 @@ def _slices(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, c
     grad_weight = torch.zeros_like(weight, dtype=torch.float32) if with_grads else None  # fp32 across slices
     for start in range(0, rows.numel(), chunk_tokens):
         index = rows[start:start + chunk_tokens]
-        h, target = hidden[index], targets[index, None]
-        logits = F.linear(h, weight).float()  # [slice, V]: the only vocabulary-wide activation
-        target_logits, peak = logits.gather(1, target), logits.amax(dim=-1, keepdim=True)
-        probs = logits.sub_(peak).exp_()  # unnormalised, in place (a stable log-sum-exp without a copy)
-        total = probs.sum(dim=-1, keepdim=True)
-        loss += (total.log() + peak - target_logits).sum()
+        slice_loss, slice_grad_hidden, slice_grad_weight = _slice(hidden[index], weight, targets[index, None],
+                                                                  with_grads)
+        loss += slice_loss
         if with_grads:
-            grad = probs.div_(total)  # the softmax
-            grad.scatter_add_(1, target, torch.full_like(target, -1, dtype=grad.dtype))  # minus the one-hot
-            grad = grad.to(hidden.dtype)
-            grad_hidden.index_copy_(0, index, grad @ weight)
-            grad_weight += grad.T @ h
+            grad_hidden.index_copy_(0, index, slice_grad_hidden)
+            grad_weight += slice_grad_weight
     return loss, grad_hidden, (grad_weight.to(weight.dtype) if with_grads else None)
 
 
@@ -69,4 +80,5 @@ def chunked_target_log_probs(hidden: torch.Tensor, weight: torch.Tensor, positio
         wanted = (positions >= start) & (positions < start + chunk_tokens)
         log_probs = F.linear(hidden[start:start + chunk_tokens], weight).double().log_softmax(dim=-1)
         picked[wanted] = log_probs[positions[wanted] - start, tokens[wanted]]
+        del log_probs  # before the next slice's are computed
     return picked
