@@ -35,7 +35,8 @@ from general_util.run_folder import OutputDirError, OutputDirLock, check_fresh_s
 from general_util.seeding import set_seed
 from general_util.universal_checkpoint import convert_to_universal, enable_universal_loading
 from modules.flops import device_peak_flops, training_flops_per_token
-from modules.loss import count_label_tokens, token_loss_sum
+from modules.loss import count_label_tokens
+from modules.loss_impl import causal_lm_loss_sum
 from post_processors.run import run_evaluators
 from post_processors.summary import write_summary
 
@@ -269,8 +270,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         for batch in window:
             self.window.add_batch(batch)
-            logits = self.engine(**model_inputs(batch, self.ctx.device)).logits
-            micro_loss = token_loss_sum(logits, batch["labels"])
+            micro_loss = causal_lm_loss_sum(self.engine, model_inputs(batch, self.ctx.device), batch["labels"])
             self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
             self.engine.step()
             loss_sum += micro_loss.detach().double()

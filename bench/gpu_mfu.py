@@ -1,7 +1,8 @@
 """GPU throughput and MFU of our trainer on a ~1B-parameter LLaMA (random weights), bf16, seq 2048,
-ZeRO-1 on one GPU, with gradient checkpointing off and on. Runs in well under 5 minutes on an H100.
+ZeRO-1 on one GPU, with gradient checkpointing off and on, for each --loss-impl (model.loss_impl; default
+auto). Runs in well under 5 minutes on an H100 per loss implementation.
 
-    python bench/gpu_mfu.py [--attn sdpa|flash_attention_2] [--steps 20]
+    python bench/gpu_mfu.py [--attn sdpa|flash_attention_2] [--steps 20] [--loss-impl full chunked liger]
     python bench/gpu_mfu.py --quick --peak-flops 1e12   # a tiny LLaMA, fp32 on CPU: checks the measuring code (CI)
 
 MFU = tokens/s × model FLOPs per token (6 × parameters + attention, modules/flops.py) / the GPU's
@@ -16,6 +17,7 @@ replace it).
 """
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -26,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from modules.loss_impl import LOSS_IMPLS  # noqa: E402
 
 SIZES = {  # name: (model shape, sequence length, batch, vocabulary)
     "1b": ({"hidden_size": 2048, "num_layers": 16, "num_heads": 16, "intermediate_size": 5632}, 2048, 4, 32000),
@@ -60,7 +63,7 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'unknown'})"
 
 
-def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, warmup: int, steps: int,
+def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_impl: str, warmup: int, steps: int,
                peak: float | None) -> dict:
     import torch
     from hydra import compose, initialize_config_dir
@@ -69,13 +72,14 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, warmu
     from bench.train_throughput import RandomTokens
     from general_util.dist import init_distributed
     from modules.flops import device_peak_flops, training_flops_per_token
+    from modules.loss_impl import resolve
     shape, seq, batch, vocab = SIZES[size]
     precision = "bf16" if torch.cuda.is_available() else "fp32"
     overrides = [f"model_name_or_path={model_dir}", f"output_dir={model_dir.parent / 'out'}", f"precision={precision}",
                  "do_eval=false", "evaluate_during_training=false", f"per_gpu_train_batch_size={batch}",
                  f"max_steps={warmup + steps}", f"logging_steps={warmup}", "save_steps=-1", "torch_adam=true",
                  f"model.attn_implementation={attn}", f"model.gradient_checkpointing={str(checkpointing).lower()}",
-                 "collator.pad_to_multiple_of=1"]
+                 f"model.loss_impl={loss_impl}", "collator.pad_to_multiple_of=1"]
     with initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
         cfg = compose("sft", overrides=overrides)
     ctx = init_distributed()
@@ -91,6 +95,7 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, warmu
     flops_per_token = training_flops_per_token(trainer.num_params, shape["num_layers"], shape["hidden_size"], seq)
     peak = device_peak_flops(peak)
     return {"size": size, "precision": precision, "attn": attn, "gradient_checkpointing": checkpointing,
+            "loss_impl": loss_impl, "loss_impl_used": resolve(trainer.engine, ctx.device),
             "parameters": trainer.num_params, "tokens_per_second": tokens_per_second,
             "mfu": tokens_per_second * flops_per_token / peak if peak else None,
             "peak_memory_gib": peak_memory_gib(), "gpu": device_name()}
@@ -102,6 +107,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--peak-flops", type=float, default=None)
+    parser.add_argument("--loss-impl", nargs="+", default=["auto"], choices=LOSS_IMPLS,
+                        help="model.loss_impl values to measure, each with checkpointing off and on")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps (runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
@@ -112,18 +119,18 @@ def main() -> None:
     if args.steps % args.warmup:
         raise SystemExit("--steps must be a multiple of --warmup (the trainer logs, hence times, every --warmup steps)")
     if args.worker:
-        result = run_worker(Path(args.worker), size, args.attn, args.checkpointing, args.warmup, args.steps,
-                            args.peak_flops)
+        result = run_worker(Path(args.worker), size, args.attn, args.checkpointing, args.loss_impl[0], args.warmup,
+                            args.steps, args.peak_flops)
         print("RESULT " + json.dumps(result))
         return
     results = []
     # stdout carries the report alone: library messages go to stderr
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(Path(tmp) / f"model-{size}", size)
-        for checkpointing in (False, True):  # one process each: a clean CUDA memory peak
-            cmd = [sys.executable, __file__, "--worker", str(model_dir), "--attn", args.attn, "--warmup",
-                   str(args.warmup), "--steps", str(args.steps)] + (["--checkpointing"] if checkpointing else []) \
-                + (["--quick"] if args.quick else [])
+        for loss_impl, checkpointing in itertools.product(args.loss_impl, (False, True)):  # a process each: clean peaks
+            cmd = [sys.executable, __file__, "--worker", str(model_dir), "--attn", args.attn, "--loss-impl", loss_impl,
+                   "--warmup", str(args.warmup), "--steps", str(args.steps)] \
+                + (["--checkpointing"] if checkpointing else []) + (["--quick"] if args.quick else [])
             if args.peak_flops:
                 cmd += ["--peak-flops", str(args.peak_flops)]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -132,10 +139,10 @@ def main() -> None:
                 raise SystemExit(f"worker failed:\n{out.stderr[-4000:]}")
             results.append(json.loads(lines[-1][len("RESULT "):]))
     print(json.dumps(results, indent=2))
-    print("\n| GPU | attention | grad. checkpointing | tokens/s | MFU | peak memory |\n|---|---|---|---|---|---|")
+    print("\n| GPU | attention | loss_impl | grad. checkpointing | tokens/s | MFU | peak memory |\n|---|---|---|---|---|---|---|")
     for r in results:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        print(f"| {r['gpu']} | {r['attn']} | {r['gradient_checkpointing']} | {r['tokens_per_second']:.0f} | {mfu} | "
+        print(f"| {r['gpu']} | {r['attn']} | {r['loss_impl_used']} | {r['gradient_checkpointing']} | {r['tokens_per_second']:.0f} | {mfu} | "
               f"{r['peak_memory_gib']:.1f} GiB |")
 
 

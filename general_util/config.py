@@ -18,6 +18,7 @@ from data.records import DataError
 from general_util.errors import ConfigError
 from general_util.trackers import check_report_to
 from models.vocab import FREEZE_STRATEGIES
+from modules.loss_impl import settings_problems
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "base.yaml"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -93,6 +94,8 @@ def validate(cfg: DictConfig, world_size: int) -> None:
           f"use one of {', '.join(FREEZE_STRATEGIES)}")
     check(model_cfg.get("freeze_strategy", "none") == "none" or not model_cfg.get("use_peft"), "model.freeze_strategy",
           "LoRA already freezes the base model: use either model.use_peft or an embeddings-only stage")
+    problems.extend(settings_problems(model_cfg.get("loss_impl", "full"), model_cfg.get("loss_chunk_tokens", 1),
+                                      torch.cuda.is_available()))
     problems.extend(packing_problems(cfg))
     problems.extend(check_report_to(cfg.report_to))
     problems.extend(target_key_problems(cfg))

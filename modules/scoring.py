@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
+from modules.loss_impl import target_log_probs
+
 
 @dataclass(frozen=True)
 class Request:
@@ -223,31 +225,26 @@ class Scores:
     truncated: list[bool]    # per request: context cut from the left to fit max_length
 
 
-def continuation_logprobs(logits: torch.Tensor, batch: PackedBatch) -> tuple[list[float], list[bool]]:
-    """Summed log-prob of each request's continuation, and whether it is the greedy one. `logits`: [kept
-    positions, vocab], the rows of `batch.logits_to_keep`'s True positions in row-major order (log-softmax in
-    float64)."""
-    log_probs = logits.double().log_softmax(dim=-1)
+def scored_tokens(batch: PackedBatch) -> tuple[list[int], list[int], list[int]]:
+    """Per scored token: the index of the position that predicts it among `batch.logits_to_keep`'s True
+    positions (row-major order), the token, and the request it belongs to."""
     width = batch.logits_to_keep.shape[1]
-    flat = (batch.logits_to_keep.flatten().cumsum(0) - 1).tolist()  # (row, position) → index in `logits`
+    flat = (batch.logits_to_keep.flatten().cumsum(0) - 1).tolist()  # (row, position) → index in the kept logits
     index, tokens, owner = [], [], []
     for i, (row, positions, continuation) in enumerate(batch.targets):
         index += [flat[row * width + p] for p in positions]
         tokens += continuation
         owner += [i] * len(continuation)
-    index, tokens, owner = (torch.tensor(x, device=logits.device) for x in (index, tokens, owner))
-    picked = log_probs[index, tokens]
-    sums = torch.zeros(len(batch.targets), dtype=picked.dtype, device=logits.device).index_add_(0, owner, picked)
-    misses = torch.zeros(len(batch.targets), dtype=torch.long, device=logits.device)
-    misses.index_add_(0, owner, (logits[index].argmax(dim=-1) != tokens).long())
-    return sums.tolist(), (misses == 0).tolist()  # one copy each to host
+    return index, tokens, owner
 
 
 @torch.no_grad()
 def score_batch(model, requests: list[Request], max_length: int, device: torch.device,
                 truncation: str = "lm_eval") -> Scores:
-    """One forward call over all `requests`. `model`: a transformers causal LM, or a wrapper of one
-    (DeepSpeed engine: `.module`; peft)."""
+    """One forward call over all `requests`: their summed continuation log-probs (float64 log-softmax), greedy
+    and truncation flags. `model`: a transformers causal LM, or a wrapper of one (DeepSpeed engine: `.module`;
+    peft). Under model.loss_impl chunked/liger the log-probs come from the hidden states a slice of positions
+    at a time (modules/loss_impl.py), so no kept positions × vocabulary tensor is built."""
     config = getattr(getattr(model, "module", model), "config", None)
     batch = pack(requests, max_length, getattr(config, "_attn_implementation", None) in SHARED_CONTEXT_ATTENTION,
                  truncation)
@@ -255,9 +252,11 @@ def score_batch(model, requests: list[Request], max_length: int, device: torch.d
     mask = batch.attention_mask(next(model.parameters()).dtype)
     if mask is not None:
         inputs["attention_mask"] = mask
-    logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
-    sums, greedy = continuation_logprobs(logits, batch)
-    return Scores(sums, greedy, batch.truncated)
+    index, tokens, owner = (torch.tensor(values, device=device) for values in scored_tokens(batch))
+    picked, is_argmax = target_log_probs(model, {k: v.to(device) for k, v in inputs.items()}, index, tokens)
+    sums = torch.zeros(len(batch.targets), dtype=picked.dtype, device=device).index_add_(0, owner, picked)
+    misses = torch.zeros(len(batch.targets), dtype=torch.long, device=device).index_add_(0, owner, (~is_argmax).long())
+    return Scores(sums.tolist(), (misses == 0).tolist(), batch.truncated)  # one copy each to host
 
 
 def score_requests(model, requests: list[Request], max_length: int, device: torch.device,

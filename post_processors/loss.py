@@ -10,7 +10,8 @@ from data.collators import model_inputs
 from general_util.dist import all_reduce, current, shard_range
 from general_util.errors import ConfigError
 from general_util.logging import progress_bar
-from modules.loss import count_label_tokens, token_loss_sum
+from modules.loss import count_label_tokens
+from modules.loss_impl import causal_lm_loss_sum
 
 
 class LossEvaluator:
@@ -38,9 +39,9 @@ class LossEvaluator:
                 batch = batches[min(i, len(batches) - 1)] if batches else None
                 if batch is None:  # this rank has no items at all: any input keeps the forward count aligned
                     batch = next(iter(DataLoader(Subset(self._dataset, [0]), collate_fn=self.collator_factory(tokenizer=tokenizer))))
-                logits = model(**model_inputs(batch, ctx.device)).logits
+                loss_sum = causal_lm_loss_sum(model, model_inputs(batch, ctx.device), batch["labels"])
                 if i < len(batches):
-                    totals[0] += token_loss_sum(logits, batch["labels"]).double()
+                    totals[0] += loss_sum.double()
                     totals[1] += count_label_tokens(batch["labels"]).double()
                     bar.update(min(len(batch["labels"]) * ctx.world_size, bar.total - bar.n))  # ranks step together
         all_reduce(totals)

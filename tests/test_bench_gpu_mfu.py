@@ -12,15 +12,16 @@ from tests.trainer_runs import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_quick_mode_reports_both_checkpointing_settings():
-    result = subprocess.run([sys.executable, "bench/gpu_mfu.py", "--quick", "--peak-flops", "1e12"], cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+def test_quick_mode_reports_both_checkpointing_settings_per_loss_impl():
+    result = subprocess.run([sys.executable, "bench/gpu_mfu.py", "--quick", "--peak-flops", "1e12", "--loss-impl", "full",
+                             "auto"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout.index("\n|")
     runs = json.loads(result.stdout[:table])
-    assert [r["gradient_checkpointing"] for r in runs] == [False, True]
+    assert [(r["loss_impl"], r["loss_impl_used"], r["gradient_checkpointing"]) for r in runs] == [
+        ("full", "full", False), ("full", "full", True), ("auto", "chunked", False), ("auto", "chunked", True)]
     for r in runs:
         assert r["size"] == "quick" and r["tokens_per_second"] > 0 and r["peak_memory_gib"] > 0
         flops = training_flops_per_token(r["parameters"], 2, 64, 128)
         assert r["mfu"] == pytest.approx(r["tokens_per_second"] * flops / 1e12)
-    assert result.stdout[table:].strip().splitlines()[0].startswith("| GPU | attention |")
+    assert result.stdout[table:].strip().splitlines()[0].startswith("| GPU | attention | loss_impl |")

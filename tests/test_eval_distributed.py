@@ -1,5 +1,6 @@
-"""Evaluation end to end: two ranks (gloo, a ZeRO-3 engine, odd item counts) write exactly the predictions
-of one rank; the output files; the shipped conf/eval nodes compose and run."""
+"""Evaluation end to end: two ranks (gloo, a ZeRO-3 engine, odd item counts, scoring by model.loss_impl=chunked)
+write exactly the predictions of one rank (full logits); the output files; the shipped conf/eval nodes compose
+and run."""
 import functools
 import json
 import os
@@ -16,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.benchmarks import C3Reader, LogiQAReader, MultipleChoicePrompt, ReClorReader
 from general_util.dist import free_port
+from modules.loss_impl import attach_loss_settings, resolve
 from post_processors.multiple_choice import MultipleChoiceEvaluator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,10 +46,11 @@ def evaluate_on_rank(rank: int, world_size: int, port: int, out: str) -> None:
     init_distributed()
     tokenizer = AutoTokenizer.from_pretrained(TINY)
     model = AutoModelForCausalLM.from_pretrained(TINY).eval()
+    attach_loss_settings(model, "chunked", 5)  # log-probs from hidden states in slices, the head ZeRO-3-gathered
     engine, *_ = deepspeed.initialize(model=model, config={"train_micro_batch_size_per_gpu": 1,
                                                            "zero_optimization": {"stage": 3}})
     engine.eval()
-    assert engine.zero_optimization_partition_weights()
+    assert engine.zero_optimization_partition_weights() and resolve(engine, torch.device("cpu")) == "chunked"
     Path(out).mkdir(parents=True, exist_ok=True)
     for name, kwargs in CASES.items():
         metrics = MultipleChoiceEvaluator(name, **kwargs)(engine, tokenizer, Path(out) / name)

@@ -23,6 +23,8 @@ BAD_CONFIGS = {
     "embeddings-only stage with LoRA": (["model.use_peft=true", "model.freeze_strategy=embeddings_only"],
                                         "model.freeze_strategy='embeddings_only': LoRA already freezes"),
     "save_merged without LoRA": (["model.save_merged=true"], "model.save_merged=True: only a LoRA run"),
+    "liger loss on CPU": (["model.loss_impl=liger"], "model.loss_impl='liger': Liger-Kernel's Triton kernels need a CUDA GPU"),
+    "unknown loss_impl": (["model.loss_impl=fused"], "model.loss_impl='fused': use one of auto, full, chunked, liger"),
 }
 
 

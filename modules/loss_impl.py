@@ -1,0 +1,166 @@
+"""How a causal LM's next-token loss (and the evaluators' log-probabilities) are computed: `model.loss_impl`
+(conf/model/llama.yaml), attached to the model when it is loaded.
+
+    full     the model's logits, then `token_loss_sum`: a tokens × vocabulary tensor, and its gradient
+    chunked  modules.chunked_ce from the final hidden states and the head's weight, loss_chunk_tokens at a time
+    liger    Liger-Kernel's fused linear cross-entropy (Triton, CUDA only; pip install -r requirements-liger.txt)
+    auto     liger where it is usable, else chunked; full where the head cannot be replaced (`plain_head`)
+
+chunked and liger change what the output head returns for the duration of one forward call: the model runs
+as usual (peft, gradient checkpointing, packed inputs pass through untouched) and its head, still called as a
+module on the final hidden states, returns the loss instead of the logits. Calling the head as a module is
+what keeps ZeRO-3 right: DeepSpeed gathers the partitioned head weight once for that call (not per slice)
+and again for its backward, where the weight gradient is reduced into the partition as any layer's is.
+Scoring (log-probabilities of chosen tokens) uses the chunked kernel under chunked and liger alike.
+"""
+import functools
+import importlib.util
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from general_util.errors import ConfigError
+from modules.chunked_ce import chunked_loss_sum, chunked_target_log_probs
+from modules.loss import next_token_targets, token_loss_sum
+
+logger = logging.getLogger(__name__)
+LOSS_IMPLS = ("auto", "full", "chunked", "liger")
+# Families whose causal-LM forward ends in a bare `logits = lm_head(hidden)` (no soft-capping or scaling).
+PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    impl: str
+    chunk_tokens: int
+
+
+def settings_problems(impl: str, chunk_tokens: int, cuda: bool) -> list[str]:
+    """What is wrong with `model.loss_impl` / `model.loss_chunk_tokens` on this machine (one line each)."""
+    problems = []
+    if impl not in LOSS_IMPLS:
+        problems.append(f"model.loss_impl={impl!r}: use one of {', '.join(LOSS_IMPLS)}")
+    elif impl == "liger" and liger_problem(cuda):
+        problems.append(f"model.loss_impl='liger': {liger_problem(cuda)}; or use loss_impl=chunked")
+    if chunk_tokens < 1:
+        problems.append(f"model.loss_chunk_tokens={chunk_tokens}: must be ≥ 1")
+    return problems
+
+
+def liger_problem(cuda: bool) -> str | None:
+    if not cuda:
+        return "Liger-Kernel's Triton kernels need a CUDA GPU"
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "liger-kernel is not installed (pip install -r requirements-liger.txt)"
+    return None
+
+
+def causal_lm(model) -> nn.Module:
+    """The transformers causal LM inside a DeepSpeed engine (`.module`) and/or a peft wrapper."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def attach_loss_settings(model, impl: str, chunk_tokens: int) -> None:
+    """Record the loss implementation on the model (read by `causal_lm_loss_sum` and `target_log_probs`)."""
+    problems = settings_problems(impl, chunk_tokens, torch.cuda.is_available())
+    if problems:
+        raise ConfigError("; ".join(problems))
+    causal_lm(model).loss_settings = LossSettings(impl, chunk_tokens)
+
+
+def plain_head(model) -> nn.Linear | None:
+    """The output head when the chunked and liger kernels can stand in for it: a bias-free nn.Linear itself
+    (not a LoRA or 4-bit wrapper) of a family in PLAIN_HEAD_MODEL_TYPES."""
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings()
+    if type(head) is nn.Linear and head.bias is None and lm.config.model_type in PLAIN_HEAD_MODEL_TYPES:
+        return head
+    return None
+
+
+@functools.cache
+def announce(message: str) -> None:
+    logger.info(message)
+
+
+def resolve(model, device: torch.device) -> str:
+    """full, chunked or liger for this model on `device`; a model loaded without settings keeps `full`."""
+    settings = getattr(causal_lm(model), "loss_settings", None)
+    impl = settings.impl if settings else "full"
+    if impl == "full":
+        return impl
+    head = plain_head(model)
+    if head is None:
+        lm = causal_lm(model)
+        why = (f"its output head is a {type(lm.get_output_embeddings()).__name__} of a {lm.config.model_type!r} model, "
+               f"not a plain linear head of {', '.join(PLAIN_HEAD_MODEL_TYPES)}")
+        if impl != "auto":
+            raise ConfigError(f"model.loss_impl={impl!r} cannot apply: {why}; use loss_impl=full or auto")
+        announce(f"loss_impl=auto: full ({why})")
+        return "full"
+    problem = liger_problem(device.type == "cuda")
+    if impl == "liger" and problem:
+        raise ConfigError(f"model.loss_impl='liger': {problem}; or use loss_impl=chunked")
+    if impl == "auto":
+        impl = "chunked" if problem else "liger"
+        announce(f"loss_impl=auto: {impl}" + (f" ({problem})" if problem else ""))
+    return impl
+
+
+@contextmanager
+def head_computes(head: nn.Linear, compute):
+    """While active, calling `head` returns `compute(hidden, head.weight)` instead of the logits (the
+    module's hooks, ZeRO-3's among them, still run around the call)."""
+    head.forward = lambda hidden: compute(hidden, head.weight)
+    try:
+        yield
+    finally:
+        del head.forward  # the class's forward again
+
+
+def liger_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum", accum_dtype=torch.float32)(weight, hidden, targets)
+
+
+def causal_lm_loss_sum(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    """`token_loss_sum` of the model's predictions for `inputs` (a DeepSpeed engine, peft or plain model),
+    computed by the model's loss implementation."""
+    device = inputs["input_ids"].device
+    impl = resolve(model, device)
+    if impl == "full":
+        return token_loss_sum(model(**inputs).logits, labels)
+    targets = next_token_targets(labels).to(device).reshape(-1)
+    chunk_tokens = causal_lm(model).loss_settings.chunk_tokens
+
+    def loss(hidden, weight):
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        if hidden.shape[0] != targets.shape[0]:
+            raise RuntimeError(f"the head saw {hidden.shape[0]} positions for {targets.shape[0]} labels")
+        if impl == "liger":
+            return liger_loss_sum(hidden, weight, targets)
+        return chunked_loss_sum(hidden, weight, targets, chunk_tokens)
+
+    with head_computes(plain_head(model), loss):
+        return model(**inputs).logits  # what the head returned: the loss sum
+
+
+def target_log_probs(model, inputs: dict, positions: torch.Tensor,
+                     tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 log-probability of tokens[i] at positions[i], an index into the positions whose logits the
+    model returns (all of them, or those of `inputs["logits_to_keep"]` in row-major order), and whether
+    tokens[i] is the most probable token there."""
+    impl = resolve(model, inputs["input_ids"].device)
+    if impl == "full":
+        log_probs = model(**inputs).logits.double().log_softmax(dim=-1)
+        log_probs = log_probs.reshape(-1, log_probs.shape[-1])
+        return log_probs[positions, tokens], log_probs[positions].argmax(dim=-1) == tokens
+    chunk_tokens = causal_lm(model).loss_settings.chunk_tokens
+    log_probs = (lambda hidden, weight: chunked_target_log_probs(hidden.reshape(-1, hidden.shape[-1]), weight,
+                                                                   positions, tokens, chunk_tokens))
+    with head_computes(plain_head(model), log_probs):
+        return model(**inputs).logits
