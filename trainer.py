@@ -32,7 +32,8 @@ from general_util.errors import UserError, find_user_error, one_line
 from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
 from modules.flops import device_peak_flops, training_flops_per_token
-from modules.loss import count_label_tokens, token_loss_sum
+from modules import sequence_parallel
+from modules.loss import batch_targets, count_targets, target_loss_sum
 from post_processors.summary import write_summary
 
 OmegaConf.register_new_resolver("eq", lambda a, b: a == b, replace=True)
@@ -76,6 +77,7 @@ class LogWindow:
     slots: int = 0     # token positions, padding included
     rows: int = 0
     samples: int = 0
+    row_shards: int = 1  # sequence_parallel_size: each rank holds 1/row_shards of every row
 
     def add_batch(self, batch: dict) -> None:
         self.tokens += int(batch["num_tokens"])
@@ -86,7 +88,7 @@ class LogWindow:
     @property
     def mean_row_length(self) -> float:
         """The sequence length attention FLOPs are counted at (padded rows, as computed)."""
-        return self.slots / max(1, self.rows)
+        return self.slots * self.row_shards / max(1, self.rows)
 
 
 class TrainingError(UserError, RuntimeError):
@@ -101,8 +103,10 @@ class Trainer:
         self.train_data, self.evaluators = train_data, evaluators
         self.output_dir = Path(cfg.output_dir)
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-        self.micro_per_epoch, self.total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size)
+        self.parallel = sequence_parallel.ParallelLayout.of(ctx.rank, ctx.world_size, cfg.sequence_parallel_size)
+        self.micro_per_epoch, self.total_steps = optimizer_steps(len(train_data), cfg, self.parallel.dp_size)
         self.ds_config = deepspeed_config(cfg, self.total_steps)
+        self.gradient_mean_size = sequence_parallel.gradient_mean_size(self.ds_config, self.parallel)
         self.stage = zero_stage(cfg)
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
         self.fingerprints = {"data": ckpt.data_fingerprint(train_data), "tokenizer": ckpt.tokenizer_fingerprint(tokenizer)}
@@ -112,7 +116,7 @@ class Trainer:
         self.nan_skips = 0
         self.last_eval: dict[str, float] = {}
         self.best = ckpt.BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
-        self.window = LogWindow()
+        self.window = LogWindow(row_shards=self.parallel.sp_size)
         self.last_log_time = time.perf_counter()
         self.peak_flops = device_peak_flops(cfg.peak_flops_per_gpu)
 
@@ -120,11 +124,17 @@ class Trainer:
     def setup(self, model) -> None:
         import deepspeed
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
+        mpu = sequence_parallel.initialize_groups(self.parallel.sp_size)
+        if mpu is not None:
+            sequence_parallel.register_attention(model.config, self.cfg.model.attn_implementation,
+                                                 mpu.get_sequence_parallel_group())
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=parameter_groups(model, self.cfg.weight_decay), config=self.ds_config,
-            lr_scheduler=lr_scheduler_factory(self.cfg, self.total_steps))
+            lr_scheduler=lr_scheduler_factory(self.cfg, self.total_steps), mpu=mpu)
         from data.sampler import DistributedEpochSampler
-        self.sampler = DistributedEpochSampler(len(self.train_data), self.ctx.rank, self.ctx.world_size, self.cfg.seed)
+        # the ranks of a sequence-parallel group read the same samples
+        self.sampler = DistributedEpochSampler(len(self.train_data), self.parallel.dp_rank, self.parallel.dp_size,
+                                               self.cfg.seed)
         self.collator = instantiate(self.cfg.collator, tokenizer=self.tokenizer)
         resume_from = ckpt.resolve_resume(self.cfg.resume, self.output_dir)
         if resume_from is not None:
@@ -133,14 +143,15 @@ class Trainer:
                                      OmegaConf.to_container(self.cfg, resolve=True), self.tracker_runs,
                                      OmegaConf.to_container(self.cfg.tracking, resolve=True))
         signal.signal(signal.SIGTERM, self.request_stop)
-        logger.info("%d samples, %d micro-batches per rank per epoch, %d optimizer steps (world %d × micro batch %d "
-                    "× accumulation %d = %d samples per step)", len(self.train_data), self.micro_per_epoch,
-                    self.total_steps, self.ctx.world_size, self.cfg.per_gpu_train_batch_size,
-                    self.cfg.gradient_accumulation_steps, self.samples_per_step)
+        logger.info("%d samples, %d micro-batches per rank per epoch, %d optimizer steps (data-parallel ranks %d × "
+                    "micro batch %d × accumulation %d = %d samples per step; sequence parallel %d)", len(self.train_data),
+                    self.micro_per_epoch, self.total_steps, self.parallel.dp_size, self.cfg.per_gpu_train_batch_size,
+                    self.cfg.gradient_accumulation_steps, self.samples_per_step, self.parallel.sp_size)
 
     def layout(self) -> dict:
         """What must match for a checkpoint to continue this run exactly."""
-        return {"world_size": self.ctx.world_size, "per_gpu_train_batch_size": self.cfg.per_gpu_train_batch_size,
+        return {"world_size": self.ctx.world_size, "sequence_parallel_size": self.parallel.sp_size,
+                "per_gpu_train_batch_size": self.cfg.per_gpu_train_batch_size,
                 "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps, "seed": self.cfg.seed,
                 "data_fingerprint": self.fingerprints["data"], "tokenizer_fingerprint": self.fingerprints["tokenizer"]}
 
@@ -152,7 +163,7 @@ class Trainer:
                                         load_optimizer_states=False, load_lr_scheduler_states=False)
             logger.info("initialised weights from %s (resume_mode=weights_only: fresh optimizer, step 0)", checkpoint)
             return
-        state = ckpt.read_trainer_state(checkpoint)
+        state = {"sequence_parallel_size": 1, **ckpt.read_trainer_state(checkpoint)}  # older checkpoints: none
         ckpt.check_resumable(checkpoint, state, self.layout())
         self.engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
         self.step, self.epoch, self.micro_in_epoch = state["global_step"], state["epoch"], state["micro_in_epoch"]
@@ -168,7 +179,7 @@ class Trainer:
 
     @property
     def samples_per_step(self) -> int:
-        return self.ctx.world_size * self.cfg.per_gpu_train_batch_size * self.cfg.gradient_accumulation_steps
+        return self.parallel.dp_size * self.cfg.per_gpu_train_batch_size * self.cfg.gradient_accumulation_steps
 
     def micro_batches(self):
         """Endless stream of this rank's micro-batches, starting at the current data position."""
@@ -181,8 +192,14 @@ class Trainer:
                                 generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch))
             for batch in loader:
                 self.micro_in_epoch += 1
-                yield batch
+                yield self.shard(batch)
             self.epoch, self.micro_in_epoch = self.epoch + 1, 0
+
+    def shard(self, batch: dict) -> dict:
+        """This rank's share of every row of a micro-batch (all of it without sequence parallelism)."""
+        if self.parallel.sp_size == 1:
+            return batch
+        return sequence_parallel.shard_batch(batch, self.parallel, self.tokenizer.pad_token_id)
 
     # ---- the loop -----------------------------------------------------------------------------------
     def train(self) -> None:
@@ -222,18 +239,22 @@ class Trainer:
     def optimizer_step(self, window: list[dict]) -> bool:
         """One optimizer step over an accumulation window; returns whether any rank was asked to stop.
         The loss is normalised by the number of label tokens in the whole global batch, so it is
-        independent of world size and accumulation."""
-        label_tokens = torch.stack([count_label_tokens(b["labels"]) for b in window]).sum().double()
+        independent of world size, sequence parallelism and accumulation (a sequence-parallel rank counts and
+        scores the targets of its shard only)."""
+        targets = [batch_targets(b) for b in window]
+        label_tokens = torch.stack([count_targets(t) for t in targets]).sum().double()
         # one collective agrees on both the token count and a stop request (all ranks stop at the same step)
         agreed = all_reduce(torch.stack([label_tokens, torch.tensor(float(self.stop_requested), dtype=torch.float64)])
                             .to(self.ctx.device))
         label_tokens = agreed[0]
-        scale = self.ctx.world_size * len(window) / label_tokens.clamp(min=1)  # undo DeepSpeed's mean over both
+        # undo DeepSpeed's mean over accumulation and ranks (the sum over a sequence-parallel group is wanted:
+        # each rank's shard loss reaches every rank's weights through the attention all-to-all)
+        scale = self.gradient_mean_size * len(window) / label_tokens.clamp(min=1)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
-        for batch in window:
+        for batch, batch_target in zip(window, targets):
             self.window.add_batch(batch)
             logits = self.engine(**model_inputs(batch, self.ctx.device)).logits
-            micro_loss = token_loss_sum(logits, batch["labels"])
+            micro_loss = target_loss_sum(logits, batch_target)
             self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
             self.engine.step()
             loss_sum += micro_loss.detach().double()
@@ -269,7 +290,7 @@ class Trainer:
         self.metrics.advance(0, postfix)
         logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
                     " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()))
-        self.window = LogWindow()
+        self.window = LogWindow(row_shards=self.parallel.sp_size)
         self.last_log_time = time.perf_counter()
 
     def non_finite_step(self, window: list[dict]) -> None:
@@ -343,7 +364,7 @@ def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
     if train_data is None:
         print(f"evaluation only: {', '.join(cfg.evaluators) or 'no evaluators'}")
         return
-    micro_per_epoch, total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size)
+    micro_per_epoch, total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size // cfg.sequence_parallel_size)
     memory = memory_estimate_bytes(num_params, cfg, ctx.world_size)
     print(f"samples: {len(train_data)}; micro-batches per rank per epoch: {micro_per_epoch}; "
           f"optimizer steps: {total_steps}")
