@@ -1,18 +1,20 @@
 """The longest sequence that trains within a per-rank memory budget, sequence_parallel_size 1 vs 2 (DeepSpeed
 Ulysses, modules/sequence_parallel.py), and tokens/s at a length both can run.
 
-    python bench/long_context.py                    # the full search (about 25 minutes on 2 CPU cores)
-    python bench/long_context.py --quick            # a smaller model and budget: checks the comparison (CI)
+    python bench/long_context.py                    # the full search (about 20 minutes on 2 CPU cores)
+    python bench/long_context.py --quick            # a smaller budget, doubling only: checks the comparison (CI)
     python bench/long_context.py --log probes.jsonl # also append every probe to a file as it is measured
 
 Every probe is a fresh process group (`torchrun`, 1 or 2 ranks) running the trainer (demo sft config, ZeRO-1,
 fp32, sdpa) for --steps optimizer steps on one row of L random tokens, all of them trained. Its memory is the
-growth of each rank's peak resident set (VmHWM, reset through /proc/self/clear_refs once the libraries are
-imported) over its resident set at that point: weights, gradients, optimizer states, activations, logits
-and the collectives' buffers; a length fits when every rank's growth is within --budget-mib. The longest
+growth of each rank's peak resident set (VmHWM, reset through /proc/self/clear_refs once the engine is built:
+libraries and weights are in) over its resident set at that point: gradients, optimizer states,
+activations, logits and the collectives' buffers; a length fits when every rank's growth is within
+--budget-mib. The longest
 fitting length is found by doubling from --start, then bisection down to --granularity tokens. Each probe
 is printed to stderr as one JSON line the moment it is measured. Then both settings train at the longest
-length SP=1 fits, timed between the trainer's logs after a warm-up step.
+length SP=1 fits, timed between the trainer's logs after a warm-up step (the probes already taken at that
+length serve when they ran --timed-steps steps).
 """
 import argparse
 import contextlib
@@ -27,9 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+SHAPE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}
 SIZES = {  # name: (model shape, vocabulary, memory budget per rank in MiB, first length, granularity)
-    "full": ({"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 344}, 4096, 1024, 2048, 256),
-    "quick": ({"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}, 4096, 192, 1024, 512),
+    "full": (SHAPE, 4096, 512, 1024, 256),
+    "quick": (SHAPE, 4096, 150, 1024, 2048),  # SP=1 stops after 2 probes, SP=2 after 3
 }
 
 
@@ -65,7 +68,6 @@ def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> 
     from bench.train_throughput import RandomTokens
     from general_util.dist import gather_objects, init_distributed
     _, vocab, *_ = SIZES[size]
-    baseline = reset_peak_rss()
     overrides = [f"model_name_or_path={model_dir}", f"output_dir={model_dir.parent / 'out'}", "precision=fp32",
                  "do_eval=false", "evaluate_during_training=false", "per_gpu_train_batch_size=1",
                  f"max_steps={steps}", "logging_steps=1", "save_steps=-1", "torch_adam=true",
@@ -77,6 +79,7 @@ def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> 
     trainer = trainer_module.Trainer(cfg, ctx, tokenizer, RandomTokens(steps, length, vocab=vocab), {})
     trainer.setup(trainer_module.build_model(cfg, tokenizer, trainer.ds_config))
     trainer.save = lambda: None  # the benchmark measures training steps only
+    baseline = reset_peak_rss()  # the libraries, the weights and the engine are in; the training steps are not
     log_times = {}
     record = trainer.metrics.scalars
     trainer.metrics.scalars = lambda values, step: (log_times.setdefault(step, time.perf_counter()), record(values, step))
@@ -149,6 +152,8 @@ def main() -> None:
     if args.worker:
         return run_worker(Path(args.worker), args.size, args.sp, args.length, args.steps)
     size = "quick" if args.quick else "full"
+    if args.quick:
+        args.timed_steps = args.steps  # the memory probes' own timing
     shape, vocab, budget, start, granularity = SIZES[size]
     budget = args.budget_mib or budget
     record = Recorder(args.log)
@@ -158,7 +163,9 @@ def main() -> None:
         longest = {sp: longest_fitting(lambda length: record(probe(model_dir, size, sp, length, args.steps)),
                                        budget, start, granularity) for sp in (1, 2)}
         common = longest[1]
-        timed = {sp: record(probe(model_dir, size, sp, common, args.timed_steps)) for sp in (1, 2)} if common else {}
+        timed = {sp: next((p for p in record.probes if (p["sp"], p["length"]) == (sp, common)
+                           and p["steps"] >= args.timed_steps), None)
+                     or record(probe(model_dir, size, sp, common, args.timed_steps)) for sp in (1, 2)} if common else {}
     import platform
     report = {"size": size, "model": {**shape, "vocab_size": vocab}, "budget_mib_per_rank": budget,
               "granularity": granularity, "machine": f"{platform.processor() or platform.machine()}, "
