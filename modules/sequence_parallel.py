@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from data.packing import block_causal_mask
+from modules.loss import IGNORE_INDEX, next_token_targets
 
-IGNORE_INDEX = -100
 SHARDED_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3")
 
 
@@ -76,7 +76,7 @@ def shard_batch(batch: dict, layout: ParallelLayout, pad_token_id: int) -> dict:
     input_ids, size = batch["input_ids"], layout.sp_size
     rows, length = input_ids.shape
     positions = batch.get("position_ids", torch.arange(length).expand(rows, length))
-    targets = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]
+    targets = next_token_targets(batch["labels"])
     pad = -length % size
     if pad:
         input_ids = F.pad(input_ids, (0, pad), value=pad_token_id)
