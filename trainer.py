@@ -35,7 +35,8 @@ from general_util.run_folder import OutputDirError, OutputDirLock, check_fresh_s
 from general_util.seeding import set_seed
 from general_util.universal_checkpoint import convert_to_universal, enable_universal_loading
 from modules.flops import device_peak_flops, training_flops_per_token
-from modules.loss import count_label_tokens
+from modules import sequence_parallel
+from modules.loss import batch_targets, count_targets
 from modules.loss_impl import causal_lm_loss_sum
 from post_processors.run import run_evaluators
 from post_processors.summary import write_summary
@@ -81,6 +82,7 @@ class LogWindow:
     slots: int = 0     # token positions, padding included
     rows: int = 0
     samples: int = 0
+    row_shards: int = 1  # sequence_parallel_size: each rank holds 1/row_shards of every row
 
     def add_batch(self, batch: dict) -> None:
         self.tokens += int(batch["num_tokens"])
@@ -91,7 +93,7 @@ class LogWindow:
     @property
     def mean_row_length(self) -> float:
         """The sequence length attention FLOPs are counted at (padded rows, as computed)."""
-        return self.slots / max(1, self.rows)
+        return self.slots * self.row_shards / max(1, self.rows)
 
 
 class TrainingError(UserError, RuntimeError):
@@ -106,8 +108,10 @@ class Trainer:
         self.train_data, self.evaluators = train_data, evaluators
         self.output_dir = Path(cfg.output_dir)
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-        self.micro_per_epoch, self.total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size)
+        self.parallel = sequence_parallel.ParallelLayout.of(ctx.rank, ctx.world_size, cfg.sequence_parallel_size)
+        self.micro_per_epoch, self.total_steps = optimizer_steps(len(train_data), cfg, self.parallel.dp_size)
         self.ds_config = deepspeed_config(cfg, self.total_steps)
+        self.gradient_mean_size = sequence_parallel.gradient_mean_size(self.ds_config, self.parallel)
         self.stage = zero_stage(cfg)
         self.step, self.epoch, self.samples_in_epoch = 0, 0, 0  # data position: global samples the epoch consumed
         self.fingerprints = {"data": data_fingerprint(train_data), "tokenizer": tokenizer_fingerprint(tokenizer)}
@@ -117,7 +121,7 @@ class Trainer:
         self.nan_skips = 0
         self.last_eval: dict[str, float] = {}
         self.best = ckpt.BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
-        self.window = LogWindow()
+        self.window = LogWindow(row_shards=self.parallel.sp_size)
         self.last_log_time = time.perf_counter()
         self.peak_flops = device_peak_flops(cfg.peak_flops_per_gpu)
 
@@ -127,17 +131,23 @@ class Trainer:
         resume_from = ckpt.resolve_resume(self.cfg.resume, self.output_dir)
         state = None  # the checkpoint's trainer state, when it is continued exactly
         if resume_from is not None and self.cfg.resume_mode == "exact":
-            state = ckpt.read_trainer_state(resume_from)
+            state = {"sequence_parallel_size": 1, **ckpt.read_trainer_state(resume_from)}  # older checkpoints: none
             ckpt.check_resumable(resume_from, state, self.layout())
             if self.reshards(state):
                 enable_universal_loading(self.ds_config)  # read by deepspeed.initialize
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
+        mpu = sequence_parallel.initialize_groups(self.parallel.sp_size)
+        if mpu is not None:
+            sequence_parallel.register_attention(model.config, self.cfg.model.attn_implementation,
+                                                 mpu.get_sequence_parallel_group())
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=parameter_groups(model, self.cfg.weight_decay), config=self.ds_config,
-            lr_scheduler=lr_scheduler_factory(self.cfg, self.total_steps))
+            lr_scheduler=lr_scheduler_factory(self.cfg, self.total_steps), mpu=mpu)
         from data.sampler import DistributedEpochSampler
-        self.sampler = DistributedEpochSampler(len(self.train_data), self.ctx.rank, self.ctx.world_size, self.cfg.seed,
-                                               self.cfg.per_gpu_train_batch_size, self.cfg.gradient_accumulation_steps)
+        # the ranks of a sequence-parallel group read the same samples
+        self.sampler = DistributedEpochSampler(len(self.train_data), self.parallel.dp_rank, self.parallel.dp_size,
+                                               self.cfg.seed, self.cfg.per_gpu_train_batch_size,
+                                               self.cfg.gradient_accumulation_steps)
         self.collator = instantiate(self.cfg.collator, tokenizer=self.tokenizer)
         if resume_from is not None:
             self.resume(resume_from, state)
@@ -145,15 +155,16 @@ class Trainer:
                                      OmegaConf.to_container(self.cfg, resolve=True), self.tracker_runs,
                                      OmegaConf.to_container(self.cfg.tracking, resolve=True))
         signal.signal(signal.SIGTERM, self.request_stop)
-        logger.info("%d samples, %d micro-batches per rank per epoch, %d optimizer steps (world %d × micro batch %d "
-                    "× accumulation %d = %d samples per step)", len(self.train_data), self.micro_per_epoch,
-                    self.total_steps, self.ctx.world_size, self.cfg.per_gpu_train_batch_size,
-                    self.cfg.gradient_accumulation_steps, self.samples_per_step)
+        logger.info("%d samples, %d micro-batches per rank per epoch, %d optimizer steps (data-parallel ranks %d × "
+                    "micro batch %d × accumulation %d = %d samples per step; sequence parallel %d)", len(self.train_data),
+                    self.micro_per_epoch, self.total_steps, self.parallel.dp_size, self.cfg.per_gpu_train_batch_size,
+                    self.cfg.gradient_accumulation_steps, self.samples_per_step, self.parallel.sp_size)
 
     def layout(self) -> dict:
         """What must match for a checkpoint to continue this run exactly. The world size, micro batch and
         accumulation may change: the data order and the loss depend on their product (the global batch) only."""
-        return {"global_batch_size": self.samples_per_step, "seed": self.cfg.seed,
+        return {"global_batch_size": self.samples_per_step, "sequence_parallel_size": self.parallel.sp_size,
+                "seed": self.cfg.seed,
                 "data_fingerprint": self.fingerprints["data"], "tokenizer_fingerprint": self.fingerprints["tokenizer"]}
 
     def split(self) -> dict:
@@ -199,7 +210,7 @@ class Trainer:
 
     @property
     def samples_per_step(self) -> int:
-        return self.ctx.world_size * self.cfg.per_gpu_train_batch_size * self.cfg.gradient_accumulation_steps
+        return self.parallel.dp_size * self.cfg.per_gpu_train_batch_size * self.cfg.gradient_accumulation_steps
 
     def micro_batches(self):
         """Endless stream of this rank's micro-batches, starting at the current data position. It keeps its
@@ -212,7 +223,7 @@ class Trainer:
                                 pin_memory=self.ctx.device.type == "cuda",
                                 # worker seeds depend on (seed, epoch) only, so a resumed epoch gets the same ones
                                 generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch))
-            yield from loader
+            yield from map(self.shard, loader)
             epoch, start = epoch + 1, 0
 
     def advance_data_position(self) -> None:
@@ -220,6 +231,12 @@ class Trainer:
         self.samples_in_epoch += self.samples_per_step
         if self.samples_in_epoch == self.sampler.epoch_length:
             self.epoch, self.samples_in_epoch = self.epoch + 1, 0
+
+    def shard(self, batch: dict) -> dict:
+        """This rank's share of every row of a micro-batch (all of it without sequence parallelism)."""
+        if self.parallel.sp_size == 1:
+            return batch
+        return sequence_parallel.shard_batch(batch, self.parallel, self.tokenizer.pad_token_id)
 
     # ---- the loop -----------------------------------------------------------------------------------
     def train(self) -> None:
@@ -260,17 +277,21 @@ class Trainer:
     def optimizer_step(self, window: list[dict]) -> bool:
         """One optimizer step over an accumulation window; returns whether any rank was asked to stop.
         The loss is normalised by the number of label tokens in the whole global batch, so it is
-        independent of world size and accumulation."""
-        label_tokens = torch.stack([count_label_tokens(b["labels"]) for b in window]).sum().double()
+        independent of world size, sequence parallelism and accumulation (a sequence-parallel rank counts and
+        scores the targets of its shard only)."""
+        targets = [batch_targets(b) for b in window]
+        label_tokens = torch.stack([count_targets(t) for t in targets]).sum().double()
         # one collective agrees on both the token count and a stop request (all ranks stop at the same step)
         agreed = all_reduce(torch.stack([label_tokens, torch.tensor(float(self.stop_requested), dtype=torch.float64)])
                             .to(self.ctx.device))
         label_tokens = agreed[0]
-        scale = self.ctx.world_size * len(window) / label_tokens.clamp(min=1)  # undo DeepSpeed's mean over both
+        # undo DeepSpeed's mean over accumulation and ranks (the sum over a sequence-parallel group is wanted:
+        # each rank's shard loss reaches every rank's weights through the attention all-to-all)
+        scale = self.gradient_mean_size * len(window) / label_tokens.clamp(min=1)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
-        for batch in window:
+        for batch, batch_target in zip(window, targets):
             self.window.add_batch(batch)
-            micro_loss = causal_lm_loss_sum(self.engine, model_inputs(batch, self.ctx.device), batch["labels"])
+            micro_loss = causal_lm_loss_sum(self.engine, model_inputs(batch, self.ctx.device), batch_target)
             self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
             self.engine.step()
             loss_sum += micro_loss.detach().double()
@@ -306,7 +327,7 @@ class Trainer:
         self.metrics.advance(0, postfix)
         logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
                     " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()))
-        self.window = LogWindow()
+        self.window = LogWindow(row_shards=self.parallel.sp_size)
         self.last_log_time = time.perf_counter()
 
     def non_finite_step(self, window: list[dict]) -> None:
@@ -377,7 +398,7 @@ def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
     if train_data is None:
         print(f"evaluation only: {', '.join(cfg.evaluators) or 'no evaluators'}")
         return
-    micro_per_epoch, total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size)
+    micro_per_epoch, total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size // cfg.sequence_parallel_size)
     memory = memory_estimate_bytes(num_params, cfg, ctx.world_size)
     print(f"samples: {len(train_data)}; micro-batches per rank per epoch: {micro_per_epoch}; "
           f"optimizer steps: {total_steps}")

@@ -3,10 +3,12 @@ ZeRO-1 on one GPU, with gradient checkpointing off and on, for each --loss-impl 
 auto). Runs in well under 5 minutes on an H100 per loss implementation.
 
     python bench/gpu_mfu.py [--attn sdpa|flash_attention_2] [--steps 20] [--loss-impl full chunked liger]
+    python bench/gpu_mfu.py --sequence-parallel-size 2 --seq 8192   # Ulysses over 2 GPUs (torchrun), one sequence group
     python bench/gpu_mfu.py --quick --peak-flops 1e12   # a tiny LLaMA, fp32 on CPU: checks the measuring code (CI)
 
 MFU = tokens/s × model FLOPs per token (6 × parameters + attention, modules/flops.py) / the GPU's
-dense bf16 peak (table in modules/flops.py, or --peak-flops).
+dense bf16 peak (table in modules/flops.py, or --peak-flops), per GPU: with --sequence-parallel-size N the
+N ranks share every sequence, so the group's tokens/s is divided by N peaks.
 
 On a machine without internet, carry the wheels: on a connected machine with the same Python,
 `pip download -r requirements.txt -d wheels/ --platform manylinux2014_x86_64 --only-binary=:all:` plus
@@ -36,10 +38,10 @@ SIZES = {  # name: (model shape, sequence length, batch, vocabulary)
 }
 
 
-def build_model_dir(directory: Path, size: str) -> Path:
+def build_model_dir(directory: Path, size: str, seq: int) -> Path:
     from transformers import AutoTokenizer
     from models.tiny import build_model
-    shape, seq, _, vocab = SIZES[size]
+    shape, _, _, vocab = SIZES[size]
     model = build_model(vocab_size=vocab, max_position_embeddings=seq, **shape)
     model.save_pretrained(directory)
     AutoTokenizer.from_pretrained(REPO / "models" / "tiny_llama").save_pretrained(directory)
@@ -64,7 +66,8 @@ def device_name() -> str:
 
 
 def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_impl: str, warmup: int, steps: int,
-               peak: float | None) -> dict:
+               peak: float | None, sp: int, seq: int) -> dict | None:
+    """One measurement on this rank; the result on global rank 0 (None on the others)."""
     import torch
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -73,13 +76,13 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
     from general_util.dist import init_distributed
     from modules.flops import device_peak_flops, training_flops_per_token
     from modules.loss_impl import resolve
-    shape, seq, batch, vocab = SIZES[size]
+    shape, _, batch, vocab = SIZES[size]
     precision = "bf16" if torch.cuda.is_available() else "fp32"
     overrides = [f"model_name_or_path={model_dir}", f"output_dir={model_dir.parent / 'out'}", f"precision={precision}",
                  "do_eval=false", "evaluate_during_training=false", f"per_gpu_train_batch_size={batch}",
                  f"max_steps={warmup + steps}", f"logging_steps={warmup}", "save_steps=-1", "torch_adam=true",
                  f"model.attn_implementation={attn}", f"model.gradient_checkpointing={str(checkpointing).lower()}",
-                 f"model.loss_impl={loss_impl}", "collator.pad_to_multiple_of=1"]
+                 f"model.loss_impl={loss_impl}", "collator.pad_to_multiple_of=1", f"sequence_parallel_size={sp}"]
     with initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
         cfg = compose("sft", overrides=overrides)
     ctx = init_distributed()
@@ -94,10 +97,13 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
     tokens_per_second = batch * seq * steps / (log_times[warmup + steps] - log_times[warmup])
     flops_per_token = training_flops_per_token(trainer.num_params, shape["num_layers"], shape["hidden_size"], seq)
     peak = device_peak_flops(peak)
+    if not ctx.is_main:
+        return None
     return {"size": size, "precision": precision, "attn": attn, "gradient_checkpointing": checkpointing,
             "loss_impl": loss_impl, "loss_impl_used": resolve(trainer.engine, ctx.device),
-            "parameters": trainer.num_params, "tokens_per_second": tokens_per_second,
-            "mfu": tokens_per_second * flops_per_token / peak if peak else None,
+            "sequence_parallel_size": sp, "seq": seq, "parameters": trainer.num_params,
+            "tokens_per_second": tokens_per_second,
+            "mfu": tokens_per_second * flops_per_token / (peak * sp) if peak else None,
             "peak_memory_gib": peak_memory_gib(), "gpu": device_name()}
 
 
@@ -109,27 +115,36 @@ def main() -> None:
     parser.add_argument("--peak-flops", type=float, default=None)
     parser.add_argument("--loss-impl", nargs="+", default=["auto"], choices=LOSS_IMPLS,
                         help="model.loss_impl values to measure, each with checkpointing off and on")
+    parser.add_argument("--sequence-parallel-size", type=int, default=1,
+                        help="N > 1: N ranks (torchrun, one GPU each) share every sequence (DeepSpeed Ulysses)")
+    parser.add_argument("--seq", type=int, default=None, help="sequence length (default: the size's)")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps (runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = "quick" if args.quick else "1b"
+    seq = args.seq or SIZES[size][1]
     if args.quick:
         args.warmup, args.steps = 2, 4
     if args.steps % args.warmup:
         raise SystemExit("--steps must be a multiple of --warmup (the trainer logs, hence times, every --warmup steps)")
     if args.worker:
         result = run_worker(Path(args.worker), size, args.attn, args.checkpointing, args.loss_impl[0], args.warmup,
-                            args.steps, args.peak_flops)
-        print("RESULT " + json.dumps(result))
+                            args.steps, args.peak_flops, args.sequence_parallel_size, seq)
+        if result is not None:
+            print("RESULT " + json.dumps(result))
         return
     results = []
     # stdout carries the report alone: library messages go to stderr
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model_dir(Path(tmp) / f"model-{size}", size)
+        model_dir = build_model_dir(Path(tmp) / f"model-{size}", size, seq)
+        launcher = [sys.executable] if args.sequence_parallel_size == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            str(args.sequence_parallel_size)]
         for loss_impl, checkpointing in itertools.product(args.loss_impl, (False, True)):  # a process each: clean peaks
-            cmd = [sys.executable, __file__, "--worker", str(model_dir), "--attn", args.attn, "--loss-impl", loss_impl,
-                   "--warmup", str(args.warmup), "--steps", str(args.steps)] \
+            cmd = launcher + [__file__, "--worker", str(model_dir), "--attn", args.attn, "--loss-impl", loss_impl,
+                              "--warmup", str(args.warmup), "--steps", str(args.steps), "--seq", str(seq),
+                              "--sequence-parallel-size", str(args.sequence_parallel_size)] \
                 + (["--checkpointing"] if checkpointing else []) + (["--quick"] if args.quick else [])
             if args.peak_flops:
                 cmd += ["--peak-flops", str(args.peak_flops)]
@@ -139,11 +154,12 @@ def main() -> None:
                 raise SystemExit(f"worker failed:\n{out.stderr[-4000:]}")
             results.append(json.loads(lines[-1][len("RESULT "):]))
     print(json.dumps(results, indent=2))
-    print("\n| GPU | attention | loss_impl | grad. checkpointing | tokens/s | MFU | peak memory |\n|---|---|---|---|---|---|---|")
+    print("\n| GPU | attention | loss_impl | seq | SP | grad. checkpointing | tokens/s | MFU | peak memory |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for r in results:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        print(f"| {r['gpu']} | {r['attn']} | {r['loss_impl_used']} | {r['gradient_checkpointing']} | {r['tokens_per_second']:.0f} | {mfu} | "
-              f"{r['peak_memory_gib']:.1f} GiB |")
+        print(f"| {r['gpu']} | {r['attn']} | {r['loss_impl_used']} | {r['seq']} | {r['sequence_parallel_size']} | "
+              f"{r['gradient_checkpointing']} | {r['tokens_per_second']:.0f} | {mfu} | {r['peak_memory_gib']:.1f} GiB |")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ class PeakTracker:
 def run_worker(vocab: int, seq: int, impl: str, chunk_tokens: int, repeats: int) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+    from modules.loss import next_token_targets
     from modules.loss_impl import attach_loss_settings, causal_lm_loss_sum
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -85,7 +86,7 @@ def run_worker(vocab: int, seq: int, impl: str, chunk_tokens: int, repeats: int)
     inputs, labels = {"input_ids": input_ids}, input_ids.clone()
 
     def step() -> None:
-        causal_lm_loss_sum(model, inputs, labels).backward()
+        causal_lm_loss_sum(model, inputs, next_token_targets(labels)).backward()
         model.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()

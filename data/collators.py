@@ -3,7 +3,8 @@ real token; which token id pads is irrelevant to the loss.
 
 The batch contract the trainer relies on: model inputs (`input_ids`, optional `attention_mask`,
 `position_ids`, ...) plus metadata it never feeds the model: `labels`, `index` (dataset indices),
-`num_tokens` (non-pad tokens) and `num_samples` (samples, which differ from rows when packing).
+`num_tokens` (non-pad tokens) and `num_samples` (samples, which differ from rows when packing); a
+sequence-parallel shard (modules/sequence_parallel.py) carries `shift_labels` (next-token targets) instead of `labels`.
 
 A dataset row is `{"input_ids", "labels", "index"}` and, from `data.datasets`, `seq_lens`: the lengths
 of the samples packed into it (one entry unless the dataset was built with `packing: true`).
@@ -14,7 +15,7 @@ from data.labels import IGNORE_INDEX
 from data.packing import block_causal_mask, segment_positions
 from general_util.errors import ConfigError
 
-BATCH_METADATA = ("labels", "index", "num_tokens", "num_samples")
+BATCH_METADATA = ("labels", "shift_labels", "index", "num_tokens", "num_samples")
 MASKED_ATTENTION = ("eager", "sdpa")
 
 

@@ -6,6 +6,7 @@ reported at once in a single line naming the key, its value and the fix.
 import difflib
 import importlib.util
 import inspect
+import json
 import math
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from general_util.errors import ConfigError
 from general_util.trackers import check_report_to
 from models.vocab import FREEZE_STRATEGIES
 from modules.loss_impl import settings_problems
+from modules.sequence_parallel import SHARDED_ATTENTION, head_problem
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "base.yaml"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -72,9 +74,11 @@ def validate(cfg: DictConfig, world_size: int) -> None:
           "ds_cfg.gradient_accumulation_steps", f"must equal gradient_accumulation_steps ({cfg.gradient_accumulation_steps})")
     check("scheduler" not in cfg.ds_cfg, "ds_cfg.scheduler", "remove it; set lr_scheduler and warmup_steps/warmup_proportion")
     if "train_batch_size" in cfg.ds_cfg:
-        expected = cfg.per_gpu_train_batch_size * cfg.gradient_accumulation_steps * world_size
+        data_parallel = world_size // max(1, cfg.sequence_parallel_size)
+        expected = cfg.per_gpu_train_batch_size * cfg.gradient_accumulation_steps * data_parallel
         check(cfg.ds_cfg.train_batch_size == expected, "ds_cfg.train_batch_size",
-              f"must equal per_gpu_train_batch_size × gradient_accumulation_steps × world size = {expected}, or be removed")
+              f"must equal per_gpu_train_batch_size × gradient_accumulation_steps × data-parallel ranks "
+              f"(world size / sequence_parallel_size) = {expected}, or be removed")
     model_cfg = cfg.model
     check(model_cfg.attn_implementation in ("eager", "sdpa", "flash_attention_2"), "model.attn_implementation",
           "use eager, sdpa or flash_attention_2")
@@ -97,6 +101,7 @@ def validate(cfg: DictConfig, world_size: int) -> None:
     problems.extend(settings_problems(model_cfg.get("loss_impl", "full"), model_cfg.get("loss_chunk_tokens", 1),
                                       torch.cuda.is_available()))
     problems.extend(packing_problems(cfg))
+    problems.extend(sequence_parallel_problems(cfg, world_size))
     problems.extend(check_report_to(cfg.report_to))
     problems.extend(target_key_problems(cfg))
     for key in ("tokenizer.extra_tokens_file", "tokenizer.merge_tokenizer"):
@@ -181,6 +186,35 @@ def packing_problems(cfg: DictConfig) -> list[str]:
             return [f"collator.attn_implementation={attention!r}: must be the model's ({cfg.model.attn_implementation!r}); "
                     "set it to ${model.attn_implementation}"]
     return []
+
+
+def sequence_parallel_problems(cfg: DictConfig, world_size: int) -> list[str]:
+    """What DeepSpeed's Ulysses attention (modules/sequence_parallel.py) needs of the world, model and attention."""
+    size = cfg.sequence_parallel_size
+    if not isinstance(size, int) or size < 1:
+        return [f"sequence_parallel_size={size!r}: must be an integer ≥ 1"]
+    if size == 1:
+        return []
+    problems = []
+    if world_size % size:
+        problems.append(f"sequence_parallel_size={size}: the world size {world_size} is not divisible by it; "
+                        f"launch a multiple of {size} ranks")
+    attention = cfg.model.attn_implementation
+    if attention not in SHARDED_ATTENTION:
+        problems.append(f"model.attn_implementation={attention!r}: sequence_parallel_size={size} needs one of "
+                        f"{', '.join(SHARDED_ATTENTION)} (eager attention needs the whole 4-D mask)")
+    if zero_stage(cfg) == 3 and not OmegaConf.select(cfg, "ds_cfg.zero_optimization.reduce_scatter", default=True):
+        problems.append(f"ds_cfg.zero_optimization.reduce_scatter=false: sequence_parallel_size={size} under ZeRO-3 "
+                        "needs DeepSpeed's reduce-scatter (its gradient averaging is then known); remove the key")
+    config_file = resolve_path(cfg.model_name_or_path) / "config.json"
+    if config_file.is_file():
+        model_config = json.loads(config_file.read_text())
+        text = model_config.get("text_config") or model_config  # multimodal configs nest the language model's
+        heads = text.get("num_attention_heads", 0)
+        problem = head_problem(heads, text.get("num_key_value_heads", heads), size)
+        if problem:
+            problems.append(f"sequence_parallel_size={size}: {problem} ({config_file})")
+    return problems
 
 
 def optimizer_steps(num_samples: int, cfg: DictConfig, world_size: int) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """How a causal LM's next-token loss (and the evaluators' log-probabilities) are computed: `model.loss_impl`
 (conf/model/llama.yaml), attached to the model when it is loaded.
 
-    full     the model's logits, then `token_loss_sum`: a tokens × vocabulary tensor, and its gradient
+    full     the model's logits, then `target_loss_sum`: a tokens × vocabulary tensor, and its gradient
     chunked  modules.chunked_ce from the final hidden states and the head's weight, loss_chunk_tokens at a time
     liger    Liger-Kernel's fused linear cross-entropy (Triton, CUDA only; pip install -r requirements-liger.txt)
     auto     liger where it is usable, else chunked; full where the head cannot be replaced (`plain_head`)
@@ -24,7 +24,7 @@ from torch import nn
 
 from general_util.errors import ConfigError
 from modules.chunked_ce import chunked_loss_sum, chunked_target_log_probs
-from modules.loss import next_token_targets, token_loss_sum
+from modules.loss import target_loss_sum
 
 logger = logging.getLogger(__name__)
 LOSS_IMPLS = ("auto", "full", "chunked", "liger")
@@ -127,14 +127,15 @@ def liger_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     return LigerFusedLinearCrossEntropyLoss(reduction="sum", accum_dtype=torch.float32)(weight, hidden, targets)
 
 
-def causal_lm_loss_sum(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
-    """`token_loss_sum` of the model's predictions for `inputs` (a DeepSpeed engine, peft or plain model),
-    computed by the model's loss implementation."""
+def causal_lm_loss_sum(model, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
+    """`target_loss_sum` of the model's predictions for `inputs` (a DeepSpeed engine, peft or plain model)
+    against each position's next-token `targets` (`modules.loss.batch_targets`), computed by the model's
+    loss implementation."""
     device = inputs["input_ids"].device
     impl = resolve(model, device)
     if impl == "full":
-        return token_loss_sum(model(**inputs).logits, labels)
-    targets = next_token_targets(labels).to(device).reshape(-1)
+        return target_loss_sum(model(**inputs).logits, targets)
+    targets = targets.to(device).reshape(-1)
     chunk_tokens = causal_lm(model).loss_settings.chunk_tokens
 
     def loss(hidden, weight):

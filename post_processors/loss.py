@@ -10,7 +10,7 @@ from data.collators import model_inputs
 from general_util.dist import all_reduce, current, shard_range
 from general_util.errors import ConfigError
 from general_util.logging import progress_bar
-from modules.loss import count_label_tokens
+from modules.loss import count_label_tokens, next_token_targets
 from modules.loss_impl import causal_lm_loss_sum
 
 
@@ -39,7 +39,7 @@ class LossEvaluator:
                 batch = batches[min(i, len(batches) - 1)] if batches else None
                 if batch is None:  # this rank has no items at all: any input keeps the forward count aligned
                     batch = next(iter(DataLoader(Subset(self._dataset, [0]), collate_fn=self.collator_factory(tokenizer=tokenizer))))
-                loss_sum = causal_lm_loss_sum(model, model_inputs(batch, ctx.device), batch["labels"])
+                loss_sum = causal_lm_loss_sum(model, model_inputs(batch, ctx.device), next_token_targets(batch["labels"]))
                 if i < len(batches):
                     totals[0] += loss_sum.double()
                     totals[1] += count_label_tokens(batch["labels"]).double()

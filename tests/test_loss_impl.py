@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from data.collators import PackedCollator, PaddingCollator, model_inputs
 from general_util.errors import ConfigError
 from models.loading import load_causal_lm, load_tokenizer
-from modules.loss import IGNORE_INDEX
+from modules.loss import IGNORE_INDEX, next_token_targets
 from modules.loss_impl import announce, attach_loss_settings, causal_lm_loss_sum, resolve
 from modules.scoring import encode_options, score_requests
 from tests.trainer_runs import FAST, read_scalars, run_trainer
@@ -82,7 +82,7 @@ def packed_batch(tokenizer):
 def loss_and_grads(model, impl: str, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model = copy.deepcopy(model).train()
     attach_loss_settings(model, impl, CHUNK)
-    loss = causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), batch["labels"])
+    loss = causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), next_token_targets(batch["labels"]))
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
@@ -116,7 +116,7 @@ def test_chunked_loss_without_grad_equals_full(tokenizer):
         sums = {}
         for impl in ("full", "chunked"):
             attach_loss_settings(model, impl, CHUNK)
-            sums[impl] = causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), batch["labels"])
+            sums[impl] = causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), next_token_targets(batch["labels"]))
     assert_relative(sums["chunked"], sums["full"], "loss")
 
 
@@ -147,7 +147,7 @@ def test_no_tokens_by_vocabulary_tensor_under_chunked(impl, tokenizer):
     saved = []
     with LargestVocabularyTensor() as created, \
             torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), batch["labels"]).backward()
+        causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), next_token_targets(batch["labels"])).backward()
     if impl == "full":  # the tracker does see the logits
         assert created.rows >= tokens and max(saved) >= tokens * VOCAB
     else:

@@ -1,0 +1,191 @@
+"""The longest sequence that trains within a per-rank memory budget, sequence_parallel_size 1 vs 2 (DeepSpeed
+Ulysses, modules/sequence_parallel.py), and tokens/s at a length both can run.
+
+    python bench/long_context.py                    # the full search (about 20 minutes on 2 CPU cores)
+    python bench/long_context.py --quick            # a smaller budget, doubling only: checks the comparison (CI)
+    python bench/long_context.py --log probes.jsonl # also append every probe to a file as it is measured
+
+Every probe is a fresh process group (`torchrun`, 1 or 2 ranks) running the trainer (demo sft config, ZeRO-1,
+fp32, sdpa) for --steps optimizer steps on one row of L random tokens, all of them trained. Its memory is the
+growth of each rank's peak resident set (VmHWM, reset through /proc/self/clear_refs once the engine is built:
+libraries and weights are in) over its resident set at that point: gradients, optimizer states,
+activations, logits and the collectives' buffers; a length fits when every rank's growth is within
+--budget-mib. The longest
+fitting length is found by doubling from --start, then bisection down to --granularity tokens. Each probe
+is printed to stderr as one JSON line the moment it is measured. Then both settings train at the longest
+length SP=1 fits, timed between the trainer's logs after a warm-up step (the probes already taken at that
+length serve when they ran --timed-steps steps).
+"""
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHAPE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}
+SIZES = {  # name: (model shape, vocabulary, memory budget per rank in MiB, first length, granularity)
+    "full": (SHAPE, 4096, 512, 1024, 256),
+    "quick": (SHAPE, 4096, 150, 1024, 2048),  # SP=1 stops after 2 probes, SP=2 after 3
+}
+
+
+def reset_peak_rss() -> int:
+    """Reset this process's resident-set high-water mark (Linux: 5 > /proc/self/clear_refs); returns the
+    resident set now, in bytes."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return proc_status_bytes("VmRSS")
+
+
+def proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def build_model_dir(directory: Path, size: str) -> Path:
+    from transformers import AutoTokenizer
+    from models.tiny import build_model
+    shape, vocab, *_ = SIZES[size]
+    build_model(vocab_size=vocab, max_position_embeddings=1 << 20, **shape).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(REPO / "models" / "tiny_llama").save_pretrained(directory)
+    return directory
+
+
+def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> None:
+    """One probe on this rank; global rank 0 prints `RESULT {...}` with every rank's memory growth."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    import trainer as trainer_module
+    from bench.train_throughput import RandomTokens
+    from general_util.dist import gather_objects, init_distributed
+    _, vocab, *_ = SIZES[size]
+    overrides = [f"model_name_or_path={model_dir}", f"output_dir={model_dir.parent / 'out'}", "precision=fp32",
+                 "do_eval=false", "evaluate_during_training=false", "per_gpu_train_batch_size=1",
+                 f"max_steps={steps}", "logging_steps=1", "save_steps=-1", "torch_adam=true",
+                 "collator.pad_to_multiple_of=1", f"sequence_parallel_size={sp}"]
+    with initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
+        cfg = compose("sft", overrides=overrides)
+    ctx = init_distributed()
+    tokenizer = instantiate(cfg.tokenizer)
+    trainer = trainer_module.Trainer(cfg, ctx, tokenizer, RandomTokens(steps, length, vocab=vocab), {})
+    trainer.setup(trainer_module.build_model(cfg, tokenizer, trainer.ds_config))
+    trainer.save = lambda: None  # the benchmark measures training steps only
+    baseline = reset_peak_rss()  # the libraries, the weights and the engine are in; the training steps are not
+    log_times = {}
+    record = trainer.metrics.scalars
+    trainer.metrics.scalars = lambda values, step: (log_times.setdefault(step, time.perf_counter()), record(values, step))
+    trainer.train()
+    growth = proc_status_bytes("VmHWM") - baseline
+    growths = gather_objects(growth)
+    if ctx.is_main:
+        seconds = log_times[steps] - log_times[1] if steps > 1 else None
+        print("RESULT " + json.dumps({"growth_mib": [g / 2**20 for g in growths],
+                                      "tokens_per_second": length * (steps - 1) / seconds if seconds else None}))
+
+
+def probe(model_dir: Path, size: str, sp: int, length: int, steps: int) -> dict:
+    """A fresh process group of `sp` ranks trains at `length`; its per-rank memory growth (and tokens/s)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(sp), __file__,
+           "--worker", str(model_dir), "--size", size, "--sp", str(sp), "--length", str(length), "--steps", str(steps)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f"probe sp={sp} length={length} failed:\n{out.stderr[-4000:]}")
+    return {"sp": sp, "length": length, "steps": steps, **json.loads(lines[-1][len("RESULT "):]),
+            "wall_s": time.perf_counter() - started}
+
+
+class Recorder:
+    """Every measurement, in order: printed to stderr (and appended to `log`) the moment it is taken."""
+
+    def __init__(self, log: Path | None):
+        self.log, self.probes = log, []
+
+    def __call__(self, measurement: dict) -> dict:
+        self.probes.append(measurement)
+        line = json.dumps(measurement)
+        print(line, file=sys.stderr, flush=True)
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(line + "\n")
+        return measurement
+
+
+def longest_fitting(measure, budget_mib: float, start: int, granularity: int) -> int:
+    """The longest multiple of `granularity` whose probe stays within the budget (0: not even `start`);
+    `measure(length)` returns the probe. Memory grows with length: double until a probe does not fit, then
+    bisect between the last that did and it."""
+    def fits(length: int) -> bool:
+        return max(measure(length)["growth_mib"]) <= budget_mib
+    good, bad = 0, start
+    while fits(bad):
+        good, bad = bad, 2 * bad
+    while bad - good > granularity:
+        middle = (good + bad) // 2 // granularity * granularity
+        good, bad = (middle, bad) if fits(middle) else (good, middle)
+    return good
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller model and budget (CI)")
+    parser.add_argument("--budget-mib", type=float, help="per-rank memory budget (default: the size's)")
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per memory probe")
+    parser.add_argument("--timed-steps", type=int, default=4, help="steps of the throughput runs (first is warm-up)")
+    parser.add_argument("--log", type=Path, help="append every probe to this JSON-lines file as it is measured")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
+    parser.add_argument("--sp", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return run_worker(Path(args.worker), args.size, args.sp, args.length, args.steps)
+    size = "quick" if args.quick else "full"
+    if args.quick:
+        args.timed_steps = args.steps  # the memory probes' own timing
+    shape, vocab, budget, start, granularity = SIZES[size]
+    budget = args.budget_mib or budget
+    record = Recorder(args.log)
+    # stdout carries the report alone: library messages go to stderr
+    with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_model_dir(Path(tmp) / "model", size)
+        longest = {sp: longest_fitting(lambda length: record(probe(model_dir, size, sp, length, args.steps)),
+                                       budget, start, granularity) for sp in (1, 2)}
+        common = longest[1]
+        timed = {sp: next((p for p in record.probes if (p["sp"], p["length"]) == (sp, common)
+                           and p["steps"] >= args.timed_steps), None)
+                     or record(probe(model_dir, size, sp, common, args.timed_steps)) for sp in (1, 2)} if common else {}
+    import platform
+    report = {"size": size, "model": {**shape, "vocab_size": vocab}, "budget_mib_per_rank": budget,
+              "granularity": granularity, "machine": f"{platform.processor() or platform.machine()}, "
+                                                      f"{os.cpu_count()} CPUs",
+              "longest": {f"sp{sp}": n for sp, n in longest.items()},
+              "ratio": longest[2] / longest[1] if longest[1] else None,
+              "throughput_length": common,
+              "tokens_per_second": {f"sp{sp}": r["tokens_per_second"] for sp, r in timed.items()},
+              "growth_mib_at_throughput_length": {f"sp{sp}": r["growth_mib"] for sp, r in timed.items()},
+              "probes": record.probes}
+    print(json.dumps(report, indent=2))
+    print(f"\n| sequence_parallel_size | longest length within {budget:.0f} MiB per rank | tokens/s at {common} | "
+          f"peak growth per rank at {common} |\n|---|---|---|---|")
+    for sp in (1, 2):
+        growth = ", ".join(f"{g:.0f}" for g in timed[sp]["growth_mib"]) if timed else "n/a"
+        tokens = f"{timed[sp]['tokens_per_second']:.0f}" if timed else "n/a"
+        print(f"| {sp} | {longest[sp]} | {tokens} | {growth} MiB |")
+    if report["ratio"]:
+        print(f"\nSP=2 trains {report['ratio']:.2f}× the length SP=1 does within the same per-rank budget")
+
+
+if __name__ == "__main__":
+    main()

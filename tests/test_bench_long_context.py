@@ -1,0 +1,33 @@
+"""bench/long_context.py --quick: the memory-budget search (fresh process groups, per-rank peak growth, doubling)
+runs for SP=1 and SP=2 on CPU, and SP=2 reaches about twice the length within the same per-rank budget."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.trainer_runs import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_search_finds_sp2_trains_longer_sequences(tmp_path):
+    log = tmp_path / "probes.jsonl"
+    result = subprocess.run([sys.executable, "bench/long_context.py", "--quick", "--log", str(log)], cwd=REPO,
+                            capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout.index("\n|")
+    report = json.loads(result.stdout[:table])
+    # every probe was recorded as it was taken, and the report is built from them
+    assert [json.loads(line) for line in log.read_text().splitlines()] == report["probes"]
+    budget = report["budget_mib_per_rank"]
+    for sp in (1, 2):
+        probes = [p for p in report["probes"] if p["sp"] == sp]
+        assert all(len(p["growth_mib"]) == sp for p in probes)
+        longest = report["longest"][f"sp{sp}"]
+        assert longest == max(p["length"] for p in probes if max(p["growth_mib"]) <= budget)
+        assert any(longest < p["length"] <= longest + report["granularity"] and max(p["growth_mib"]) > budget
+                   for p in probes)  # the search ended next to a length that does not fit
+    assert report["ratio"] >= 1.8
+    assert all(report["tokens_per_second"][f"sp{sp}"] > 0 for sp in (1, 2))
+    assert result.stdout[table:].strip().splitlines()[0].startswith("| sequence_parallel_size |")
