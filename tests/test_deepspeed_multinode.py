@@ -38,7 +38,7 @@ def test_two_nodes_through_the_deepspeed_runner_train_stop_and_resume(tmp_path):
     second = deepspeed_nodes(hostfile, out, run + ["resume=auto"])
     assert [code for code, _ in second] == [0, 0], second[0][1][-3000:] + second[1][1][-3000:]
     rank0, rank1 = ((out / "logs" / f"rank{r}.log").read_text() for r in (0, 1))
-    assert f"resumed from {out / 'checkpoint-3'} at step 3" in rank0 and "world 2 × micro batch 2" in rank0
+    assert f"resumed from {out / 'checkpoint-3'} at step 3" in rank0 and "data-parallel ranks 2 × micro batch 2" in rank0
     assert "wrote Hugging Face weights" in rank0 and "wrote Hugging Face weights" not in rank1
     final = out / "checkpoint-6"
     assert (final / "model.safetensors").is_file()
