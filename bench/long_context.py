@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 SHAPE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}
 SIZES = {  # name: (model shape, vocabulary, memory budget per rank in MiB, first length, granularity)
     "full": (SHAPE, 4096, 512, 1024, 256),
-    "quick": (SHAPE, 4096, 150, 1024, 2048),  # SP=1 stops after 2 probes, SP=2 after 3
+    "quick": (SHAPE, 4096, 200, 1024, 2048),  # SP=1 fits 2048 (~145 MiB), SP=2 fits 4096 (~155 MiB per rank)
 }
 
 
@@ -67,7 +67,7 @@ def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> 
     from hydra.utils import instantiate
     import trainer as trainer_module
     from bench.train_throughput import RandomTokens
-    from general_util.dist import gather_objects, init_distributed
+    from general_util.dist import exit_process, gather_objects, init_distributed, teardown
     _, vocab, *_ = SIZES[size]
     overrides = [f"model_name_or_path={model_dir}", f"output_dir={model_dir.parent / 'out'}", "precision=fp32",
                  "do_eval=false", "evaluate_during_training=false", "per_gpu_train_batch_size=1",
@@ -91,6 +91,8 @@ def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> 
         seconds = log_times[steps] - log_times[1] if steps > 1 else None
         print("RESULT " + json.dumps({"growth_mib": [g / 2**20 for g in growths],
                                       "tokens_per_second": length * (steps - 1) / seconds if seconds else None}))
+    teardown(trainer.engine, trainer.close_data)  # then leave as trainer.py does: no exit-time abort of a rank
+    exit_process(0)
 
 
 def probe(model_dir: Path, size: str, sp: int, length: int, steps: int) -> dict:
