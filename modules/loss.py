@@ -37,4 +37,4 @@ def count_targets(targets: torch.Tensor) -> torch.Tensor:
 
 def count_label_tokens(labels: torch.Tensor) -> torch.Tensor:
     """Number of positions `token_loss_sum` counts."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum()
+    return count_targets(next_token_targets(labels))
