@@ -398,7 +398,8 @@ def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
     if train_data is None:
         print(f"evaluation only: {', '.join(cfg.evaluators) or 'no evaluators'}")
         return
-    micro_per_epoch, total_steps = optimizer_steps(len(train_data), cfg, ctx.world_size // cfg.sequence_parallel_size)
+    data_parallel = sequence_parallel.ParallelLayout.of(ctx.rank, ctx.world_size, cfg.sequence_parallel_size).dp_size
+    micro_per_epoch, total_steps = optimizer_steps(len(train_data), cfg, data_parallel)
     memory = memory_estimate_bytes(num_params, cfg, ctx.world_size)
     print(f"samples: {len(train_data)}; micro-batches per rank per epoch: {micro_per_epoch}; "
           f"optimizer steps: {total_steps}")
