@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,45 +23,32 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from data.collators import model_inputs
-from general_util import checkpoint as ckpt, faults
+from general_util import faults
 from general_util.cli import convert_legacy_arguments
-from general_util.config import (deepspeed_config, human_bytes, lr_scheduler_factory,
-                                 memory_estimate_bytes, optimizer_steps, validate, zero_stage)
 from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, decided_by_rank0, exit_process,
                                gather_objects, init_distributed, lost_peer_error, teardown)
 from general_util.errors import UserError, find_user_error, one_line
+from general_util.files import write_json_atomic
 from general_util.fingerprints import data_fingerprint, tokenizer_fingerprint
 from general_util.logging import MetricsWriter, setup_logging
-from general_util.run_folder import OutputDirError, OutputDirLock, check_fresh_start
 from general_util.seeding import set_seed
-from general_util.universal_checkpoint import convert_to_universal, enable_universal_loading
 from modules.flops import device_peak_flops, training_flops_per_token
 from modules import sequence_parallel
 from modules.loss import batch_targets, count_targets
 from modules.loss_impl import causal_lm_loss_sum
 from post_processors.run import run_evaluators
 from post_processors.summary import write_summary
+from training import checkpoints as ckpt
+from training.best import BestTracker
+from training.config import human_bytes, memory_estimate_bytes, optimizer_steps, validate, zero_stage
+from training.engine import build_engine, load_model
+from training.hf_export import HFExport, save_hf_weights
+from training.rng_state import restore_rng_state
+from training.run_folder import OutputDirError, OutputDirLock, check_fresh_start
+from training.saving import check_free_space, save_checkpoint
 
 OmegaConf.register_new_resolver("eq", lambda a, b: a == b, replace=True)
 logger = logging.getLogger("trainer")
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and normalisation weights (all 1-d parameters)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_model(cfg: DictConfig, tokenizer, ds_config: dict):
-    dschf = None
-    if zero_stage(cfg) >= 3:
-        # Lets from_pretrained partition the weights while loading instead of materialising them per rank.
-        from transformers.integrations import HfDeepSpeedConfig
-        dschf = HfDeepSpeedConfig(ds_config)  # noqa: F841 (must stay alive while loading)
-    return instantiate(cfg.model, tokenizer=tokenizer)
 
 
 def count_parameters(cfg: DictConfig, tokenizer) -> int:
@@ -84,6 +72,9 @@ class LogWindow:
     samples: int = 0
     row_shards: int = 1  # sequence_parallel_size: each rank holds 1/row_shards of every row
 
+    def add_step(self, loss_sum: torch.Tensor, label_tokens: torch.Tensor) -> None:
+        self.losses.append((loss_sum, label_tokens))
+
     def add_batch(self, batch: dict) -> None:
         self.tokens += int(batch["num_tokens"])
         self.slots += batch["input_ids"].numel()
@@ -100,19 +91,25 @@ class TrainingError(UserError, RuntimeError):
     """Training cannot go on; the message is one line."""
 
 
+@dataclass
+class TrainerHooks:
+    """What a benchmark or a test plugs into the loop (instead of patching it)."""
+    on_log: Callable[[int, dict[str, float]], None] | None = None  # after each log line: (step, logged values)
+    save_checkpoints: bool = True  # false: no checkpoint is written (a benchmark measuring training steps only)
+
+
 class Trainer:
     """The training loop and what it delegates to (logging, evaluation, checkpoints)."""
 
-    def __init__(self, cfg: DictConfig, ctx: DistContext, tokenizer, train_data, evaluators: dict):
+    def __init__(self, cfg: DictConfig, ctx: DistContext, tokenizer, train_data, evaluators: dict,
+                 hooks: TrainerHooks | None = None):
         self.cfg, self.ctx, self.tokenizer = cfg, ctx, tokenizer
         self.train_data, self.evaluators = train_data, evaluators
+        self.hooks = hooks or TrainerHooks()
         self.output_dir = Path(cfg.output_dir)
-        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        self.export = HFExport(tokenizer, OmegaConf.to_yaml(cfg, resolve=True), cfg.save_merged)
         self.parallel = sequence_parallel.ParallelLayout.of(ctx.rank, ctx.world_size, cfg.sequence_parallel_size)
         self.micro_per_epoch, self.total_steps = optimizer_steps(len(train_data), cfg, self.parallel.dp_size)
-        self.ds_config = deepspeed_config(cfg, self.total_steps)
-        self.gradient_mean_size = sequence_parallel.gradient_mean_size(self.ds_config, self.parallel)
-        self.stage = zero_stage(cfg)
         self.step, self.epoch, self.samples_in_epoch = 0, 0, 0  # data position: global samples the epoch consumed
         self.fingerprints = {"data": data_fingerprint(train_data), "tokenizer": tokenizer_fingerprint(tokenizer)}
         self.stop_requested = False
@@ -120,29 +117,21 @@ class Trainer:
         self.stream = None  # the micro-batch generator (holds the data-loader workers) while training
         self.nan_skips = 0
         self.last_eval: dict[str, float] = {}
-        self.best = ckpt.BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
+        self.best = BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
         self.window = LogWindow(row_shards=self.parallel.sp_size)
         self.last_log_time = time.perf_counter()
         self.peak_flops = device_peak_flops(cfg.peak_flops_per_gpu)
 
     # ---- set-up -------------------------------------------------------------------------------------
     def setup(self, model) -> None:
-        import deepspeed
         resume_from = ckpt.resolve_resume(self.cfg.resume, self.output_dir)
         state = None  # the checkpoint's trainer state, when it is continued exactly
         if resume_from is not None and self.cfg.resume_mode == "exact":
             state = {"sequence_parallel_size": 1, **ckpt.read_trainer_state(resume_from)}  # older checkpoints: none
             ckpt.check_resumable(resume_from, state, self.layout())
-            if self.reshards(state):
-                enable_universal_loading(self.ds_config)  # read by deepspeed.initialize
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
-        mpu = sequence_parallel.initialize_groups(self.parallel.sp_size)
-        if mpu is not None:
-            sequence_parallel.register_attention(model.config, self.cfg.model.attn_implementation,
-                                                 mpu.get_sequence_parallel_group())
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=parameter_groups(model, self.cfg.weight_decay), config=self.ds_config,
-            lr_scheduler=lr_scheduler_factory(self.cfg, self.total_steps), mpu=mpu)
+        reshard_from = state["world_size"] if state and state["world_size"] != self.ctx.world_size else None
+        self.engine = build_engine(self.cfg, model, self.ctx, self.parallel, self.total_steps, reshard_from)
         from data.sampler import DistributedEpochSampler
         # the ranks of a sequence-parallel group read the same samples
         self.sampler = DistributedEpochSampler(len(self.train_data), self.parallel.dp_rank, self.parallel.dp_size,
@@ -172,29 +161,19 @@ class Trainer:
         return {"world_size": self.ctx.world_size, "per_gpu_train_batch_size": self.cfg.per_gpu_train_batch_size,
                 "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps}
 
-    def reshards(self, state: dict) -> bool:
-        """Whether the checkpoint's ZeRO partitions must be re-cut for this world size (through DeepSpeed's
-        universal checkpoint); without ZeRO (stage 0) every rank holds the whole state anyway."""
-        return self.stage > 0 and state["world_size"] != self.ctx.world_size
-
     def resume(self, checkpoint: Path, state: dict | None) -> None:
         """Continue from `checkpoint`: exactly (weights, optimizer, scheduler, step, data position, RNG), with
         its trainer `state` checked by `setup`, or, with resume_mode=weights_only (`state` None), from its
         weights alone with a fresh optimizer at step 0."""
         if state is None:
-            self.engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name, load_module_only=True,
-                                        load_optimizer_states=False, load_lr_scheduler_states=False)
+            self.engine.load(checkpoint, saved_world_size=self.ctx.world_size, weights_only=True)
             logger.info("initialised weights from %s (resume_mode=weights_only: fresh optimizer, step 0)", checkpoint)
             return
         self.step, self.epoch, self.samples_in_epoch = state["global_step"], state["epoch"], state["samples_in_epoch"]
         self.tracker_runs = state.get("tracker_runs", {})
-        if self.reshards(state):
-            universal = convert_to_universal(checkpoint, state["world_size"], self.ctx)
-            self.engine.load_checkpoint(str(checkpoint), tag=universal.name)
-        else:
-            self.engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+        self.engine.load(checkpoint, saved_world_size=state["world_size"], weights_only=False)
         if state["world_size"] == self.ctx.world_size:
-            ckpt.restore_rng_state(checkpoint, self.ctx.rank)
+            restore_rng_state(checkpoint, self.ctx.rank)
         else:
             # Per-rank RNG states cannot be carried over to another number of ranks (and each sample now meets
             # another rank anyway). The data order never depends on them; random layers (dropout) continue from
@@ -239,6 +218,19 @@ class Trainer:
         return sequence_parallel.shard_batch(batch, self.parallel, self.tokenizer.pad_token_id)
 
     # ---- the loop -----------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Train, then (do_eval) evaluate the final weights once more unless that step was just evaluated,
+        writing `eval_results.json`."""
+        self.train()
+        if not self.cfg.do_eval:
+            return
+        if self.cfg.evaluate_during_training and self.step % self.cfg.eval_steps == 0:
+            metrics = self.last_eval
+        else:
+            metrics = self.evaluate(f"step-{self.step}")
+        if self.ctx.is_main:
+            write_json_atomic(self.output_dir / "eval_results.json", {"step": self.step, **metrics})
+
     def train(self) -> None:
         try:
             self.train_loop()
@@ -285,17 +277,17 @@ class Trainer:
         agreed = all_reduce(torch.stack([label_tokens, torch.tensor(float(self.stop_requested), dtype=torch.float64)])
                             .to(self.ctx.device))
         label_tokens = agreed[0]
-        # undo DeepSpeed's mean over accumulation and ranks (the sum over a sequence-parallel group is wanted:
-        # each rank's shard loss reaches every rank's weights through the attention all-to-all)
-        scale = self.gradient_mean_size * len(window) / label_tokens.clamp(min=1)
+        # the engine turns this into the global batch's gradient (the sum over a sequence-parallel group is
+        # wanted: each rank's shard loss reaches every rank's weights through the attention all-to-all)
+        scale = 1.0 / label_tokens.clamp(min=1)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         for batch, batch_target in zip(window, targets):
             self.window.add_batch(batch)
-            micro_loss = causal_lm_loss_sum(self.engine, model_inputs(batch, self.ctx.device), batch_target)
+            micro_loss = causal_lm_loss_sum(self.engine.model, model_inputs(batch, self.ctx.device), batch_target)
             self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
             self.engine.step()
             loss_sum += micro_loss.detach().double()
-        self.window.losses.append((loss_sum, label_tokens))
+        self.window.add_step(loss_sum, label_tokens)
         return bool(agreed[1].item())
 
     def log(self) -> None:
@@ -308,9 +300,9 @@ class Trainer:
         totals = all_reduce(local)
         losses = totals[:-3] / torch.stack([tokens for _, tokens in window.losses])
         elapsed = time.perf_counter() - self.last_log_time
-        grad_norm = self.engine.get_global_grad_norm()
-        values = {"train/loss": losses.mean().item(), "train/lr": self.engine.get_lr()[0],
-                  "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        grad_norm = self.engine.grad_norm()
+        values = {"train/loss": losses.mean().item(), "train/lr": self.engine.lr(),
+                  "train/grad_norm": grad_norm if grad_norm is not None else float("nan"),
                   "train/tokens_per_second": totals[-3].item() / elapsed,
                   "train/samples_per_second": totals[-1].item() / elapsed,
                   "train/non_pad_fraction": totals[-3].item() / totals[-2].item()}
@@ -320,6 +312,8 @@ class Trainer:
                                                        window.mean_row_length)
             values["train/mfu"] = values["train/tokens_per_second"] * flops_per_token / (self.peak_flops * self.ctx.world_size)
         self.metrics.scalars(values, self.step)
+        if self.hooks.on_log:
+            self.hooks.on_log(self.step, values)
         postfix = {"loss": f"{values['train/loss']:.4f}", "lr": f"{values['train/lr']:.2e}",
                    "tok/s": f"{values['train/tokens_per_second']:.0f}"}
         if "train/mfu" in values:
@@ -340,8 +334,8 @@ class Trainer:
         if self.cfg.nan_policy == "stop":
             path = self.output_dir / "nan_diagnostics.json"
             if self.ctx.is_main:
-                ckpt.write_json_atomic(path, {"step": self.step, "epoch": self.epoch, "sample_indices": indices,
-                                              "lr": self.engine.get_lr()[0]})
+                write_json_atomic(path, {"step": self.step, "epoch": self.epoch, "sample_indices": indices,
+                                         "lr": self.engine.lr()})
             raise TrainingError(f"non-finite loss or gradient norm at step {self.step} (nan_policy=stop); "
                                 f"the batch's sample indices are in {path}")
         logger.warning("step %d: non-finite loss or gradient norm, update skipped (%d of at most %d; samples %s)",
@@ -354,7 +348,7 @@ class Trainer:
     def evaluate(self, tag: str) -> dict[str, float]:
         """Run every evaluator (on all ranks) and log `eval/<evaluator>/<metric>`."""
         self.engine.eval()
-        metrics = run_evaluators(self.evaluators, self.engine, self.tokenizer, self.output_dir / "eval" / tag, tag)
+        metrics = run_evaluators(self.evaluators, self.engine.model, self.tokenizer, self.output_dir / "eval" / tag, tag)
         self.engine.train()
         self.metrics.scalars({f"eval/{k}": v for k, v in metrics.items()}, self.step)
         self.last_eval = metrics
@@ -370,23 +364,40 @@ class Trainer:
             if self.ctx.is_main:
                 self.best.write()
             if self.cfg.save_best:
-                ckpt.save_hf_weights(self.engine, self.output_dir / "best", self.tokenizer, self.config_yaml,
-                                     self.stage, self.ctx)
+                save_hf_weights(self.engine, self.output_dir / "best", self.export, self.ctx)
 
     def maybe_save(self) -> None:
         if self.cfg.save_steps > 0 and self.step % self.cfg.save_steps == 0:
             self.save()
 
     def save(self) -> None:
+        if not self.hooks.save_checkpoints:
+            return
         state = {"global_step": self.step, "epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch,
                  "tracker_runs": self.metrics.run_ids, **self.split(), **self.layout()}
-        ckpt.check_free_space(self.output_dir, self.step, self.cfg.save_space_check, self.ctx)
-        ckpt.save_checkpoint(self.engine, self.output_dir, self.step, state, self.tokenizer, self.config_yaml,
-                             self.stage, self.ctx)
+        check_free_space(self.output_dir, self.step, self.cfg.save_space_check, self.ctx)
+        save_checkpoint(self.engine, self.output_dir, self.step, state, self.export, self.ctx)
         self.metrics.checkpoint()  # the trackers keep every step up to this resume point
         if self.ctx.is_main:
             ckpt.apply_retention(self.output_dir, self.cfg.save_total_limit,
                                  {self.best.best_checkpoint} if self.best.best_checkpoint else set())
+
+
+def build_trainer(cfg: DictConfig, ctx: DistContext, *, tokenizer=None, train_data=None,
+                  hooks: TrainerHooks | None = None) -> Trainer:
+    """The one way to make a Trainer (the entry point, the benchmarks, the in-process tests): tokenizer, data,
+    evaluators and model from `cfg` unless given (a benchmark passes synthetic `train_data`), the engine built
+    and the checkpoint to continue (`resume`) loaded. `trainer.run()` then trains and evaluates. The process
+    group must exist (general_util.dist.init_distributed)."""
+    if tokenizer is None:
+        set_seed(cfg.seed)
+        tokenizer = instantiate(cfg.tokenizer)
+    if train_data is None:
+        train_data = instantiate(cfg.train_dataset, tokenizer=tokenizer)
+    evaluators = instantiate(cfg.evaluators) if cfg.do_eval else {}
+    trainer = Trainer(cfg, ctx, tokenizer, train_data, evaluators, hooks)
+    trainer.setup(load_model(cfg, tokenizer))
+    return trainer
 
 
 def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
@@ -414,7 +425,7 @@ def evaluate_checkpoints(cfg: DictConfig, ctx: DistContext, tokenizer, evaluator
     output_dir = Path(cfg.output_dir)
     targets = [(ckpt.step_of(p), p) for p in ckpt.list_checkpoints(output_dir, cfg.eval_sub_path)]
     targets = targets or [(0, Path(cfg.model_name_or_path))]
-    best = ckpt.BestTracker(output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
+    best = BestTracker(output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
     rows = []
     for step, path in targets:
         model = instantiate(cfg.model, name_or_path=str(path), tokenizer=tokenizer).to(ctx.device).eval()
@@ -453,7 +464,7 @@ def run(cfg: DictConfig) -> None:
 
 
 def claim_output_dir(cfg: DictConfig, built: dict) -> None:
-    """Global rank 0 locks output_dir for this job (general_util/run_folder.py) and, when training starts at
+    """Global rank 0 locks output_dir for this job (training/run_folder.py) and, when training starts at
     step 0, refuses a folder that holds another run (or empties it: overwrite_output_dir=true); every rank
     raises the same refusal, so all stop together."""
     output_dir = Path(cfg.output_dir)
@@ -487,20 +498,10 @@ def run_job(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
         return
     if cfg.dry_run:
         return dry_run(cfg, ctx, tokenizer, train_data)
-    evaluators = instantiate(cfg.evaluators) if cfg.do_eval else {}
     if not cfg.do_train:
-        return evaluate_checkpoints(cfg, ctx, tokenizer, evaluators)
-    trainer = built["trainer"] = Trainer(cfg, ctx, tokenizer, train_data, evaluators)
-    model = build_model(cfg, tokenizer, trainer.ds_config)
-    trainer.setup(model)
-    trainer.train()
-    if cfg.do_eval:
-        if cfg.evaluate_during_training and trainer.step % cfg.eval_steps == 0:
-            metrics = trainer.last_eval  # the final step was just evaluated
-        else:
-            metrics = trainer.evaluate(f"step-{trainer.step}")
-        if ctx.is_main:
-            ckpt.write_json_atomic(output_dir / "eval_results.json", {"step": trainer.step, **metrics})
+        return evaluate_checkpoints(cfg, ctx, tokenizer, instantiate(cfg.evaluators) if cfg.do_eval else {})
+    trainer = built["trainer"] = build_trainer(cfg, ctx, tokenizer=tokenizer, train_data=train_data)
+    trainer.run()
     if ctx.is_main:
         print(f"done: {trainer.step} optimizer steps; checkpoints in {output_dir.resolve()}, "
               f"TensorBoard logs in {(output_dir / 'tensorboard').resolve()}, per-rank logs in {(output_dir / 'logs').resolve()}")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from general_util.dist import exit_process  # noqa: E402
 from modules.loss_impl import LOSS_IMPLS  # noqa: E402
 
 SIZES = {  # name: (model shape, sequence length, batch, vocabulary)
@@ -70,10 +71,9 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
     """One measurement on this rank; the result on global rank 0 (None on the others)."""
     import torch
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
     import trainer as trainer_module
     from bench.train_throughput import RandomTokens
-    from general_util.dist import init_distributed
+    from general_util.dist import init_distributed, teardown
     from modules.flops import device_peak_flops, training_flops_per_token
     from modules.loss_impl import resolve
     shape, _, batch, vocab = SIZES[size]
@@ -86,25 +86,23 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
     with initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
         cfg = compose("sft", overrides=overrides)
     ctx = init_distributed()
-    tokenizer = instantiate(cfg.tokenizer)
-    trainer = trainer_module.Trainer(cfg, ctx, tokenizer, RandomTokens(batch * (warmup + steps), seq, vocab=vocab), {})
-    trainer.setup(trainer_module.build_model(cfg, tokenizer, trainer.ds_config))
-    trainer.save = lambda: None  # the benchmark measures training steps only
-    log_times = {}
-    record = trainer.metrics.scalars
-    trainer.metrics.scalars = lambda values, step: (log_times.setdefault(step, time.perf_counter()), record(values, step))
+    log_times = {}  # step -> when its log line was written
+    hooks = trainer_module.TrainerHooks(on_log=lambda step, _: log_times.setdefault(step, time.perf_counter()),
+                                        save_checkpoints=False)  # the benchmark measures training steps only
+    data = RandomTokens(batch * (warmup + steps), seq, vocab=vocab)
+    trainer = trainer_module.build_trainer(cfg, ctx, train_data=data, hooks=hooks)
     trainer.train()
     tokens_per_second = batch * seq * steps / (log_times[warmup + steps] - log_times[warmup])
     flops_per_token = training_flops_per_token(trainer.num_params, shape["num_layers"], shape["hidden_size"], seq)
     peak = device_peak_flops(peak)
-    if not ctx.is_main:
-        return None
-    return {"size": size, "precision": precision, "attn": attn, "gradient_checkpointing": checkpointing,
-            "loss_impl": loss_impl, "loss_impl_used": resolve(trainer.engine, ctx.device),
-            "sequence_parallel_size": sp, "seq": seq, "parameters": trainer.num_params,
-            "tokens_per_second": tokens_per_second,
-            "mfu": tokens_per_second * flops_per_token / (peak * sp) if peak else None,
-            "peak_memory_gib": peak_memory_gib(), "gpu": device_name()}
+    result = {"size": size, "precision": precision, "attn": attn, "gradient_checkpointing": checkpointing,
+              "loss_impl": loss_impl, "loss_impl_used": resolve(trainer.engine.model, ctx.device),
+              "sequence_parallel_size": sp, "seq": seq, "parameters": trainer.num_params,
+              "tokens_per_second": tokens_per_second,
+              "mfu": tokens_per_second * flops_per_token / (peak * sp) if peak else None,
+              "peak_memory_gib": peak_memory_gib(), "gpu": device_name()}
+    teardown(trainer.engine, trainer.close_data)  # then the caller leaves as trainer.py does (exit_process)
+    return result if ctx.is_main else None
 
 
 def main() -> None:
@@ -133,7 +131,7 @@ def main() -> None:
                             args.steps, args.peak_flops, args.sequence_parallel_size, seq)
         if result is not None:
             print("RESULT " + json.dumps(result))
-        return
+        exit_process(0)  # no exit-time abort of a rank (general_util.dist.exit_process)
     results = []
     # stdout carries the report alone: library messages go to stderr
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:

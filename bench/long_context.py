@@ -64,7 +64,6 @@ def build_model_dir(directory: Path, size: str) -> Path:
 def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> None:
     """One probe on this rank; global rank 0 prints `RESULT {...}` with every rank's memory growth."""
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
     import trainer as trainer_module
     from bench.train_throughput import RandomTokens
     from general_util.dist import exit_process, gather_objects, init_distributed, teardown
@@ -76,14 +75,11 @@ def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> 
     with initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
         cfg = compose("sft", overrides=overrides)
     ctx = init_distributed()
-    tokenizer = instantiate(cfg.tokenizer)
-    trainer = trainer_module.Trainer(cfg, ctx, tokenizer, RandomTokens(steps, length, vocab=vocab), {})
-    trainer.setup(trainer_module.build_model(cfg, tokenizer, trainer.ds_config))
-    trainer.save = lambda: None  # the benchmark measures training steps only
+    log_times = {}  # step -> when its log line was written
+    hooks = trainer_module.TrainerHooks(on_log=lambda step, _: log_times.setdefault(step, time.perf_counter()),
+                                        save_checkpoints=False)  # the benchmark measures training steps only
+    trainer = trainer_module.build_trainer(cfg, ctx, train_data=RandomTokens(steps, length, vocab=vocab), hooks=hooks)
     baseline = reset_peak_rss()  # the libraries, the weights and the engine are in; the training steps are not
-    log_times = {}
-    record = trainer.metrics.scalars
-    trainer.metrics.scalars = lambda values, step: (log_times.setdefault(step, time.perf_counter()), record(values, step))
     trainer.train()
     growth = proc_status_bytes("VmHWM") - baseline
     growths = gather_objects(growth)

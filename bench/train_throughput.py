@@ -76,7 +76,6 @@ def measure_ours(model_dir: Path, size: str, warmup: int, steps: int, out: Path)
     """Our Trainer, composed from the demo config like `python trainer.py` does; timed between the logs at
     the end of warm-up and at the end of the run (the logging collective is part of what is timed)."""
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
     import trainer as trainer_module
     from general_util.dist import init_distributed
     _, _, _, _, batch, seq = SIZES[size]
@@ -87,12 +86,10 @@ def measure_ours(model_dir: Path, size: str, warmup: int, steps: int, out: Path)
     with initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
         cfg = compose("sft", overrides=overrides)
     ctx = init_distributed()
-    tokenizer = instantiate(cfg.tokenizer)
-    trainer = trainer_module.Trainer(cfg, ctx, tokenizer, RandomTokens(batch * (warmup + steps), seq), {})
-    trainer.setup(trainer_module.build_model(cfg, tokenizer, trainer.ds_config))
-    log_times = {}
-    record = trainer.metrics.scalars
-    trainer.metrics.scalars = lambda values, step: (log_times.setdefault(step, time.perf_counter()), record(values, step))
+    log_times = {}  # step -> when its log line was written
+    hooks = trainer_module.TrainerHooks(on_log=lambda step, _: log_times.setdefault(step, time.perf_counter()),
+                                        save_checkpoints=False)  # the benchmark measures training steps only
+    trainer = trainer_module.build_trainer(cfg, ctx, train_data=RandomTokens(batch * (warmup + steps), seq), hooks=hooks)
     trainer.train()
     return batch * seq * steps / (log_times[warmup + steps] - log_times[warmup])
 

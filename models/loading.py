@@ -41,7 +41,7 @@ def quantization_config(dtype: torch.dtype):
 def load_causal_lm(name_or_path: str, torch_dtype: str = "fp32", attn_implementation: str = "sdpa",
                    gradient_checkpointing: bool = False, trust_remote_code: bool = False, tokenizer=None,
                    use_peft: bool = False, lora_config: dict | None = None, load_in_4bit: bool = False,
-                   save_merged: bool = False, freeze_strategy: str = "none", train_norms: bool = False,
+                   freeze_strategy: str = "none", train_norms: bool = False,
                    loss_impl: str = "full", loss_chunk_tokens: int = 1024):
     """The model for training (or evaluation). `name_or_path` may also be an adapter folder written by a LoRA
     run: its base model is loaded with the adapter on top. The keyword arguments are the `model:` keys
@@ -64,7 +64,6 @@ def load_causal_lm(name_or_path: str, torch_dtype: str = "fp32", attn_implementa
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if use_peft:
         model = apply_lora(model, lora_config, gradient_checkpointing, quantized=load_in_4bit)
-        model.save_merged = save_merged  # read by general_util.checkpoint.save_hf_weights
     apply_freeze_strategy(model, freeze_strategy, train_norms)
     attach_loss_settings(model, loss_impl, loss_chunk_tokens)
     return model

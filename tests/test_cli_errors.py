@@ -79,7 +79,7 @@ def test_legacy_double_dash_overrides(tmp_path):
 def test_target_keys_are_checked_against_signatures_through_kwargs_forwarding():
     from omegaconf import OmegaConf
 
-    from general_util.config import target_key_problems
+    from training.config import target_key_problems
     cfg = OmegaConf.create({"evaluators": {"dev": {
         "_target_": "post_processors.loss.LossEvaluator", "batch_sise": 8,
         "dataset": {"_target_": "data.sft.InstructionDataset", "_partial_": True, "files": "x", "truncation": "drop",

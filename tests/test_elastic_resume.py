@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from data.sampler import DistributedEpochSampler
-from general_util.config import optimizer_steps
+from training.config import optimizer_steps
 from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
 
 # ---- the sampler: world-size independent by construction ---------------------------------------------------

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from general_util.checkpoint import BestTracker
+from training.best import BestTracker
 from tests.trainer_runs import FAST, run_trainer
 
 

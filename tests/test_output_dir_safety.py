@@ -1,5 +1,5 @@
 """The output folder is one run's: a fresh start refuses another run's results (or replaces them when asked), a
-second job refuses a folder in use, a dead job's lock is taken over (general_util/run_folder.py)."""
+second job refuses a folder in use, a dead job's lock is taken over (training/run_folder.py)."""
 import json
 import socket
 import subprocess
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from general_util.run_folder import LOCK_NAME, OutputDirError, OutputDirLock, check_fresh_start
+from training.run_folder import LOCK_NAME, OutputDirError, OutputDirLock, check_fresh_start
 from general_util.dist import free_port
 from tests.trainer_runs import FAST, REPO, child_env, read_scalars, run_trainer
 
@@ -33,7 +33,7 @@ class LockHolder:
     """Another process holding the lock of `folder` until `release()` (it says when it holds it: no timing)."""
 
     def __init__(self, folder):
-        code = ("import sys; from pathlib import Path; from general_util.run_folder import OutputDirLock; "
+        code = ("import sys; from pathlib import Path; from training.run_folder import OutputDirLock; "
                 f"lock = OutputDirLock(Path({str(folder)!r})); lock.acquire(); print('locked', flush=True); "
                 "sys.stdin.read(); lock.release()")
         self.process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,

@@ -1,7 +1,7 @@
 """Unusable configs stop before any model is loaded, with one line naming the key, and exit ≠ 0."""
 import pytest
 
-from general_util.config import validate
+from training.config import validate
 from general_util.errors import UserError, one_line
 from tests.trainer_runs import FAST, compose_config, run_trainer
 
@@ -22,7 +22,7 @@ BAD_CONFIGS = {
                                               "collator.attn_implementation='eager': must be the model's ('sdpa')"),
     "embeddings-only stage with LoRA": (["model.use_peft=true", "model.freeze_strategy=embeddings_only"],
                                         "model.freeze_strategy='embeddings_only': LoRA already freezes"),
-    "save_merged without LoRA": (["model.save_merged=true"], "model.save_merged=True: only a LoRA run"),
+    "save_merged without LoRA": (["save_merged=true"], "save_merged=True: only a LoRA run"),
     "liger loss on CPU": (["model.loss_impl=liger"], "model.loss_impl='liger': Liger-Kernel's Triton kernels need a CUDA GPU"),
     "unknown loss_impl": (["model.loss_impl=fused"], "model.loss_impl='fused': use one of auto, full, chunked, liger"),
 }

@@ -132,7 +132,8 @@ def test_incompatible_checkpoint_is_refused_unless_weights_only(uninterrupted, t
 
 def test_retention_keeps_newest_and_the_best(tmp_path):
     best = {"metric": "dev_loss/loss", "measure": -1, "value": 1.0, "step": 3, "checkpoint": "checkpoint-3"}
-    from general_util.checkpoint import BestTracker, apply_retention
+    from training.best import BestTracker
+    from training.checkpoints import apply_retention
     for step in (3, 6, 9, 12):
         (tmp_path / f"checkpoint-{step}").mkdir()
     (tmp_path / "best_checkpoint.json").write_text(json.dumps(best))

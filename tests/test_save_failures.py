@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from general_util.checkpoint import RecordedWrites
+from training.saving import RecordedWrites
 from general_util.faults import parse
 from tests.trainer_runs import FAST, REPO, child_env, run_trainer
 

@@ -5,7 +5,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from general_util.config import validate
+from training.config import validate
 from general_util.errors import ConfigError
 from modules.loss import IGNORE_INDEX, count_label_tokens, count_targets, next_token_targets
 from modules.sequence_parallel import ParallelLayout, gradient_mean_size, head_problem, shard_batch

@@ -17,7 +17,7 @@ import shutil
 from argparse import Namespace
 from pathlib import Path
 
-from general_util.checkpoint import CheckpointError
+from training.checkpoints import CheckpointError
 from general_util.dist import DistContext, barrier
 
 logger = logging.getLogger(__name__)

@@ -90,9 +90,9 @@ def validate(cfg: DictConfig, world_size: int) -> None:
           "on CPU train LoRA alone (model.load_in_4bit=false)")
     check(not model_cfg.get("load_in_4bit") or model_cfg.get("use_peft"), "model.load_in_4bit",
           "4-bit weights cannot be trained: set model.use_peft=true")
-    check(not model_cfg.get("save_merged") or model_cfg.get("use_peft"), "model.save_merged",
+    check(not cfg.save_merged or model_cfg.get("use_peft"), "save_merged",
           "only a LoRA run (model.use_peft=true) has an adapter to merge")
-    check(not (model_cfg.get("save_merged") and model_cfg.get("load_in_4bit")), "model.save_merged",
+    check(not (cfg.save_merged and model_cfg.get("load_in_4bit")), "save_merged",
           "a 4-bit base cannot be merged exactly: merge afterwards with python -m models.merge_lora <base> <adapter> <out>")
     check(model_cfg.get("freeze_strategy", "none") in FREEZE_STRATEGIES, "model.freeze_strategy",
           f"use one of {', '.join(FREEZE_STRATEGIES)}")
@@ -235,28 +235,13 @@ def optimizer_steps(num_samples: int, cfg: DictConfig, world_size: int) -> tuple
     return micro_per_epoch, total
 
 
-def warmup_steps(cfg: DictConfig, total_steps: int) -> int:
-    return cfg.warmup_steps if cfg.warmup_steps > 0 else int(cfg.warmup_proportion * total_steps)
-
-
-def deepspeed_config(cfg: DictConfig, total_steps: int) -> dict:
+def deepspeed_config(cfg: DictConfig) -> dict:
     """The resolved `ds_cfg` with the numbers only known at run time filled in."""
     ds = OmegaConf.to_container(cfg.ds_cfg, resolve=True)
     params = ds["optimizer"]["params"]
     if params.get("torch_adam") == "auto":
         params["torch_adam"] = not torch.cuda.is_available()
     return ds
-
-
-def lr_scheduler_factory(cfg: DictConfig, total_steps: int):
-    """`optimizer -> scheduler` for deepspeed.initialize. The shapes of DeepSpeed's linear WarmupDecayLR /
-    WarmupLR, but without warmup the first step already gets the full learning rate (DeepSpeed's own
-    schedulers start every run at warmup_min_lr)."""
-    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
-    warmup = warmup_steps(cfg, total_steps)
-    if cfg.lr_scheduler == "WarmupDecayLR":
-        return lambda optimizer: get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    return lambda optimizer: get_constant_schedule_with_warmup(optimizer, warmup)
 
 
 def zero_stage(cfg: DictConfig) -> int:

@@ -21,7 +21,7 @@ import socket
 import time
 from pathlib import Path
 
-from general_util.checkpoint import BEST_RECORD, PREFIX
+from training.checkpoints import BEST_RECORD, PREFIX
 from general_util.dist import pid_alive
 from general_util.errors import UserError
 

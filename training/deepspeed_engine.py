@@ -1,0 +1,114 @@
+"""The DeepSpeed engine (ZeRO 1-3, offload, mixed precision, all from `ds_cfg`) behind training/engine.py."""
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from general_util.dist import DistContext
+from modules import sequence_parallel
+from modules.sequence_parallel import ParallelLayout
+from training.config import deepspeed_config, zero_stage
+from training.optim import lr_scheduler_factory, parameter_groups
+from training.saving import RecordedWrites
+from training.universal_checkpoint import convert_to_universal, enable_universal_loading
+
+
+def load_model(cfg: DictConfig, tokenizer) -> torch.nn.Module:
+    """`cfg.model`, instantiated; under ZeRO-3 `from_pretrained` partitions the weights while loading instead
+    of materialising them on every rank."""
+    if zero_stage(cfg) < 3:
+        return instantiate(cfg.model, tokenizer=tokenizer)
+    from transformers.integrations import HfDeepSpeedConfig
+    dschf = HfDeepSpeedConfig(deepspeed_config(cfg))  # noqa: F841 (must stay alive while loading)
+    return instantiate(cfg.model, tokenizer=tokenizer)
+
+
+class RecordingCheckpointEngine:
+    """DeepSpeed's checkpoint engine with its `save` / `makedirs` (each rank's shards) run through `writes`."""
+
+    def __init__(self, inner, writes: RecordedWrites):
+        self.inner, self.writes = inner, writes
+
+    def save(self, state_dict, path):
+        self.writes.run(self.inner.save, state_dict, path)
+
+    def makedirs(self, path, exist_ok=False):
+        self.writes.run(self.inner.makedirs, path, exist_ok=exist_ok)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class DeepSpeedEngine:
+    def __init__(self, cfg: DictConfig, model: torch.nn.Module, ctx: DistContext, parallel: ParallelLayout,
+                 total_steps: int, reshard_from: int | None):
+        import deepspeed
+        self.config = deepspeed_config(cfg)
+        if reshard_from is not None and zero_stage(cfg) > 0:
+            enable_universal_loading(self.config)  # read by deepspeed.initialize
+        self.stage = zero_stage(cfg)
+        self.ctx = ctx
+        # DeepSpeed means the gradients over the accumulation window and over ranks; the loop's loss is already
+        # the global token mean, so `backward` multiplies those back (see sequence_parallel.gradient_mean_size)
+        self.loss_scale = sequence_parallel.gradient_mean_size(self.config, parallel) * cfg.gradient_accumulation_steps
+        mpu = sequence_parallel.initialize_groups(parallel.sp_size)
+        if mpu is not None:
+            sequence_parallel.register_attention(model.config, cfg.model.attn_implementation,
+                                                 mpu.get_sequence_parallel_group())
+        self.model, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=parameter_groups(model, cfg.weight_decay), config=self.config,
+            lr_scheduler=lr_scheduler_factory(cfg, total_steps), mpu=mpu)
+        self.module = self.model.module
+
+    def train(self) -> None:
+        self.model.train()
+
+    def eval(self) -> None:
+        self.model.eval()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.model.backward(loss * self.loss_scale)
+
+    def step(self) -> None:
+        self.model.step()
+
+    def was_step_applied(self) -> bool:
+        return self.model.was_step_applied()
+
+    def grad_norm(self) -> float | None:
+        norm = self.model.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def lr(self) -> float:
+        return self.model.get_lr()[0]
+
+    def save(self, directory: Path, writes: RecordedWrites) -> None:
+        original = self.model.checkpoint_engine
+        self.model.checkpoint_engine = RecordingCheckpointEngine(original, writes)
+        try:
+            self.model.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
+        finally:
+            self.model.checkpoint_engine = original
+
+    def load(self, directory: Path, saved_world_size: int, weights_only: bool) -> None:
+        if weights_only:
+            self.model.load_checkpoint(str(directory.parent), tag=directory.name, load_module_only=True,
+                                       load_optimizer_states=False, load_lr_scheduler_states=False)
+        elif self.stage > 0 and saved_world_size != self.ctx.world_size:
+            # ZeRO partitions are cut per rank: re-cut them through DeepSpeed's universal checkpoint
+            universal = convert_to_universal(directory, saved_world_size, self.ctx)
+            self.model.load_checkpoint(str(directory), tag=universal.name)
+        else:
+            self.model.load_checkpoint(str(directory.parent), tag=directory.name)
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Under ZeRO-3 parameters are gathered one at a time, so no rank builds a full fp32 copy."""
+        if self.stage >= 3:
+            return self.model._zero3_consolidated_16bit_state_dict()
+        if self.model.global_rank != 0:
+            return None
+        return {name: tensor.detach().cpu() for name, tensor in self.module.state_dict().items()}
+
+    def close(self) -> None:
+        self.model.destroy()
