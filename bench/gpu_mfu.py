@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,10 +69,8 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
                peak: float | None, sp: int, seq: int) -> dict | None:
     """One measurement on this rank; the result on global rank 0 (None on the others)."""
     import torch
-    from hydra import compose, initialize_config_dir
-    import trainer as trainer_module
-    from bench.train_throughput import RandomTokens
-    from general_util.dist import init_distributed, teardown
+    from bench.harness import RandomTokens, timed_trainer
+    from general_util.dist import teardown
     from modules.flops import device_peak_flops, training_flops_per_token
     from modules.loss_impl import resolve
     shape, _, batch, vocab = SIZES[size]
@@ -83,14 +80,9 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
                  f"max_steps={warmup + steps}", f"logging_steps={warmup}", "save_steps=-1", "torch_adam=true",
                  f"model.attn_implementation={attn}", f"model.gradient_checkpointing={str(checkpointing).lower()}",
                  f"model.loss_impl={loss_impl}", "collator.pad_to_multiple_of=1", f"sequence_parallel_size={sp}"]
-    with initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
-        cfg = compose("sft", overrides=overrides)
-    ctx = init_distributed()
-    log_times = {}  # step -> when its log line was written
-    hooks = trainer_module.TrainerHooks(on_log=lambda step, _: log_times.setdefault(step, time.perf_counter()),
-                                        save_checkpoints=False)  # the benchmark measures training steps only
     data = RandomTokens(batch * (warmup + steps), seq, vocab=vocab)
-    trainer = trainer_module.build_trainer(cfg, ctx, train_data=data, hooks=hooks)
+    trainer, log_times = timed_trainer(overrides, data)
+    ctx = trainer.ctx
     trainer.train()
     tokens_per_second = batch * seq * steps / (log_times[warmup + steps] - log_times[warmup])
     flops_per_token = training_flops_per_token(trainer.num_params, shape["num_layers"], shape["hidden_size"], seq)

@@ -63,22 +63,15 @@ def build_model_dir(directory: Path, size: str) -> Path:
 
 def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> None:
     """One probe on this rank; global rank 0 prints `RESULT {...}` with every rank's memory growth."""
-    from hydra import compose, initialize_config_dir
-    import trainer as trainer_module
-    from bench.train_throughput import RandomTokens
-    from general_util.dist import exit_process, gather_objects, init_distributed, teardown
+    from bench.harness import RandomTokens, timed_trainer
+    from general_util.dist import exit_process, gather_objects, teardown
     _, vocab, *_ = SIZES[size]
     overrides = [f"model_name_or_path={model_dir}", f"output_dir={model_dir.parent / 'out'}", "precision=fp32",
                  "do_eval=false", "evaluate_during_training=false", "per_gpu_train_batch_size=1",
                  f"max_steps={steps}", "logging_steps=1", "save_steps=-1", "torch_adam=true",
                  "collator.pad_to_multiple_of=1", f"sequence_parallel_size={sp}", "model.loss_impl=full"]
-    with initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
-        cfg = compose("sft", overrides=overrides)
-    ctx = init_distributed()
-    log_times = {}  # step -> when its log line was written
-    hooks = trainer_module.TrainerHooks(on_log=lambda step, _: log_times.setdefault(step, time.perf_counter()),
-                                        save_checkpoints=False)  # the benchmark measures training steps only
-    trainer = trainer_module.build_trainer(cfg, ctx, train_data=RandomTokens(steps, length, vocab=vocab), hooks=hooks)
+    trainer, log_times = timed_trainer(overrides, RandomTokens(steps, length, vocab=vocab))
+    ctx = trainer.ctx
     baseline = reset_peak_rss()  # the libraries, the weights and the engine are in; the training steps are not
     trainer.train()
     growth = proc_status_bytes("VmHWM") - baseline

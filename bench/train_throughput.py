@@ -25,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.harness import RandomTokens, timed_trainer  # noqa: E402
 
 SIZES = {  # name: (layers, hidden, heads, intermediate, batch, seq)
     "small": (2, 64, 4, 176, 8, 128),
@@ -57,39 +58,15 @@ def build_model_dir(size: str, directory: Path) -> Path:
     return directory
 
 
-class RandomTokens:
-    """Fixed-length rows of random token ids, every token trained (no padding)."""
-
-    def __init__(self, rows: int, seq: int, seed: int = 0, vocab: int = 1024):
-        import torch
-        self.ids = torch.randint(3, vocab, (rows, seq), generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, index):
-        ids = self.ids[index].tolist()
-        return {"input_ids": ids, "labels": ids, "index": index}
-
-
 def measure_ours(model_dir: Path, size: str, warmup: int, steps: int, out: Path) -> float:
     """Our Trainer, composed from the demo config like `python trainer.py` does; timed between the logs at
     the end of warm-up and at the end of the run (the logging collective is part of what is timed)."""
-    from hydra import compose, initialize_config_dir
-    import trainer as trainer_module
-    from general_util.dist import init_distributed
     _, _, _, _, batch, seq = SIZES[size]
     overrides = [f"model_name_or_path={model_dir}", f"output_dir={out}", "precision=fp32", "do_eval=false",
                  "evaluate_during_training=false", f"per_gpu_train_batch_size={batch}", f"max_steps={warmup + steps}",
                  f"logging_steps={warmup}", "save_steps=-1", f"learning_rate={LEARNING_RATE}", "weight_decay=0.0",
                  "warmup_proportion=0.0", "lr_scheduler=WarmupLR", "collator.pad_to_multiple_of=1"]
-    with initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
-        cfg = compose("sft", overrides=overrides)
-    ctx = init_distributed()
-    log_times = {}  # step -> when its log line was written
-    hooks = trainer_module.TrainerHooks(on_log=lambda step, _: log_times.setdefault(step, time.perf_counter()),
-                                        save_checkpoints=False)  # the benchmark measures training steps only
-    trainer = trainer_module.build_trainer(cfg, ctx, train_data=RandomTokens(batch * (warmup + steps), seq), hooks=hooks)
+    trainer, log_times = timed_trainer(overrides, RandomTokens(batch * (warmup + steps), seq))
     trainer.train()
     return batch * seq * steps / (log_times[warmup + steps] - log_times[warmup])
 

@@ -73,7 +73,7 @@ class PackedCollator:
     A 4-D mask is passed to the model as it is (transformers.masking_utils returns 4-D masks unchanged).
     """
 
-    def __init__(self, tokenizer, pad_to_multiple_of: int = 1, attn_implementation: str = "sdpa"):
+    def __init__(self, tokenizer, attn_implementation: str, pad_to_multiple_of: int = 1):
         if attn_implementation not in MASKED_ATTENTION and not attn_implementation.startswith("flash"):
             raise ConfigError(f"attn_implementation={attn_implementation!r}: packing supports "
                              f"{', '.join(MASKED_ATTENTION)} and flash_attention_*")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from data.paths import resolve_path
+from general_util.paths import resolve_path
 from data.records import DataError, Record
 from general_util.errors import ConfigError
 

@@ -2,7 +2,7 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data.paths import resolve_path
+from general_util.paths import resolve_path
 from general_util.errors import ConfigError
 from models.lora import adapter_tokenizer, apply_lora, is_adapter_dir, load_adapter_model
 from models.model_dir import local_model_dir

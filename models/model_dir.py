@@ -1,7 +1,7 @@
 """Where a model's files are: local folders only (this trainer never downloads from a hub)."""
 from pathlib import Path
 
-from data.paths import resolve_path
+from general_util.paths import resolve_path
 from general_util.errors import ConfigError
 
 

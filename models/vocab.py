@@ -5,7 +5,7 @@ from contextlib import nullcontext
 import torch
 from transformers import AutoTokenizer
 
-from data.paths import resolve_path
+from general_util.paths import resolve_path
 from general_util.errors import ConfigError
 
 FREEZE_STRATEGIES = ("none", "embeddings_only")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.paths import resolve_path
+from general_util.paths import resolve_path
 from general_util.dist import current
 from general_util.errors import ConfigError, UserError
 

@@ -127,7 +127,7 @@ GOOD_LOGIQA = {"id": 1, "text": "t", "question": "q", "options": ["a", "b", "c",
     ({k: v for k, v in GOOD_LOGIQA.items() if k != "question"}, "missing field(s) question"),
     ({**GOOD_LOGIQA, "options": ["a", "b", "c"]}, "expected 4 options, got 3"),
     ({**GOOD_LOGIQA, "options": ["a", 2, "c", "d"]}, "options must be a list of strings"),
-    ([1, 2], "expected a JSON object (LogiQA 2.0 JSON lines), got list"),
+    ([1, 2], "expected a JSON object (LogiQA 2.0 records hold"),
     ({**GOOD_LOGIQA, "answer": 4}, "label must be an integer in [0, 4), got 4"),
     ({**GOOD_LOGIQA, "answer": True}, "got True"),
     ({**GOOD_LOGIQA, "answer": "B"}, "got 'B'"),
@@ -187,7 +187,7 @@ GOOD_RECLOR = {"context": "c", "question": "q", "answers": ["a", "b", "c", "d"],
     ({**GOOD_RECLOR, "label": -1}, "record 1: label must be an integer in [0, 4), got -1"),
     ({k: v for k, v in GOOD_RECLOR.items() if k != "id_string"}, "record 1: missing field(s) id_string"),
     ({**GOOD_RECLOR, "answers": ["a", "b"]}, "record 1: expected 4 options, got 2"),
-    (["not", "an", "object"], "record 1: expected a JSON object, got list"),
+    (["not", "an", "object"], "record 1: expected a JSON object (ReClor records hold"),
 ])
 def test_reclor_bad_record(tmp_path, bad, reason):
     (tmp_path / "val.json").write_text(json.dumps([{**GOOD_RECLOR, "id_string": "val_x"}, bad]))

@@ -51,7 +51,7 @@ def test_packed_rows_hold_every_sample_once(datasets):
 def test_collator_isolates_samples(tokenizer):
     rows = [{"input_ids": [1, 5, 6, 1, 7], "labels": [-100, 5, 6, -100, 7], "seq_lens": [3, 2], "index": 0},
             {"input_ids": [1, 8, 9, 2], "labels": [-100, 8, 9, 2], "seq_lens": [4], "index": 1}]
-    batch = PackedCollator(tokenizer, pad_to_multiple_of=8)(rows)
+    batch = PackedCollator(tokenizer, "sdpa", pad_to_multiple_of=8)(rows)
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 2, 3, 0, 1, 2, 3]]
     assert batch["labels"][0].tolist() == [-100, 5, 6, -100, 7] + [-100] * 3
     mask = batch["attention_mask"]

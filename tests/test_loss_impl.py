@@ -74,7 +74,7 @@ def padded_batch(tokenizer):
 
 
 def packed_batch(tokenizer):
-    batch = PackedCollator(tokenizer, pad_to_multiple_of=8)(rows([[20, 17, 9], [30, 25]]))
+    batch = PackedCollator(tokenizer, "sdpa", pad_to_multiple_of=8)(rows([[20, 17, 9], [30, 25]]))
     assert "position_ids" in batch and batch["attention_mask"].dim() == 4
     return batch
 

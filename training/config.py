@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data.paths import resolve_path
+from general_util.paths import resolve_path
 from data.readers import expand_files
 from data.records import DataError
 from general_util.errors import ConfigError
@@ -181,7 +181,7 @@ def packing_problems(cfg: DictConfig) -> list[str]:
         return [f"collator._target_={collator!r}: train_dataset.packing=true needs "
                 "collator._target_=data.collators.PackedCollator (attention isolated per packed sample)"]
     if packed_collator:
-        attention = OmegaConf.select(cfg, "collator.attn_implementation", default="sdpa")
+        attention = OmegaConf.select(cfg, "collator.attn_implementation", default=None)
         if attention != cfg.model.attn_implementation:
             return [f"collator.attn_implementation={attention!r}: must be the model's ({cfg.model.attn_implementation!r}); "
                     "set it to ${model.attn_implementation}"]

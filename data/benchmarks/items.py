@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.paths import resolve_path
+from general_util.paths import resolve_path
 from data.records import DataError
 
 LETTERS = "ABCD"
@@ -28,6 +28,18 @@ class MultipleChoiceItem:
     @property
     def location(self) -> str:
         return f"{self.source} ({self.position})"
+
+
+def check_record(row, fields, source: str, line: int | None, where: str, layout: str) -> dict:
+    """`row` when it is a JSON object holding every one of `fields`, else a DataError naming what is missing
+    (`layout`: what the release's records hold, for the message)."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(row, dict):
+        raise DataError(source, line, f"{prefix}expected a JSON object ({layout}), got {type(row).__name__}")
+    missing = [key for key in fields if key not in row]
+    if missing:
+        raise DataError(source, line, f"{prefix}missing field(s) {', '.join(missing)} ({layout})")
+    return row
 
 
 def check_options(options, source: str, line: int | None, where: str = "", counts: range = range(4, 5)) -> tuple[str, ...]:

@@ -18,7 +18,8 @@ import re
 import unicodedata
 from pathlib import Path
 
-from data.benchmarks.items import LETTERS, MultipleChoiceItem, SplitReader, check_label, check_unique_ids
+from data.benchmarks.items import (LETTERS, MultipleChoiceItem, SplitReader, check_label, check_record,
+                                   check_unique_ids)
 from data.readers import read_jsonl
 from data.records import DataError
 from general_util.errors import ConfigError
@@ -55,12 +56,8 @@ class LogiQAReader(SplitReader):
         items, seen, repeated, left_out = [], set(), [], []
         for record in read_jsonl(path):
             row, source, line = record.data, record.source, record.line
-            if not isinstance(row, dict):
-                raise DataError(source, line, f"expected a JSON object (LogiQA 2.0 JSON lines), got {type(row).__name__}")
-            missing = [key for key in FIELDS if key not in row]
-            if missing:
-                raise DataError(source, line, f"missing field(s) {', '.join(missing)} (LogiQA 2.0 records hold "
-                                              f"{'example_id' if self.language == 'zh' else 'id'}, {', '.join(FIELDS)})")
+            check_record(row, FIELDS, source, line, "", f"LogiQA 2.0 records hold "
+                         f"{'example_id' if self.language == 'zh' else 'id'}, {', '.join(FIELDS)}")
             options = self._options(row["options"], source, line)
             if self.clean_options and not all(option.strip() for option in options):
                 left_out.append(line)

@@ -5,8 +5,8 @@ or null are read the same): its items have gold None and are only predicted (the
 leaderboard's `predictions.npy`, the i-th prediction for `test_i`)."""
 from pathlib import Path
 
-from data.benchmarks.items import (MultipleChoiceItem, SplitReader, check_label, check_options, check_unique_ids,
-                                   load_json_list, require_file)
+from data.benchmarks.items import (MultipleChoiceItem, SplitReader, check_label, check_options, check_record,
+                                   check_unique_ids, load_json_list, require_file)
 from data.records import DataError
 from general_util.errors import ConfigError
 
@@ -28,12 +28,7 @@ class ReClorReader(SplitReader):
         items = []
         for r, row in enumerate(load_json_list(path)):
             where = f"record {r}"
-            if not isinstance(row, dict):
-                raise DataError(source, None, f"{where}: expected a JSON object, got {type(row).__name__}")
-            missing = [key for key in FIELDS if key not in row]
-            if missing:
-                raise DataError(source, None, f"{where}: missing field(s) {', '.join(missing)} (ReClor records hold "
-                                              f"context, question, answers, label, id_string)")
+            check_record(row, FIELDS, source, None, where, "ReClor records hold context, question, answers, label, id_string")
             options = check_options(row["answers"], source, None, where)
             if split in UNLABELLED_SPLITS and row.get("label") in NO_LABEL:
                 gold = None

@@ -1,0 +1,81 @@
+"""The import graph runs one way: general_util at the bottom, data and models on it, modules on those, then
+post_processors and the training side; trainer.py and the tools on top. No module imports itself back
+through others. Checked from the source (every import statement, inside functions too), not by importing."""
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# package -> the project packages it may import (besides itself)
+MAY_IMPORT = {
+    "general_util": set(),
+    "data": {"general_util"},
+    "models": {"general_util"},
+    "modules": {"general_util", "data"},
+    "post_processors": {"general_util", "data", "models", "modules"},
+    "training": {"general_util", "data", "models", "modules"},
+}
+TOP_LEVEL = ("trainer", "trainer_base_ds_v1", "apply_delta", "make_delta", "generate")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules() -> dict[str, Path]:
+    files = [p for package in MAY_IMPORT for p in (REPO / package).rglob("*.py")]
+    files += [REPO / f"{name}.py" for name in TOP_LEVEL]
+    return {module_name(p): p for p in files}
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """The project modules `path` imports (`from a.b import c` counts a.b.c when that is a module, else a.b)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module
+                     for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in known}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imports_of(path, set(modules)) - {name} for name, path in modules.items()}
+
+
+def test_packages_import_only_the_layers_below():
+    wrong = [f"{module} imports {target}" for module, targets in import_graph().items() for target in targets
+             if module.split(".")[0] in MAY_IMPORT and target.split(".")[0] != module.split(".")[0]
+             and target.split(".")[0] not in MAY_IMPORT[module.split(".")[0]]]
+    assert not wrong, wrong
+
+
+def test_no_import_circles():
+    graph = import_graph()
+    circles, state = [], {}  # state: 1 on the current path, 2 done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                circles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not circles, [" -> ".join(c) for c in circles]
+
+
+def test_the_checker_sees_imports_inside_functions(tmp_path):
+    source = tmp_path / "example.py"
+    source.write_text("import os\n\ndef f():\n    from general_util.errors import UserError\n    import data.labels\n")
+    assert imports_of(source, {"general_util.errors", "data.labels", "general_util"}) == {"general_util.errors",
+                                                                                          "data.labels"}
