@@ -440,9 +440,10 @@ def evaluate_checkpoints(cfg: DictConfig, ctx: DistContext, tokenizer, evaluator
               f"best: {best.record}")
 
 
-def run(cfg: DictConfig) -> None:
+def run(cfg: DictConfig, keep_process_group: bool = False) -> None:
     """Validate, join the process group, do the job, then tear down in order on every rank, after an error too
-    (general_util.dist.teardown: engine, data workers, barrier, process group), so each rank exits cleanly."""
+    (general_util.dist.teardown: engine, data workers, barrier, process group), so each rank exits cleanly.
+    `keep_process_group`: for callers that run several jobs in one process (tests/trainer_runs.py)."""
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
     ctx = init_distributed(cfg.dist_timeout_s)
     built: dict = {}  # what teardown must release: run_job puts its trainer (engine, data workers) and lock here
@@ -458,7 +459,8 @@ def run(cfg: DictConfig) -> None:
         raise lost from error
     finally:
         trainer = built.get("trainer")
-        teardown(getattr(trainer, "engine", None), trainer.close_data if trainer else None, clean=finished)
+        teardown(getattr(trainer, "engine", None), trainer.close_data if trainer else None, clean=finished,
+                 keep_process_group=keep_process_group)
         if built.get("lock"):
             built["lock"].release()
 

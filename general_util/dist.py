@@ -140,16 +140,18 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def teardown(engine=None, close_data=None, clean: bool = True) -> None:
+def teardown(engine=None, close_data=None, clean: bool = True, keep_process_group: bool = False) -> None:
     """End this rank in order, so that no gloo or DeepSpeed thread is still running when the interpreter
     exits (on a loaded machine a finished 2-rank ZeRO-3 run, ours and HF Trainer's alike, had one rank abort
     at exit with `terminate called without an active exception`, exit −6): `engine.close()` (ZeRO hooks
     and partitioned parameters), `close_data()` (data-loader workers), a barrier, so that no rank destroys
     its process group while a peer still talks to it, then `destroy_process_group()`.
     `clean=False` (after an error) skips the barrier, since the other ranks may be anywhere (a barrier could
-    pair with one of theirs and hang), and only logs teardown errors so that they do not hide the first one."""
+    pair with one of theirs and hang), and only logs teardown errors so that they do not hide the first one.
+    `keep_process_group`: a caller that runs several jobs in one process (the in-process tests) keeps its
+    world of one, since DeepSpeed caches groups made from it that a new process group would not match."""
     steps = [getattr(engine, "close", None), close_data]
-    if torch_dist.is_initialized():
+    if torch_dist.is_initialized() and not keep_process_group:
         steps += [torch_dist.barrier if clean else None, torch_dist.destroy_process_group]
     for step in steps:
         if step is None:

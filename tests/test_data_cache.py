@@ -13,7 +13,7 @@ import pytest
 from data.datasets import TokenizedDataset, mixture_blocks
 from general_util.dist import free_port
 from models.loading import load_tokenizer
-from tests.trainer_runs import REPO, read_scalars, run_trainer
+from tests.trainer_runs import REPO, read_scalars, train_in_process
 
 ALPACA = "data/samples/alpaca_zh_en_dev.jsonl"
 
@@ -152,12 +152,11 @@ def test_weights_repeat_and_subsample_deterministically(tmp_path, tokenizer):
     assert coig_rows[:12] == coig_rows[12:24] == coig_rows[24:]
 
 
-@pytest.mark.slow
 def test_do_preprocess_builds_the_cache_that_packed_training_reuses(tmp_path):
     cache_dir = [f"data.cache_dir={tmp_path / 'cache'}"]
-    run_trainer(tmp_path / "pre", cache_dir + ["do_preprocess=true"], config=("conf/demo", "pretrain"))
+    train_in_process(tmp_path / "pre", cache_dir + ["do_preprocess=true"], config=("conf/demo", "pretrain"))
     [cache] = list((tmp_path / "cache").iterdir())
-    run_trainer(tmp_path / "run", cache_dir + ["max_steps=6", "logging_steps=1"], config=("conf/demo", "pretrain"))
+    train_in_process(tmp_path / "run", cache_dir + ["max_steps=6", "logging_steps=1"], config=("conf/demo", "pretrain"))
     source = json.loads((tmp_path / "run" / "data_train.json").read_text(encoding="utf-8"))["sources"]["main"]
     assert source["cache"] == str(cache) and not source["cache_built_now"]
     scalars = read_scalars(tmp_path / "run")

@@ -3,7 +3,7 @@ import pytest
 
 from training.config import validate
 from general_util.errors import UserError, one_line
-from tests.trainer_runs import FAST, compose_config, run_trainer
+from tests.trainer_runs import FAST, compose_config, run_trainer, train_in_process
 
 BAD_CONFIGS = {
     "missing train file": (["train_file=data/samples/nope.jsonl"], "train_file="),
@@ -50,12 +50,13 @@ def test_bad_config_stops_the_trainer_before_set_up(tmp_path):
     assert not (tmp_path / "out" / "logs").exists()
 
 
-def test_dry_run_prints_the_plan(tmp_path):
-    result = run_trainer(tmp_path, FAST + ["dry_run=true", "per_gpu_train_batch_size=4", "num_train_epochs=2"])
-    assert "parameters: 231,744" in result.stdout  # the tiny LLaMA's size, from its config alone
-    assert "samples: 148; micro-batches per rank per epoch: 37; optimizer steps: 74" in result.stdout
+def test_dry_run_prints_the_plan(tmp_path, capsys):
+    train_in_process(tmp_path, FAST + ["dry_run=true", "per_gpu_train_batch_size=4", "num_train_epochs=2"])
+    result = capsys.readouterr()
+    assert "parameters: 231,744" in result.out  # the tiny LLaMA's size, from its config alone
+    assert "samples: 148; micro-batches per rank per epoch: 37; optimizer steps: 74" in result.out
     # fp32: 4 bytes of weights and 4 of gradients, 8 of Adam states per parameter
     assert ("per-GPU memory estimate (ZeRO-1, fp32, world 1, activations excluded): weights 905.2 KiB, "
-            "gradients 905.2 KiB, optimizer 1.8 MiB, total 3.5 MiB") in result.stdout
-    assert "learning_rate: 0.003" in result.stdout  # the resolved config
+            "gradients 905.2 KiB, optimizer 1.8 MiB, total 3.5 MiB") in result.out
+    assert "learning_rate: 0.003" in result.out  # the resolved config
     assert not list(tmp_path.glob("checkpoint-*"))

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from data.collators import PaddingCollator
 from models.loading import load_causal_lm, load_tokenizer
-from tests.trainer_runs import FAST, run_trainer
+from tests.trainer_runs import FAST, train_in_process
 
 BASE = "models/tiny_llama"
 OLD_TEXT = "The capital of France is Paris. 计算 3 加 5。"
@@ -75,11 +75,10 @@ def test_embeddings_only_freezes_everything_else():
         {n for n, _ in model.named_parameters() if "norm" in n}
 
 
-@pytest.mark.slow
 def test_embedding_stage_under_zero3_trains_only_embeddings_and_saves_the_tokenizer(tmp_path, token_file):
-    run_trainer(tmp_path, FAST + ["max_steps=3", "per_gpu_train_batch_size=4", "deepspeed@ds_cfg=zero3",
-                                  f"tokenizer.extra_tokens_file={token_file}", "model.freeze_strategy=embeddings_only",
-                                  "weight_decay=0.0"])  # decay would shrink the untouched new rows
+    train_in_process(tmp_path, FAST + ["max_steps=3", "per_gpu_train_batch_size=4", "deepspeed@ds_cfg=zero3",
+                                       f"tokenizer.extra_tokens_file={token_file}", "model.freeze_strategy=embeddings_only",
+                                       "weight_decay=0.0"])  # decay would shrink the untouched new rows
     checkpoint = tmp_path / "checkpoint-3"
     trained, base = load_file(checkpoint / "model.safetensors"), load_file(f"{BASE}/model.safetensors")
     assert len(AutoTokenizer.from_pretrained(checkpoint)) == len(load_tokenizer(BASE)) + len(NEW_TOKENS)

@@ -1,4 +1,4 @@
-"""Run the trainer as users do (python / deepspeed / torchrun) and read back what it wrote."""
+"""Run the trainer as users do (python / deepspeed / torchrun), or in this process, and read back what it wrote."""
 import os
 import subprocess
 import sys
@@ -36,6 +36,28 @@ def run_trainer(output_dir: Path, overrides: list[str], launcher: str = "python"
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def train_in_process(output_dir: Path, overrides: list[str], config: tuple[str, str] = ("conf/demo", "sft")) -> None:
+    """What `python trainer.py -cp <config[0]> -cn <config[1]> output_dir=<output_dir> <overrides>` does, in this
+    process as a world of one (trainer.run: validation, the job, the teardown), without the ~10 s of interpreter
+    start-up and imports a subprocess costs. For tests of what a 1-rank run computes and writes; the command
+    line, exit codes, kills and several ranks need `run_trainer`. A user error raises (as UserError)."""
+    import logging
+
+    import torch
+
+    import trainer
+    cfg = compose_config(overrides, config, output_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as child_env's OMP_NUM_THREADS=1 for a subprocess
+    try:
+        trainer.run(cfg, keep_process_group=True)
+    finally:
+        torch.set_num_threads(threads)
+        for handler in logging.getLogger().handlers:  # the run's log files
+            handler.close()
+        logging.getLogger().handlers.clear()
 
 
 def compose_config(overrides: list[str], config: tuple[str, str] = ("conf/demo", "sft"), output_dir: Path | None = None):
