@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.trainer_runs import FAST, read_scalars, train_in_process
+from tests.trainer_runs import FAST, read_scalars, run_trainer, train_in_process
 from trainer import TrainingError
 NAN_MODEL = ["model._target_=tests.nan_injection.load_with_nan_on_calls", "+model.nan_calls=[3]",
              "max_steps=5", "per_gpu_train_batch_size=4"]
@@ -25,8 +25,12 @@ def test_skip_policy_gives_up_after_max_nan_skips(tmp_path):
                                                            "nan_policy=skip", "max_nan_skips=1"])
 
 
+@pytest.mark.slow
 def test_stop_policy_writes_diagnostics_and_exits_nonzero(tmp_path):
-    with pytest.raises(TrainingError, match=r"^non-finite loss or gradient norm at step 3 \(nan_policy=stop\)"):
-        train_in_process(tmp_path, FAST + NAN_MODEL + ["nan_policy=stop"])
+    """Through the command line: a TrainingError is one `error:` line and a non-zero exit, like every user error."""
+    result = run_trainer(tmp_path, FAST + NAN_MODEL + ["nan_policy=stop"], check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: non-finite loss or gradient norm at step 3 (nan_policy=stop)")
     diagnostics = json.loads((tmp_path / "nan_diagnostics.json").read_text())
     assert diagnostics["step"] == 3 and len(diagnostics["sample_indices"]) == 4
