@@ -127,7 +127,9 @@ class Trainer:
         resume_from = ckpt.resolve_resume(self.cfg.resume, self.output_dir)
         state = None  # the checkpoint's trainer state, when it is continued exactly
         if resume_from is not None and self.cfg.resume_mode == "exact":
-            state = {"sequence_parallel_size": 1, **ckpt.read_trainer_state(resume_from)}  # older checkpoints: none
+            # keys older checkpoints lack: what they were written with
+            state = {"sequence_parallel_size": 1, "zero_stage": zero_stage(self.cfg),
+                     **ckpt.read_trainer_state(resume_from)}
             ckpt.check_resumable(resume_from, state, self.layout())
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
         reshard_from = state["world_size"] if state and state["world_size"] != self.ctx.world_size else None
@@ -151,9 +153,10 @@ class Trainer:
 
     def layout(self) -> dict:
         """What must match for a checkpoint to continue this run exactly. The world size, micro batch and
-        accumulation may change: the data order and the loss depend on their product (the global batch) only."""
+        accumulation may change: the data order and the loss depend on their product (the global batch) only.
+        The ZeRO stage may not: DeepSpeed's optimizer state of one stage does not load into another."""
         return {"global_batch_size": self.samples_per_step, "sequence_parallel_size": self.parallel.sp_size,
-                "seed": self.cfg.seed,
+                "zero_stage": zero_stage(self.cfg), "seed": self.cfg.seed,
                 "data_fingerprint": self.fingerprints["data"], "tokenizer_fingerprint": self.fingerprints["tokenizer"]}
 
     def split(self) -> dict:

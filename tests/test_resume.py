@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.trainer_runs import FAST, read_scalars, run_trainer
+from tests.trainer_runs import FAST, read_scalars, run_trainer, train_in_process
+from training.checkpoints import CheckpointError
 
 pytestmark = pytest.mark.slow
 STEPS = 12
@@ -152,3 +153,11 @@ def test_fault_spec_is_parsed_or_refused():
     for bad in ("crash@step=5", "kill@step=x", "kill@epoch=1", "kill@step=5@node=1", "kill"):
         with pytest.raises(ValueError, match="LLAMA_TRAINER_FAULT"):
             parse(bad)
+
+
+def test_another_zero_stage_is_refused_in_one_line(tmp_path):
+    """DeepSpeed's optimizer state of one ZeRO stage does not load into another: refused with the reason
+    (it used to fail inside DeepSpeed's loader with a bare AssertionError)."""
+    train_in_process(tmp_path, FAST + ["max_steps=2", "save_steps=2", "deepspeed@ds_cfg=zero1"])
+    with pytest.raises(CheckpointError, match=r"cannot resume exactly from .*checkpoint-2: zero_stage 1 → 3 \(the ZeRO"):
+        train_in_process(tmp_path, FAST + ["max_steps=4", "deepspeed@ds_cfg=zero3", "resume=auto"])

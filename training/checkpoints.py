@@ -62,7 +62,8 @@ def check_resumable(checkpoint: Path, state: dict, layout: dict) -> None:
     if "samples_in_epoch" not in state:
         raise CheckpointError(f"cannot resume exactly from {checkpoint}: it was written by an earlier version of the "
                               f"trainer, whose data order depended on the world size; {weights_only}")
-    notes = {"global_batch_size": " (the world size, micro batch and accumulation may change, not their product)"}
+    notes = {"global_batch_size": " (the world size, micro batch and accumulation may change, not their product)",
+             "zero_stage": " (the ZeRO stage of ds_cfg)"}
     different = [f"{key} {state.get(key)} → {value}{notes.get(key, '')}" for key, value in layout.items()
                  if state.get(key) != value]
     if different:
