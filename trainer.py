@@ -35,7 +35,7 @@ from general_util.seeding import set_seed
 from modules.flops import device_peak_flops, training_flops_per_token
 from modules import sequence_parallel
 from modules.loss import batch_targets, count_targets
-from modules.loss_impl import causal_lm_loss_sum
+from modules.loss_impl import LossSettings, causal_lm_loss_sum
 from post_processors.run import run_evaluators
 from post_processors.summary import write_summary
 from training import checkpoints as ckpt
@@ -121,6 +121,7 @@ class Trainer:
         self.window = LogWindow(row_shards=self.parallel.sp_size)
         self.last_log_time = time.perf_counter()
         self.peak_flops = device_peak_flops(cfg.peak_flops_per_gpu)
+        self.loss_settings = LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens)
 
     # ---- set-up -------------------------------------------------------------------------------------
     def setup(self, model) -> None:
@@ -286,7 +287,8 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         for batch, batch_target in zip(window, targets):
             self.window.add_batch(batch)
-            micro_loss = causal_lm_loss_sum(self.engine.model, model_inputs(batch, self.ctx.device), batch_target)
+            micro_loss = causal_lm_loss_sum(self.engine.model, model_inputs(batch, self.ctx.device), batch_target,
+                                            self.loss_settings)
             self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
             self.engine.step()
             loss_sum += micro_loss.detach().double()
@@ -351,7 +353,8 @@ class Trainer:
     def evaluate(self, tag: str) -> dict[str, float]:
         """Run every evaluator (on all ranks) and log `eval/<evaluator>/<metric>`."""
         self.engine.eval()
-        metrics = run_evaluators(self.evaluators, self.engine.model, self.tokenizer, self.output_dir / "eval" / tag, tag)
+        metrics = run_evaluators(self.evaluators, self.engine.model, self.tokenizer, self.output_dir / "eval" / tag, tag,
+                                 self.loss_settings)
         self.engine.train()
         self.metrics.scalars({f"eval/{k}": v for k, v in metrics.items()}, self.step)
         self.last_eval = metrics
@@ -429,10 +432,11 @@ def evaluate_checkpoints(cfg: DictConfig, ctx: DistContext, tokenizer, evaluator
     targets = [(ckpt.step_of(p), p) for p in ckpt.list_checkpoints(output_dir, cfg.eval_sub_path)]
     targets = targets or [(0, Path(cfg.model_name_or_path))]
     best = BestTracker(output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
+    loss_settings = LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens)
     rows = []
     for step, path in targets:
         model = instantiate(cfg.model, name_or_path=str(path), tokenizer=tokenizer).to(ctx.device).eval()
-        metrics = run_evaluators(evaluators, model, tokenizer, output_dir / "eval" / path.name, str(path))
+        metrics = run_evaluators(evaluators, model, tokenizer, output_dir / "eval" / path.name, str(path), loss_settings)
         rows.append((step, metrics))
         if best.update(metrics, step, path.name) and ctx.is_main:
             best.write()

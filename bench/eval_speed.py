@@ -28,11 +28,13 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from data.benchmarks import LogiQAReader, MultipleChoicePrompt  # noqa: E402
+from modules.loss_impl import LossSettings  # noqa: E402
 from modules.scoring import encode_pair, score_requests  # noqa: E402
 from post_processors.multiple_choice import MultipleChoiceEvaluator  # noqa: E402
 
 VARIANTS = ("one_option_per_forward", "one_item_per_forward", "batched")
 MAX_SEQ_LENGTH = 1024
+LOSS = LossSettings("full")  # log-probs from the whole logits, as lm-eval computes them
 
 
 def logiqa_evaluators(limit: int | None, batch_size: int) -> list[MultipleChoiceEvaluator]:
@@ -52,7 +54,7 @@ def evaluators(limit: int | None) -> dict[str, list[MultipleChoiceEvaluator]]:
 def run_evaluators(runs: list[MultipleChoiceEvaluator], model, tokenizer, workdir: Path) -> list[list[float]]:
     scores = []
     for evaluator in runs:
-        evaluator(model, tokenizer, workdir / evaluator.name)
+        evaluator(model, tokenizer, workdir / evaluator.name, LOSS)
         with open(workdir / evaluator.name / "predictions.jsonl", encoding="utf-8") as f:
             scores += [json.loads(line)["scores"]["loglikelihood"] for line in f]
     return scores
@@ -63,7 +65,7 @@ def one_option_per_forward(runs: list[MultipleChoiceEvaluator], model, tokenizer
     for evaluator in runs:
         for item, prompt in zip(evaluator.items, evaluator.prompts):
             scores.append([score_requests(model, [encode_pair(tokenizer, prompt, continuation)], MAX_SEQ_LENGTH,
-                                          torch.device("cpu"))[0][0]
+                                          torch.device("cpu"), LOSS)[0][0]
                            for continuation in evaluator.prompt.continuations(item)])
     return scores
 

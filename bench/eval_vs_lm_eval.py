@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from bench.eval_speed import MAX_SEQ_LENGTH, logiqa_evaluators  # noqa: E402
+from bench.eval_speed import LOSS, MAX_SEQ_LENGTH, logiqa_evaluators  # noqa: E402
 from bench.tokenize_cache import machine  # noqa: E402
 from data.benchmarks import C3Reader, MultipleChoicePrompt  # noqa: E402
 from post_processors.multiple_choice import MultipleChoiceEvaluator  # noqa: E402
@@ -117,7 +117,7 @@ def run_ours(evaluators: list[MultipleChoiceEvaluator], model, tokenizer, workdi
     """Per task: metrics and per-item records (option log-likelihoods, acc and acc_norm correctness)."""
     out = {}
     for evaluator in evaluators:
-        metrics = evaluator(model, tokenizer, workdir / evaluator.name)
+        metrics = evaluator(model, tokenizer, workdir / evaluator.name, LOSS)
         with open(workdir / evaluator.name / "predictions.jsonl", encoding="utf-8") as f:
             records = [json.loads(line) for line in f]
         out[evaluator.name] = {"acc": metrics["acc"], "acc_norm": metrics["acc_norm"],
@@ -220,7 +220,8 @@ def main() -> None:
 
         lm = HFLM(pretrained=str(MODEL), device="cpu", dtype="float32", batch_size=4 * args.batch_size,
                   max_length=MAX_SEQ_LENGTH, add_bos_token=True)  # ours puts BOS before the prompt too
-        wrapped = LiveLM(model, tokenizer, batch_size=4 * args.batch_size, max_length=MAX_SEQ_LENGTH, add_bos_token=True)
+        wrapped = LiveLM(model, tokenizer, batch_size=4 * args.batch_size, max_length=MAX_SEQ_LENGTH, add_bos_token=True,
+                         loss=LOSS)
         measured = {}
         for name, evaluators in suites(limit, args.batch_size, Path(workdir)).items():
             measured[name] = measure(evaluators, lm, wrapped, model, tokenizer, Path(workdir) / name, repeats)

@@ -1,5 +1,5 @@
 """GPU throughput and MFU of our trainer on a ~1B-parameter LLaMA (random weights), bf16, seq 2048,
-ZeRO-1 on one GPU, with gradient checkpointing off and on, for each --loss-impl (model.loss_impl; default
+ZeRO-1 on one GPU, with gradient checkpointing off and on, for each --loss-impl (loss_impl; default
 auto). Runs in well under 5 minutes on an H100 per loss implementation.
 
     python bench/gpu_mfu.py [--attn sdpa|flash_attention_2] [--steps 20] [--loss-impl full chunked liger]
@@ -79,7 +79,7 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
                  "do_eval=false", "evaluate_during_training=false", f"per_gpu_train_batch_size={batch}",
                  f"max_steps={warmup + steps}", f"logging_steps={warmup}", "save_steps=-1", "torch_adam=true",
                  f"model.attn_implementation={attn}", f"model.gradient_checkpointing={str(checkpointing).lower()}",
-                 f"model.loss_impl={loss_impl}", "collator.pad_to_multiple_of=1", f"sequence_parallel_size={sp}"]
+                 f"loss_impl={loss_impl}", "collator.pad_to_multiple_of=1", f"sequence_parallel_size={sp}"]
     data = RandomTokens(batch * (warmup + steps), seq, vocab=vocab)
     trainer, log_times = timed_trainer(overrides, data)
     ctx = trainer.ctx
@@ -88,7 +88,7 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
     flops_per_token = training_flops_per_token(trainer.num_params, shape["num_layers"], shape["hidden_size"], seq)
     peak = device_peak_flops(peak)
     result = {"size": size, "precision": precision, "attn": attn, "gradient_checkpointing": checkpointing,
-              "loss_impl": loss_impl, "loss_impl_used": resolve(trainer.engine.model, ctx.device),
+              "loss_impl": loss_impl, "loss_impl_used": resolve(trainer.engine.model, trainer.loss_settings, ctx.device),
               "sequence_parallel_size": sp, "seq": seq, "parameters": trainer.num_params,
               "tokens_per_second": tokens_per_second,
               "mfu": tokens_per_second * flops_per_token / (peak * sp) if peak else None,
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--peak-flops", type=float, default=None)
     parser.add_argument("--loss-impl", nargs="+", default=["auto"], choices=LOSS_IMPLS,
-                        help="model.loss_impl values to measure, each with checkpointing off and on")
+                        help="loss_impl values to measure, each with checkpointing off and on")
     parser.add_argument("--sequence-parallel-size", type=int, default=1,
                         help="N > 1: N ranks (torchrun, one GPU each) share every sequence (DeepSpeed Ulysses)")
     parser.add_argument("--seq", type=int, default=None, help="sequence length (default: the size's)")

@@ -6,7 +6,7 @@ Ulysses, modules/sequence_parallel.py), and tokens/s at a length both can run.
     python bench/long_context.py --log probes.jsonl # also append every probe to a file as it is measured
 
 Every probe is a fresh process group (`torchrun`, 1 or 2 ranks) running the trainer (demo sft config, ZeRO-1,
-fp32, sdpa, model.loss_impl=full: the logits are part of what sequence parallelism splits; bench/loss_memory.py
+fp32, sdpa, loss_impl=full: the logits are part of what sequence parallelism splits; bench/loss_memory.py
 measures the chunked loss, which takes them out of both sides) for --steps optimizer steps on one row of L random tokens, all of them trained. Its memory is the
 growth of each rank's peak resident set (VmHWM, reset through /proc/self/clear_refs once the engine is built:
 libraries and weights are in) over its resident set at that point: gradients, optimizer states,
@@ -69,7 +69,7 @@ def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> 
     overrides = [f"model_name_or_path={model_dir}", f"output_dir={model_dir.parent / 'out'}", "precision=fp32",
                  "do_eval=false", "evaluate_during_training=false", "per_gpu_train_batch_size=1",
                  f"max_steps={steps}", "logging_steps=1", "save_steps=-1", "torch_adam=true",
-                 "collator.pad_to_multiple_of=1", f"sequence_parallel_size={sp}", "model.loss_impl=full"]
+                 "collator.pad_to_multiple_of=1", f"sequence_parallel_size={sp}", "loss_impl=full"]
     trainer, log_times = timed_trainer(overrides, RandomTokens(steps, length, vocab=vocab))
     ctx = trainer.ctx
     baseline = reset_peak_rss()  # the libraries, the weights and the engine are in; the training steps are not

@@ -1,4 +1,4 @@
-"""Peak memory and speed of one training step (forward + backward) with model.loss_impl full vs chunked, for
+"""Peak memory and speed of one training step (forward + backward) with loss_impl full vs chunked, for
 vocabularies of 32k / 64k / 128k at sequence lengths 2048 and 4096, on the tiny-depth LLaMA: the config of
 models/tiny_llama (2 layers, hidden size 64) with the vocabulary changed, random weights, nothing downloaded.
 One sequence per step, every position labelled; fp32 on CPU, bf16 on CUDA.
@@ -74,19 +74,19 @@ def run_worker(vocab: int, seq: int, impl: str, chunk_tokens: int, repeats: int)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from modules.loss import next_token_targets
-    from modules.loss_impl import attach_loss_settings, causal_lm_loss_sum
+    from modules.loss_impl import LossSettings, causal_lm_loss_sum
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     config = AutoConfig.from_pretrained(REPO / "models" / "tiny_llama")
     config.vocab_size, config.max_position_embeddings = vocab, seq
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32).to(device).train()
-    attach_loss_settings(model, impl, chunk_tokens)
+    loss = LossSettings(impl, chunk_tokens)
     input_ids = torch.randint(0, vocab, (1, seq), device=device)
     inputs, labels = {"input_ids": input_ids}, input_ids.clone()
 
     def step() -> None:
-        causal_lm_loss_sum(model, inputs, next_token_targets(labels)).backward()
+        causal_lm_loss_sum(model, inputs, next_token_targets(labels), loss).backward()
         model.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
@@ -164,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("loss_memory.json"), help="JSON written after every variant")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant after the measured one")
-    parser.add_argument("--chunk-tokens", type=int, default=None, help="model.loss_chunk_tokens (default: 1024, quick 256)")
+    parser.add_argument("--chunk-tokens", type=int, default=None, help="loss_chunk_tokens (default: 1024, quick 256)")
     parser.add_argument("--quick", action="store_true", help="small vocabularies and sequence (CI)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

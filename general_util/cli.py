@@ -6,19 +6,29 @@ options (`--config-path`, `-cn`, `--multirun`, …) are left alone."""
 import os
 import sys
 
+# Keys that moved (old → new). Written on the command line as before, they reach the preflight, which names
+# the new key (training.config.target_key_problems), instead of Hydra's multi-line "not in struct" error.
+MOVED_KEYS = {"model.loss_impl": "loss_impl", "model.loss_chunk_tokens": "loss_chunk_tokens", "model.save_merged": "save_merged"}
 HYDRA_OPTIONS = {"help", "hydra-help", "version", "cfg", "resolve", "package", "run", "multirun",
                  "shell-completion", "config-path", "config-name", "config-dir", "experimental-rerun", "info"}
 
 
+def let_moved_key_through(override: str) -> str:
+    """`model.loss_impl=x` → `++model.loss_impl=x` (a key of MOVED_KEYS forced in, for the preflight to report)."""
+    key, is_override, value = override.lstrip("+").partition("=")
+    return f"++{key}={value}" if is_override and key in MOVED_KEYS else override
+
+
 def legacy_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """argv with `--key=value` → `key=value`, `--key value` → `key=value` and a bare `--flag` (followed by
-    another option or nothing) → `flag=true`; also returns the (given, converted) pairs."""
+    another option or nothing) → `flag=true`, and a moved key let through (`let_moved_key_through`); also
+    returns the (given, converted) pairs."""
     kept, converted, i = [argv[0]] if argv else [], [], 1
     while i < len(argv):
         arg = argv[i]
         name = arg[2:].split("=", 1)[0]
         if not arg.startswith("--") or not name or name in HYDRA_OPTIONS:
-            kept.append(arg)
+            kept.append(let_moved_key_through(arg))
             i += 1
             continue
         if "=" in arg:
@@ -28,7 +38,7 @@ def legacy_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]
             i += 1
         else:
             given, override = arg, f"{name}=true"
-        kept.append(override)
+        kept.append(let_moved_key_through(override))
         converted.append((given, override))
         i += 1
     return kept, converted

@@ -8,7 +8,6 @@ from models.lora import adapter_tokenizer, apply_lora, is_adapter_dir, load_adap
 from models.model_dir import local_model_dir
 from models.vocab import apply_freeze_strategy, extend_vocabulary, resize_with_mean_rows
 from models.weights_io import DTYPES
-from modules.loss_impl import attach_loss_settings
 
 
 def load_tokenizer(name_or_path: str, pad_token: str | None = None, trust_remote_code: bool = False,
@@ -41,8 +40,7 @@ def quantization_config(dtype: torch.dtype):
 def load_causal_lm(name_or_path: str, torch_dtype: str = "fp32", attn_implementation: str = "sdpa",
                    gradient_checkpointing: bool = False, trust_remote_code: bool = False, tokenizer=None,
                    use_peft: bool = False, lora_config: dict | None = None, load_in_4bit: bool = False,
-                   freeze_strategy: str = "none", train_norms: bool = False,
-                   loss_impl: str = "full", loss_chunk_tokens: int = 1024):
+                   freeze_strategy: str = "none", train_norms: bool = False):
     """The model for training (or evaluation). `name_or_path` may also be an adapter folder written by a LoRA
     run: its base model is loaded with the adapter on top. The keyword arguments are the `model:` keys
     documented in conf/model/llama.yaml."""
@@ -50,9 +48,7 @@ def load_causal_lm(name_or_path: str, torch_dtype: str = "fp32", attn_implementa
         raise ConfigError(f"model.torch_dtype={torch_dtype!r}: use one of {sorted(DTYPES)}")
     dtype = DTYPES[torch_dtype]
     if is_adapter_dir(resolve_path(name_or_path)):
-        model = load_adapter_model(resolve_path(name_or_path), dtype, tokenizer, is_trainable=use_peft)
-        attach_loss_settings(model, loss_impl, loss_chunk_tokens)
-        return model
+        return load_adapter_model(resolve_path(name_or_path), dtype, tokenizer, is_trainable=use_peft)
     model = AutoModelForCausalLM.from_pretrained(
         local_model_dir(name_or_path), dtype=dtype, attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code, quantization_config=quantization_config(dtype) if load_in_4bit else None)
@@ -65,7 +61,6 @@ def load_causal_lm(name_or_path: str, torch_dtype: str = "fp32", attn_implementa
     if use_peft:
         model = apply_lora(model, lora_config, gradient_checkpointing, quantized=load_in_4bit)
     apply_freeze_strategy(model, freeze_strategy, train_norms)
-    attach_loss_settings(model, loss_impl, loss_chunk_tokens)
     return model
 
 

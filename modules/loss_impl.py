@@ -1,5 +1,5 @@
-"""How a causal LM's next-token loss (and the evaluators' log-probabilities) are computed: `model.loss_impl`
-(conf/model/llama.yaml), attached to the model when it is loaded.
+"""How a causal LM's next-token loss (and the evaluators' log-probabilities) are computed: `loss_impl` and
+`loss_chunk_tokens` (conf/base.yaml), passed as a `LossSettings` to every call that runs the model for a loss.
 
     full     the model's logits, then `target_loss_sum`: a tokens × vocabulary tensor, and its gradient
     chunked  modules.chunked_ce from the final hidden states and the head's weight, loss_chunk_tokens at a time
@@ -32,22 +32,28 @@ LOSS_IMPLS = ("auto", "full", "chunked", "liger")
 PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
-@dataclass(frozen=True)
-class LossSettings:
-    impl: str
-    chunk_tokens: int
-
-
 def settings_problems(impl: str, chunk_tokens: int, cuda: bool) -> list[str]:
-    """What is wrong with `model.loss_impl` / `model.loss_chunk_tokens` on this machine (one line each)."""
+    """What is wrong with `loss_impl` / `loss_chunk_tokens` on this machine (one line each)."""
     problems = []
     if impl not in LOSS_IMPLS:
-        problems.append(f"model.loss_impl={impl!r}: use one of {', '.join(LOSS_IMPLS)}")
+        problems.append(f"loss_impl={impl!r}: use one of {', '.join(LOSS_IMPLS)}")
     elif impl == "liger" and liger_problem(cuda):
-        problems.append(f"model.loss_impl='liger': {liger_problem(cuda)}; or use loss_impl=chunked")
+        problems.append(f"loss_impl='liger': {liger_problem(cuda)}; or use loss_impl=chunked")
     if chunk_tokens < 1:
-        problems.append(f"model.loss_chunk_tokens={chunk_tokens}: must be ≥ 1")
+        problems.append(f"loss_chunk_tokens={chunk_tokens}: must be ≥ 1")
     return problems
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """`loss_impl` and `loss_chunk_tokens`; checked once, when built (a ConfigError naming the key)."""
+    impl: str = "full"
+    chunk_tokens: int = 1024
+
+    def __post_init__(self):
+        problems = settings_problems(self.impl, self.chunk_tokens, torch.cuda.is_available())
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 def liger_problem(cuda: bool) -> str | None:
@@ -62,14 +68,6 @@ def causal_lm(model) -> nn.Module:
     """The transformers causal LM inside a DeepSpeed engine (`.module`) and/or a peft wrapper."""
     model = getattr(model, "module", model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def attach_loss_settings(model, impl: str, chunk_tokens: int) -> None:
-    """Record the loss implementation on the model (read by `causal_lm_loss_sum` and `target_log_probs`)."""
-    problems = settings_problems(impl, chunk_tokens, torch.cuda.is_available())
-    if problems:
-        raise ConfigError("; ".join(problems))
-    causal_lm(model).loss_settings = LossSettings(impl, chunk_tokens)
 
 
 def plain_head(model) -> nn.Linear | None:
@@ -87,10 +85,9 @@ def announce(message: str) -> None:
     logger.info(message)
 
 
-def resolve(model, device: torch.device) -> str:
-    """full, chunked or liger for this model on `device`; a model loaded without settings keeps `full`."""
-    settings = getattr(causal_lm(model), "loss_settings", None)
-    impl = settings.impl if settings else "full"
+def resolve(model, loss: LossSettings, device: torch.device) -> str:
+    """full, chunked or liger: what `loss.impl` comes to for this model on `device`."""
+    impl = loss.impl
     if impl == "full":
         return impl
     head = plain_head(model)
@@ -99,12 +96,12 @@ def resolve(model, device: torch.device) -> str:
         why = (f"its output head is a {type(lm.get_output_embeddings()).__name__} of a {lm.config.model_type!r} model, "
                f"not a plain linear head of {', '.join(PLAIN_HEAD_MODEL_TYPES)}")
         if impl != "auto":
-            raise ConfigError(f"model.loss_impl={impl!r} cannot apply: {why}; use loss_impl=full or auto")
+            raise ConfigError(f"loss_impl={impl!r} cannot apply: {why}; use loss_impl=full or auto")
         announce(f"loss_impl=auto: full ({why})")
         return "full"
     problem = liger_problem(device.type == "cuda")
     if impl == "liger" and problem:
-        raise ConfigError(f"model.loss_impl='liger': {problem}; or use loss_impl=chunked")
+        raise ConfigError(f"loss_impl='liger': {problem}; or use loss_impl=chunked")
     if impl == "auto":
         impl = "chunked" if problem else "liger"
         announce(f"loss_impl=auto: {impl}" + (f" ({problem})" if problem else ""))
@@ -127,41 +124,38 @@ def liger_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     return LigerFusedLinearCrossEntropyLoss(reduction="sum", accum_dtype=torch.float32)(weight, hidden, targets)
 
 
-def causal_lm_loss_sum(model, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
+def causal_lm_loss_sum(model, inputs: dict, targets: torch.Tensor, loss: LossSettings) -> torch.Tensor:
     """`target_loss_sum` of the model's predictions for `inputs` (a DeepSpeed engine, peft or plain model)
-    against each position's next-token `targets` (`modules.loss.batch_targets`), computed by the model's
-    loss implementation."""
+    against each position's next-token `targets` (`modules.loss.batch_targets`), computed as `loss` says."""
     device = inputs["input_ids"].device
-    impl = resolve(model, device)
+    impl = resolve(model, loss, device)
     if impl == "full":
         return target_loss_sum(model(**inputs).logits, targets)
     targets = targets.to(device).reshape(-1)
-    chunk_tokens = causal_lm(model).loss_settings.chunk_tokens
 
-    def loss(hidden, weight):
+    def loss_sum(hidden, weight):
         hidden = hidden.reshape(-1, hidden.shape[-1])
         if hidden.shape[0] != targets.shape[0]:
             raise RuntimeError(f"the head saw {hidden.shape[0]} positions for {targets.shape[0]} labels")
         if impl == "liger":
             return liger_loss_sum(hidden, weight, targets)
-        return chunked_loss_sum(hidden, weight, targets, chunk_tokens)
+        return chunked_loss_sum(hidden, weight, targets, loss.chunk_tokens)
 
-    with head_computes(plain_head(model), loss):
+    with head_computes(plain_head(model), loss_sum):
         return model(**inputs).logits  # what the head returned: the loss sum
 
 
-def target_log_probs(model, inputs: dict, positions: torch.Tensor,
-                     tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def target_log_probs(model, inputs: dict, positions: torch.Tensor, tokens: torch.Tensor,
+                     loss: LossSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 log-probability of tokens[i] at positions[i], an index into the positions whose logits the
     model returns (all of them, or those of `inputs["logits_to_keep"]` in row-major order), and whether
-    tokens[i] is the most probable token there."""
-    impl = resolve(model, inputs["input_ids"].device)
+    tokens[i] is the most probable token there (computed as `loss` says)."""
+    impl = resolve(model, loss, inputs["input_ids"].device)
     if impl == "full":
         log_probs = model(**inputs).logits.double().log_softmax(dim=-1)
         log_probs = log_probs.reshape(-1, log_probs.shape[-1])
         return log_probs[positions, tokens], log_probs[positions].argmax(dim=-1) == tokens
-    chunk_tokens = causal_lm(model).loss_settings.chunk_tokens
     log_probs = (lambda hidden, weight: chunked_target_log_probs(hidden.reshape(-1, hidden.shape[-1]), weight,
-                                                                   positions, tokens, chunk_tokens))
+                                                                   positions, tokens, loss.chunk_tokens))
     with head_computes(plain_head(model), log_probs):
         return model(**inputs).logits

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modules.loss_impl import target_log_probs
+from modules.loss_impl import LossSettings, target_log_probs
 
 
 @dataclass(frozen=True)
@@ -239,11 +239,11 @@ def scored_tokens(batch: PackedBatch) -> tuple[list[int], list[int], list[int]]:
 
 
 @torch.no_grad()
-def score_batch(model, requests: list[Request], max_length: int, device: torch.device,
+def score_batch(model, requests: list[Request], max_length: int, device: torch.device, loss: LossSettings,
                 truncation: str = "lm_eval") -> Scores:
     """One forward call over all `requests`: their summed continuation log-probs (float64 log-softmax), greedy
     and truncation flags. `model`: a transformers causal LM, or a wrapper of one (DeepSpeed engine: `.module`;
-    peft). Under model.loss_impl chunked/liger the log-probs come from the hidden states a slice of positions
+    peft). Under `loss.impl` chunked/liger the log-probs come from the hidden states a slice of positions
     at a time (modules/loss_impl.py), so no kept positions × vocabulary tensor is built."""
     config = getattr(getattr(model, "module", model), "config", None)
     batch = pack(requests, max_length, getattr(config, "_attn_implementation", None) in SHARED_CONTEXT_ATTENTION,
@@ -253,16 +253,16 @@ def score_batch(model, requests: list[Request], max_length: int, device: torch.d
     if mask is not None:
         inputs["attention_mask"] = mask
     index, tokens, owner = (torch.tensor(values, device=device) for values in scored_tokens(batch))
-    picked, is_argmax = target_log_probs(model, {k: v.to(device) for k, v in inputs.items()}, index, tokens)
+    picked, is_argmax = target_log_probs(model, {k: v.to(device) for k, v in inputs.items()}, index, tokens, loss)
     sums = torch.zeros(len(batch.targets), dtype=picked.dtype, device=device).index_add_(0, owner, picked)
     misses = torch.zeros(len(batch.targets), dtype=torch.long, device=device).index_add_(0, owner, (~is_argmax).long())
     return Scores(sums.tolist(), (misses == 0).tolist(), batch.truncated)  # one copy each to host
 
 
-def score_requests(model, requests: list[Request], max_length: int, device: torch.device,
+def score_requests(model, requests: list[Request], max_length: int, device: torch.device, loss: LossSettings,
                    truncation: str = "lm_eval") -> tuple[list[float], list[bool]]:
     """`score_batch`'s summed continuation log-probs and truncation flags."""
-    scores = score_batch(model, requests, max_length, device, truncation)
+    scores = score_batch(model, requests, max_length, device, loss, truncation)
     return scores.sums, scores.truncated
 
 

@@ -23,6 +23,7 @@ import torch
 from general_util.paths import resolve_path
 from general_util.dist import current
 from general_util.errors import ConfigError, UserError
+from modules.loss_impl import LossSettings
 
 REQUIREMENTS = "requirements-lm-eval.txt"
 
@@ -69,13 +70,13 @@ class LMEvalHarnessEvaluator:
         self.task_dict = load_tasks(manager, specs, name)
         configure_tasks(self.task_dict["tasks"].values(), num_fewshot, dict(gen_kwargs or {}))
 
-    def __call__(self, model, tokenizer, output_dir: str | Path) -> dict[str, float]:
+    def __call__(self, model, tokenizer, output_dir: str | Path, loss: LossSettings) -> dict[str, float]:
         from lm_eval.defaults import DEFAULT_OTHER_SEED
         from lm_eval.evaluator import evaluate
 
         from post_processors.lm_eval_model import LiveLM
 
-        lm = LiveLM(model, tokenizer, self.batch_size, self.max_length, self.max_gen_toks, self.add_bos_token)
+        lm = LiveLM(model, tokenizer, self.batch_size, self.max_length, self.max_gen_toks, self.add_bos_token, loss=loss)
         for task in self.task_dict["tasks"].values():
             task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)  # the same few-shot examples at every evaluation
         with lm_eval_seeds():

@@ -25,6 +25,7 @@ from lm_eval.models.utils_hf import stop_sequences_criteria
 from general_util.dist import current, gather_objects, shard_range
 from general_util.logging import progress_bar
 from modules.generation import needs_synced_generation
+from modules.loss_impl import LossSettings
 from modules.scoring import Request, score_batch
 from post_processors.gathering import run_in_lockstep
 
@@ -32,15 +33,16 @@ from post_processors.gathering import run_in_lockstep
 class LiveLM(TemplateLM):
     """`model`: a DeepSpeed engine or a transformers causal LM (or peft model). `max_length`: the context
     length (None: the model config's, as HFLM resolves it); `max_gen_toks`: tokens to generate when the task
-    does not say (HFLM's 256); `add_bos_token`: None leaves it to the tokenizer (HFLM's default)."""
+    does not say (HFLM's 256); `add_bos_token`: None leaves it to the tokenizer (HFLM's default); `loss`: how the
+    log-likelihoods are computed (loss_impl)."""
 
     def __init__(self, model, tokenizer, batch_size: int, max_length: int | None = None, max_gen_toks: int = 256,
-                 add_bos_token: bool | None = None):
+                 add_bos_token: bool | None = None, *, loss: LossSettings):
         super().__init__()  # rank 0 of a world of one, as lm-eval sees it
         self.model, self.module = model, getattr(model, "module", model)  # the engine scores; its module generates
         self.tokenizer, self.batch_size, self.max_gen_toks = tokenizer, batch_size, max_gen_toks
         self.max_length = max_length or resolve_max_length(self.module.config, tokenizer)
-        self.add_bos_token = add_bos_token
+        self.add_bos_token, self.loss = add_bos_token, loss
         self.ctx = current()
         self._device = self.ctx.device
         self.synced_gpus = needs_synced_generation(model, self.ctx.world_size)
@@ -98,7 +100,7 @@ class LiveLM(TemplateLM):
         """`requests`: (strings or None, context tokens, continuation tokens) → (summed log-prob, is greedy)."""
         def run(batch: list[int]) -> list:
             scores = score_batch(self.model, [Request(requests[i][1], requests[i][2]) for i in batch], self.max_length,
-                                 self.device)
+                                 self.device, self.loss)
             return list(zip(batch, zip(scores.sums, scores.greedy)))
 
         if not requests:

@@ -11,7 +11,7 @@ from general_util.dist import all_reduce, current, shard_range
 from general_util.errors import ConfigError
 from general_util.logging import progress_bar
 from modules.loss import count_label_tokens, next_token_targets
-from modules.loss_impl import causal_lm_loss_sum
+from modules.loss_impl import LossSettings, causal_lm_loss_sum
 
 
 class LossEvaluator:
@@ -26,7 +26,7 @@ class LossEvaluator:
         self.batch_size = batch_size
         self._dataset = None
 
-    def __call__(self, model, tokenizer, output_dir) -> dict[str, float]:
+    def __call__(self, model, tokenizer, output_dir, loss: LossSettings) -> dict[str, float]:
         ctx = current()
         if self._dataset is None:
             self._dataset = self.dataset_factory(tokenizer=tokenizer)
@@ -39,14 +39,15 @@ class LossEvaluator:
                 batch = batches[min(i, len(batches) - 1)] if batches else None
                 if batch is None:  # this rank has no items at all: any input keeps the forward count aligned
                     batch = next(iter(DataLoader(Subset(self._dataset, [0]), collate_fn=self.collator_factory(tokenizer=tokenizer))))
-                loss_sum = causal_lm_loss_sum(model, model_inputs(batch, ctx.device), next_token_targets(batch["labels"]))
+                loss_sum = causal_lm_loss_sum(model, model_inputs(batch, ctx.device), next_token_targets(batch["labels"]),
+                                              loss)
                 if i < len(batches):
                     totals[0] += loss_sum.double()
                     totals[1] += count_label_tokens(batch["labels"]).double()
                     bar.update(min(len(batch["labels"]) * ctx.world_size, bar.total - bar.n))  # ranks step together
         all_reduce(totals)
-        loss = (totals[0] / totals[1].clamp(min=1)).item()
-        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": totals[1].item()}
+        mean = (totals[0] / totals[1].clamp(min=1)).item()
+        metrics = {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": totals[1].item()}
         if ctx.is_main:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -14,6 +14,7 @@ from general_util.dist import current, gather_objects, shard_range
 from general_util.errors import ConfigError
 from general_util.logging import progress_bar
 from modules.generation import DEFAULT_GENERATION, generate_continuations, needs_synced_generation
+from modules.loss_impl import LossSettings
 from modules.scoring import TRUNCATIONS, choose, encode_options, score_requests
 from post_processors.answer_extraction import check_rule, extract_choice
 from post_processors.gathering import merge_by_index, run_in_lockstep
@@ -70,14 +71,14 @@ class MultipleChoiceEvaluator:
             raise ConfigError(f"evaluator {name}: no items in {data_dir}")
         self.prompts = prompt.render(self.items, source.exemplars() if prompt.num_shots else [])
 
-    def __call__(self, model, tokenizer, output_dir: str | Path) -> dict[str, float]:
+    def __call__(self, model, tokenizer, output_dir: str | Path, loss: LossSettings) -> dict[str, float]:
         ctx = current()
         if self.max_seq_length is None:  # the model's context length
             config = getattr(getattr(model, "module", model), "config")
             self.max_seq_length = config.max_position_embeddings
         share = list(shard_range(len(self.items), ctx.rank, ctx.world_size))
         if self.scoring == "loglikelihood":
-            local = self._loglikelihood(model, tokenizer, share, ctx.device)
+            local = self._loglikelihood(model, tokenizer, share, ctx.device, loss)
         else:
             local = self._generate(model, tokenizer, share, ctx.device, needs_synced_generation(model, ctx.world_size))
         predictions = merge_by_index(gather_objects(local), len(self.items))
@@ -91,7 +92,7 @@ class MultipleChoiceEvaluator:
         return metrics
 
     # ---- scoring ------------------------------------------------------------------------------------
-    def _loglikelihood(self, model, tokenizer, share: list[int], device) -> list[dict]:
+    def _loglikelihood(self, model, tokenizer, share: list[int], device, loss: LossSettings) -> list[dict]:
         def encode(i: int) -> list:
             return encode_options(tokenizer, self.prompts[i], self.prompt.continuations(self.items[i]), self.add_bos,
                                   keep_tokens=self.max_seq_length + 1)
@@ -103,7 +104,7 @@ class MultipleChoiceEvaluator:
         def run(indices: list[int]) -> list[dict]:
             per_item = [requests[i] if i in requests else encode(i) for i in indices]
             sums, truncated = score_requests(model, [r for item in per_item for r in item], self.max_seq_length, device,
-                                             self.truncation)
+                                             loss, self.truncation)
             out, at = [], 0
             for i, item_requests in zip(indices, per_item):
                 n = len(item_requests)

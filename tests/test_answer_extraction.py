@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.benchmarks import C3Reader, LogiQAReader, MultipleChoicePrompt
 from modules.generation import generate_continuations
+from modules.loss_impl import LossSettings
 from post_processors.answer_extraction import extract_choice
 from post_processors.multiple_choice import MultipleChoiceEvaluator
 
@@ -61,7 +62,7 @@ def read_predictions(folder) -> list[dict]:
 
 
 def test_answer_is_read_from_the_continuation_not_the_prompt(tmp_path, tokenizer):
-    metrics = generative_evaluator()(ScriptedModel(tokenizer, " B"), tokenizer, tmp_path)
+    metrics = generative_evaluator()(ScriptedModel(tokenizer, " B"), tokenizer, tmp_path, LossSettings())
     predictions = read_predictions(tmp_path)
     assert all("A. " in p["prompt"] for p in predictions)  # the prompt letters its options from A
     assert [p["prediction"] for p in predictions] == [1] * 11
@@ -71,9 +72,11 @@ def test_answer_is_read_from_the_continuation_not_the_prompt(tmp_path, tokenizer
 
 def test_trigger_and_unparsable_answers_count_as_wrong(tmp_path, tokenizer):
     reply = "A项不对。本题的答案是B"
-    metrics = generative_evaluator(answer_trigger="本题的答案是")(ScriptedModel(tokenizer, reply), tokenizer, tmp_path / "t")
+    evaluator = generative_evaluator(answer_trigger="本题的答案是")
+    metrics = evaluator(ScriptedModel(tokenizer, reply), tokenizer, tmp_path / "t", LossSettings())
     assert {p["prediction"] for p in read_predictions(tmp_path / "t")} == {1}
-    metrics = generative_evaluator(answer_trigger="The answer is")(ScriptedModel(tokenizer, reply), tokenizer, tmp_path / "u")
+    evaluator = generative_evaluator(answer_trigger="The answer is")
+    metrics = evaluator(ScriptedModel(tokenizer, reply), tokenizer, tmp_path / "u", LossSettings())
     predictions = read_predictions(tmp_path / "u")
     assert {p["prediction"] for p in predictions} == {None} and {p["correct"] for p in predictions} == {False}
     assert metrics["unparsable"] == 11 and metrics["acc"] == 0.0
@@ -101,7 +104,7 @@ def test_evaluator_generates_with_the_tiny_model(tmp_path, tokenizer):
                                         MultipleChoicePrompt("en", answer_format="letter"), scoring="generate",
                                         batch_size=4, generation={"max_new_tokens": 4}, data_dir="data/samples/logiqa_v2",
                                         limit=5)
-    metrics = evaluator(model, tokenizer, tmp_path)
+    metrics = evaluator(model, tokenizer, tmp_path, LossSettings())
     predictions = read_predictions(tmp_path)
     assert len(predictions) == 5 and metrics["n"] == 5
     assert metrics["unparsable"] == sum(p["prediction"] is None for p in predictions)

@@ -316,6 +316,7 @@ def test_ceval_test_split_through_the_evaluator_writes_the_submission_with_chine
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from data.benchmarks import MultipleChoicePrompt
+    from modules.loss_impl import LossSettings
     from post_processors.multiple_choice import MultipleChoiceEvaluator
     prompt = MultipleChoicePrompt("zh", num_shots=2, answer_format="letter",
                                   instruction="以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。")
@@ -324,7 +325,7 @@ def test_ceval_test_split_through_the_evaluator_writes_the_submission_with_chine
     assert all("{subject}" not in p and "以下是中国关于" in p for p in evaluator.prompts)
     assert any("高中地理" in p for p in evaluator.prompts) and not any("high school geography" in p for p in evaluator.prompts)
     model = AutoModelForCausalLM.from_pretrained("models/tiny_llama").eval()
-    metrics = evaluator(model, AutoTokenizer.from_pretrained("models/tiny_llama"), tmp_path)
+    metrics = evaluator(model, AutoTokenizer.from_pretrained("models/tiny_llama"), tmp_path, LossSettings())
     assert metrics["labelled"] == 0 and metrics["n"] == len(evaluator.items)
     submission = json_module.loads((tmp_path / "ceval_submission.json").read_text(encoding="utf-8"))
     assert sum(len(answers) for answers in submission.values()) == len(evaluator.items)

@@ -84,8 +84,10 @@ def test_target_keys_are_checked_against_signatures_through_kwargs_forwarding():
         "_target_": "post_processors.loss.LossEvaluator", "batch_sise": 8,
         "dataset": {"_target_": "data.sft.InstructionDataset", "_partial_": True, "files": "x", "truncation": "drop",
                     "truncaton": "drop"}}},
-        "model": {"_target_": "models.loading.load_causal_lm", "name_or_path": "${model_name_or_path}"}})
+        "model": {"_target_": "models.loading.load_causal_lm", "name_or_path": "${model_name_or_path}",
+                  "loss_impl": "chunked"}})
     assert target_key_problems(cfg) == [
         "evaluators.dev.batch_sise: not a parameter of post_processors.loss.LossEvaluator; did you mean 'batch_size'?",
         # InstructionDataset forwards **options to TokenizedDataset: `truncation` is accepted, the typo is not
-        "evaluators.dev.dataset.truncaton: not a parameter of data.sft.InstructionDataset; did you mean 'truncation'?"]
+        "evaluators.dev.dataset.truncaton: not a parameter of data.sft.InstructionDataset; did you mean 'truncation'?",
+        "model.loss_impl: now the top-level key 'loss_impl'; write loss_impl=chunked"]  # moved out of model:

@@ -1,4 +1,4 @@
-"""Evaluation end to end: two ranks (gloo, a ZeRO-3 engine, odd item counts, scoring by model.loss_impl=chunked)
+"""Evaluation end to end: two ranks (gloo, a ZeRO-3 engine, odd item counts, scoring by loss_impl=chunked)
 write exactly the predictions of one rank (full logits); the output files; the shipped conf/eval nodes compose
 and run."""
 import functools
@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.benchmarks import C3Reader, LogiQAReader, MultipleChoicePrompt, ReClorReader
 from general_util.dist import free_port
-from modules.loss_impl import attach_loss_settings, resolve
+from modules.loss_impl import LossSettings, resolve
 from post_processors.multiple_choice import MultipleChoiceEvaluator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +33,7 @@ CASES = {
                      data_dir="data/samples/reclor", limit=1),
 }
 NUM_ITEMS = {"logiqa": 15, "c3_generate": 7, "one_item": 1}
+CHUNKED = LossSettings("chunked", 5)  # the two ranks: log-probs from hidden states in slices, the head ZeRO-3-gathered
 
 
 def evaluate_on_rank(rank: int, world_size: int, port: int, out: str) -> None:
@@ -46,14 +47,13 @@ def evaluate_on_rank(rank: int, world_size: int, port: int, out: str) -> None:
     init_distributed()
     tokenizer = AutoTokenizer.from_pretrained(TINY)
     model = AutoModelForCausalLM.from_pretrained(TINY).eval()
-    attach_loss_settings(model, "chunked", 5)  # log-probs from hidden states in slices, the head ZeRO-3-gathered
     engine, *_ = deepspeed.initialize(model=model, config={"train_micro_batch_size_per_gpu": 1,
                                                            "zero_optimization": {"stage": 3}})
     engine.eval()
-    assert engine.zero_optimization_partition_weights() and resolve(engine, torch.device("cpu")) == "chunked"
+    assert engine.zero_optimization_partition_weights() and resolve(engine, CHUNKED, torch.device("cpu")) == "chunked"
     Path(out).mkdir(parents=True, exist_ok=True)
     for name, kwargs in CASES.items():
-        metrics = MultipleChoiceEvaluator(name, **kwargs)(engine, tokenizer, Path(out) / name)
+        metrics = MultipleChoiceEvaluator(name, **kwargs)(engine, tokenizer, Path(out) / name, CHUNKED)
         (Path(out) / f"{name}.rank{rank}.json").write_text(json.dumps(metrics))
     teardown(engine)  # and leave as the trainer does: no gloo thread destroyed at interpreter exit (SIGABRT)
     exit_process(0)
@@ -65,7 +65,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     tokenizer = AutoTokenizer.from_pretrained(TINY)
     model = AutoModelForCausalLM.from_pretrained(TINY).eval()
     for name, kwargs in CASES.items():
-        metrics = MultipleChoiceEvaluator(name, **kwargs)(model, tokenizer, root / "1" / name)
+        metrics = MultipleChoiceEvaluator(name, **kwargs)(model, tokenizer, root / "1" / name, LossSettings())
         (root / "1" / f"{name}.rank0.json").write_text(json.dumps(metrics))
     processes = mp.spawn(evaluate_on_rank, args=(2, free_port(), str(root / "2")), nprocs=2, join=False)
     deadline = time.monotonic() + 1200  # only a hang (ranks making different numbers of calls) gets near it
@@ -116,7 +116,7 @@ def test_prediction_records_hold_prompt_scores_and_provenance(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(TINY)
     model = AutoModelForCausalLM.from_pretrained(TINY).eval()
     MultipleChoiceEvaluator("c3", C3Reader, MultipleChoicePrompt("zh"), data_dir="data/samples/c3", limit=3)(
-        model, tokenizer, tmp_path)
+        model, tokenizer, tmp_path, LossSettings())
     first = read_predictions(tmp_path)[0]
     assert first["source"].endswith("c3-d-dev.json (record 0, question 0)") and first["id"] == "d1-1-0"
     assert first["prompt"].endswith("答案：") and first["continuations"] == [" " + o for o in first["options"]]
@@ -138,7 +138,7 @@ def test_shipped_eval_nodes_compose_and_run(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(TINY).eval()
     for key, evaluator in evaluators.items():
         assert evaluator.name == names[key]
-        metrics = evaluator(model, tokenizer, tmp_path / key)
+        metrics = evaluator(model, tokenizer, tmp_path / key, LossSettings())
         assert metrics["n"] == (6 if key == "mmlu" else 3) and 0.0 <= metrics["acc"] <= 1.0
     mmlu = read_predictions(tmp_path / "mmlu")
     assert mmlu[0]["prompt"].startswith("The following are multiple choice questions (with answers) about abstract algebra.")

@@ -14,6 +14,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when datasets / huggingface_hub are imported
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from modules.loss_impl import LossSettings  # noqa: E402
 from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer  # noqa: E402
 
 if importlib.util.find_spec("lm_eval") is None and not os.environ.get("LLAMA_TRAINER_REQUIRE_OPTIONAL_DEPS"):
@@ -80,7 +81,7 @@ def test_multiple_choice_and_generation_equal_lm_eval(tmp_path):
     evaluator = LMEvalHarnessEvaluator("harness", [str(FIXTURES)], num_fewshot=1, batch_size=3, max_length=96)
     assert sorted(evaluator.task_dict["tasks"]) == sorted(MC_AND_GENERATION)
     model = AutoModelForCausalLM.from_pretrained(TINY).eval()
-    metrics = evaluator(model, AutoTokenizer.from_pretrained(TINY), tmp_path)
+    metrics = evaluator(model, AutoTokenizer.from_pretrained(TINY), tmp_path, LossSettings())
     assert set(metrics) == {"logiqa2_local/acc", "logiqa2_local/acc_norm", "gsm8k_local/exact_match/strict-match",
                             "gsm8k_local/exact_match/flexible-extract"}
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
@@ -88,7 +89,7 @@ def test_multiple_choice_and_generation_equal_lm_eval(tmp_path):
     theirs = reference(TINY, list(MC_AND_GENERATION), FIXTURES, num_fewshot=1, max_length=96)
     assert_same_as_lm_eval(metrics, tmp_path, theirs)
     # a second evaluation is the same (few-shot examples re-drawn from the same seed)
-    assert evaluator(model, AutoTokenizer.from_pretrained(TINY), tmp_path / "again") == metrics
+    assert evaluator(model, AutoTokenizer.from_pretrained(TINY), tmp_path / "again", LossSettings()) == metrics
 
 
 def test_chat_template_equals_lm_eval(tmp_path):
@@ -106,7 +107,7 @@ def test_chat_template_equals_lm_eval(tmp_path):
     options = dict(num_fewshot=1, apply_chat_template=True, fewshot_as_multiturn=True,
                    system_instruction="Answer briefly.")
     evaluator = LMEvalHarnessEvaluator("harness", [str(FIXTURES)], batch_size=4, **options)
-    metrics = evaluator(model, tokenizer, tmp_path / "out")
+    metrics = evaluator(model, tokenizer, tmp_path / "out", LossSettings())
     prompt = read_samples(tmp_path / "out", "gsm8k_local")[0]["arguments"][0][0]  # (context, generation kwargs)
     assert prompt.startswith("<s>[INST] <<SYS>>\nAnswer briefly.") and prompt.count("[INST]") == 2
     assert_same_as_lm_eval(metrics, tmp_path / "out", reference(chat_model, list(MC_AND_GENERATION), FIXTURES, **options))
@@ -119,7 +120,8 @@ def test_rolling_loglikelihood_equals_lm_eval(tmp_path):
     from post_processors.lm_eval_harness import LMEvalHarnessEvaluator
 
     evaluator = LMEvalHarnessEvaluator("harness", [str(FIXTURES / "rolling" / "wikitext_local.yaml")], max_length=32)
-    metrics = evaluator(AutoModelForCausalLM.from_pretrained(TINY).eval(), AutoTokenizer.from_pretrained(TINY), tmp_path)
+    metrics = evaluator(AutoModelForCausalLM.from_pretrained(TINY).eval(), AutoTokenizer.from_pretrained(TINY), tmp_path,
+                        LossSettings())
     assert set(metrics) == {"wikitext_local/word_perplexity", "wikitext_local/byte_perplexity",
                             "wikitext_local/bits_per_byte"}
     assert_same_as_lm_eval(metrics, tmp_path, reference(TINY, ["wikitext_local"], FIXTURES / "rolling", max_length=32))

@@ -1,4 +1,4 @@
-"""model.loss_impl: the chunked loss (and scoring) equal the full-logits path in fp32 — loss and the gradient of
+"""loss_impl: the chunked loss (and scoring) equal the full-logits path in fp32 — loss and the gradient of
 every trainable parameter — for plain, tied, LoRA, checkpointed and packed models; no tokens × vocabulary
 tensor beyond one slice exists under chunked; auto/liger resolve as documented."""
 import copy
@@ -14,7 +14,7 @@ from data.collators import PackedCollator, PaddingCollator, model_inputs
 from general_util.errors import ConfigError
 from models.loading import load_causal_lm, load_tokenizer
 from modules.loss import IGNORE_INDEX, next_token_targets
-from modules.loss_impl import announce, attach_loss_settings, causal_lm_loss_sum, resolve
+from modules.loss_impl import LossSettings, announce, causal_lm_loss_sum, resolve
 from modules.scoring import encode_options, score_requests
 from tests.trainer_runs import FAST, read_scalars, run_trainer
 
@@ -81,8 +81,8 @@ def packed_batch(tokenizer):
 
 def loss_and_grads(model, impl: str, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model = copy.deepcopy(model).train()
-    attach_loss_settings(model, impl, CHUNK)
-    loss = causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), next_token_targets(batch["labels"]))
+    loss = causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), next_token_targets(batch["labels"]),
+                              LossSettings(impl, CHUNK))
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
@@ -115,8 +115,8 @@ def test_chunked_loss_without_grad_equals_full(tokenizer):
     with torch.no_grad():
         sums = {}
         for impl in ("full", "chunked"):
-            attach_loss_settings(model, impl, CHUNK)
-            sums[impl] = causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), next_token_targets(batch["labels"]))
+            sums[impl] = causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), next_token_targets(batch["labels"]),
+                                            LossSettings(impl, CHUNK))
     assert_relative(sums["chunked"], sums["full"], "loss")
 
 
@@ -143,11 +143,11 @@ def test_no_tokens_by_vocabulary_tensor_under_chunked(impl, tokenizer):
     hidden = AutoConfig.from_pretrained(TINY).hidden_size
     assert tokens > hidden > CHUNK  # so the weight-shaped [vocab, hidden] tensors cannot hide a logits tensor
     model = load_causal_lm(TINY).train()
-    attach_loss_settings(model, impl, CHUNK)
     saved = []
     with LargestVocabularyTensor() as created, \
             torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), next_token_targets(batch["labels"])).backward()
+        causal_lm_loss_sum(model, model_inputs(batch, torch.device("cpu")), next_token_targets(batch["labels"]),
+                           LossSettings(impl, CHUNK)).backward()
     if impl == "full":  # the tracker does see the logits
         assert created.rows >= tokens and max(saved) >= tokens * VOCAB
     else:
@@ -162,34 +162,35 @@ def test_scoring_under_chunked_equals_full(tokenizer):
                 + encode_options(tokenizer, "另一个问题：", ["是的", "不是", "也许吧，谁知道"]))
     scores = {}
     for impl in ("full", "chunked"):
-        attach_loss_settings(model, impl, 3)
-        scores[impl] = score_requests(model, requests, 1024, torch.device("cpu"))[0]
+        scores[impl] = score_requests(model, requests, 1024, torch.device("cpu"), LossSettings(impl, 3))[0]
     assert scores["chunked"] == pytest.approx(scores["full"], rel=1e-6)  # fp32 logits, sliced matmuls
 
 
 def test_auto_resolves_to_chunked_on_cpu_and_logs_it_once(caplog):
-    model = load_causal_lm(TINY, loss_impl="auto")
+    model = load_causal_lm(TINY)
     announce.cache_clear()
     with caplog.at_level(logging.INFO, logger="modules.loss_impl"):
-        assert [resolve(model, torch.device("cpu")) for _ in range(3)] == ["chunked"] * 3
+        assert [resolve(model, LossSettings("auto"), torch.device("cpu")) for _ in range(3)] == ["chunked"] * 3
     assert [r.getMessage() for r in caplog.records] == [
         "loss_impl=auto: chunked (Liger-Kernel's Triton kernels need a CUDA GPU)"]
-    assert resolve(load_causal_lm(TINY, loss_impl="full"), torch.device("cpu")) == "full"
+    assert resolve(model, LossSettings(), torch.device("cpu")) == "full"  # the default
 
 
 def test_a_head_that_cannot_be_replaced():
     """LoRA on lm_head wraps it: auto falls back to full, an explicit chunked is refused in one line."""
     lora_head = {**LORA, "target_modules": ["q_proj", "lm_head"]}
-    model = load_causal_lm(TINY, use_peft=True, lora_config=lora_head, loss_impl="auto")
-    assert resolve(model, torch.device("cpu")) == "full"
-    attach_loss_settings(model, "chunked", CHUNK)
-    with pytest.raises(ConfigError, match="model.loss_impl='chunked' cannot apply: its output head is a Linear"):
-        resolve(model, torch.device("cpu"))
+    model = load_causal_lm(TINY, use_peft=True, lora_config=lora_head)
+    assert resolve(model, LossSettings("auto"), torch.device("cpu")) == "full"
+    with pytest.raises(ConfigError, match="^loss_impl='chunked' cannot apply: its output head is a Linear"):
+        resolve(model, LossSettings("chunked", CHUNK), torch.device("cpu"))
 
 
-def test_liger_is_refused_on_cpu():
-    with pytest.raises(ConfigError, match="model.loss_impl='liger': Liger-Kernel's Triton kernels need a CUDA GPU"):
-        load_causal_lm(TINY, loss_impl="liger")
+def test_settings_are_checked_when_built():
+    with pytest.raises(ConfigError, match="^loss_impl='liger': Liger-Kernel's Triton kernels need a CUDA GPU"):
+        LossSettings("liger")
+    with pytest.raises(ConfigError, match="^loss_impl='fused': use one of auto, full, chunked, liger; "
+                                          "loss_chunk_tokens=0: must be ≥ 1$"):
+        LossSettings("fused", 0)
 
 
 def run_both(tmp_path, overrides: list[str], **launch) -> dict[str, dict]:
@@ -197,7 +198,7 @@ def run_both(tmp_path, overrides: list[str], **launch) -> dict[str, dict]:
     results = {}
     for impl in ("full", "chunked"):
         out = tmp_path / impl
-        run_trainer(out, FAST + ["max_steps=4", "do_eval=true", f"model.loss_impl={impl}", "model.loss_chunk_tokens=64"]
+        run_trainer(out, FAST + ["max_steps=4", "do_eval=true", f"loss_impl={impl}", "loss_chunk_tokens=64"]
                     + overrides, **launch)
         scalars = read_scalars(out)
         results[impl] = {"loss": [v for _, v in scalars["train/loss"]], "grad_norm": [v for _, v in scalars["train/grad_norm"]],

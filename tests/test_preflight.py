@@ -1,6 +1,7 @@
 """Unusable configs stop before any model is loaded, with one line naming the key, and exit ≠ 0."""
 import pytest
 
+from general_util.cli import legacy_overrides
 from training.config import validate
 from general_util.errors import UserError, one_line
 from tests.trainer_runs import FAST, compose_config, run_trainer, train_in_process
@@ -23,8 +24,9 @@ BAD_CONFIGS = {
     "embeddings-only stage with LoRA": (["model.use_peft=true", "model.freeze_strategy=embeddings_only"],
                                         "model.freeze_strategy='embeddings_only': LoRA already freezes"),
     "save_merged without LoRA": (["save_merged=true"], "save_merged=True: only a LoRA run"),
-    "liger loss on CPU": (["model.loss_impl=liger"], "model.loss_impl='liger': Liger-Kernel's Triton kernels need a CUDA GPU"),
-    "unknown loss_impl": (["model.loss_impl=fused"], "model.loss_impl='fused': use one of auto, full, chunked, liger"),
+    "liger loss on CPU": (["loss_impl=liger"], "loss_impl='liger': Liger-Kernel's Triton kernels need a CUDA GPU"),
+    "unknown loss_impl": (["loss_impl=fused"], "loss_impl='fused': use one of auto, full, chunked, liger"),
+    "loss slices of no tokens": (["loss_chunk_tokens=0"], "loss_chunk_tokens=0: must be ≥ 1"),
 }
 
 
@@ -36,6 +38,18 @@ def test_bad_config_is_refused_by_preflight(name):
         validate(compose_config(overrides), world_size=1)
     line = one_line(refused.value)
     assert len(line.splitlines()) == 1 and line.startswith("error: ") and expected in line, line
+
+
+def test_a_moved_key_names_its_new_place():
+    """`model.loss_impl` and `model.loss_chunk_tokens` are top-level keys now. Written as before on the command
+    line (as Hydra overrides or the old `--key=value`, which Hydra alone would refuse with its multi-line error:
+    the config has no such key) they reach the preflight, as from a task YAML, and it names the new key."""
+    argv = ["trainer.py", "model.loss_impl=chunked", "--model.loss_chunk_tokens=64"]
+    with pytest.raises(UserError) as refused:
+        validate(compose_config(legacy_overrides(argv)[0][1:]), world_size=1)
+    assert one_line(refused.value) == (
+        "error: model.loss_chunk_tokens: now the top-level key 'loss_chunk_tokens'; write loss_chunk_tokens=64; "
+        "model.loss_impl: now the top-level key 'loss_impl'; write loss_impl=chunked")
 
 
 def test_bad_config_stops_the_trainer_before_set_up(tmp_path):

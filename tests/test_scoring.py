@@ -9,11 +9,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.benchmarks import LogiQAReader, MMLUReader, MultipleChoicePrompt
 from modules import scoring
+from modules.loss_impl import LossSettings
 from modules.scoring import choose, encode_options, encode_pair, pack, score_requests
 from post_processors.mc_metrics import multiple_choice_metrics
 from post_processors.multiple_choice import MultipleChoiceEvaluator
 
 TINY = "models/tiny_llama"
+FULL = LossSettings()  # log-probs from the whole logits
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,8 @@ def test_batched_scores_match_direct_computation(model, tokenizer):
     contexts = ["Question: who is the shortest?\nAnswer:", "答案：", "Answer: ", "hello"]
     continuations = [" Bob", " 北京", "It cannot be determined", " world and more words"]
     pairs = [(c, x) for c in contexts for x in continuations]
-    sums, truncated = score_requests(model, [encode_pair(tokenizer, c, x) for c, x in pairs], 1024, torch.device("cpu"))
+    sums, truncated = score_requests(model, [encode_pair(tokenizer, c, x) for c, x in pairs], 1024, torch.device("cpu"),
+                                     FULL)
     assert not any(truncated)
     for (c, x), score in zip(pairs, sums):
         assert score == pytest.approx(direct_loglikelihood(model, tokenizer, c, x), abs=1e-5)
@@ -90,7 +93,7 @@ def test_options_sharing_a_prefix_share_a_row(model, tokenizer):
     requests = [encode_pair(tokenizer, context, f" {letter}") for letter in "ABCD"]
     batch = pack(requests, 1024)
     assert batch.input_ids.shape[0] == 1  # " A" and " D" are two tokens, " B" and " C" one: all prefixes of one row
-    sums, _ = score_requests(model, requests, 1024, torch.device("cpu"))
+    sums, _ = score_requests(model, requests, 1024, torch.device("cpu"), FULL)
     for letter, score in zip("ABCD", sums):
         assert score == pytest.approx(direct_loglikelihood(model, tokenizer, context, f" {letter}"), abs=1e-5)
 
@@ -104,21 +107,21 @@ def test_options_share_their_context_row_in_every_layout(model, tokenizer, monke
     direct = [direct_loglikelihood(model, tokenizer, c, x) for c in contexts for x in options]
     eager = AutoModelForCausalLM.from_pretrained(TINY, attn_implementation="eager").eval()  # additive mask path
     for scorer in (model, eager):
-        assert score_requests(scorer, requests, 1024, torch.device("cpu"))[0] == pytest.approx(direct, abs=1e-5)
+        assert score_requests(scorer, requests, 1024, torch.device("cpu"), FULL)[0] == pytest.approx(direct, abs=1e-5)
     # a short max_length: branches overflow into more rows of the same context, long requests are cut (own rows)
     tight = max(len(r.context) for r in requests) + 4
     assert pack(requests, tight).input_ids.shape[0] > len(contexts)
-    shared, cut = score_requests(model, requests, tight, torch.device("cpu"))
+    shared, cut = score_requests(model, requests, tight, torch.device("cpu"), FULL)
     monkeypatch.setattr(scoring, "SHARED_CONTEXT_ATTENTION", ())  # e.g. flash attention: flat rows, no mask
     assert pack(requests, tight, shared_context=False).segments.max() == 0
-    flat, flat_cut = score_requests(model, requests, tight, torch.device("cpu"))
+    flat, flat_cut = score_requests(model, requests, tight, torch.device("cpu"), FULL)
     assert any(cut) and cut == flat_cut and shared == pytest.approx(flat, abs=1e-5)
 
 
 def test_long_inputs_are_cut_from_the_left(model, tokenizer):
     request = encode_pair(tokenizer, "one two three four five six seven eight nine ten", " eleven")
     keep = 6
-    (score,), (truncated,) = score_requests(model, [request], keep, torch.device("cpu"))
+    (score,), (truncated,) = score_requests(model, [request], keep, torch.device("cpu"), FULL)
     assert truncated
     ids = (request.context + request.continuation)[-(keep + 1):]
     with torch.no_grad():
@@ -136,7 +139,7 @@ def test_long_inputs_are_cut_from_the_left(model, tokenizer):
 ])
 def test_evaluator_scores_match_direct_computation(tmp_path, model, tokenizer, reader, data_dir, prompt):
     evaluator = MultipleChoiceEvaluator("t", reader, prompt, batch_size=2, data_dir=data_dir, limit=5)
-    metrics = evaluator(model, tokenizer, tmp_path)
+    metrics = evaluator(model, tokenizer, tmp_path, FULL)
     predictions = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [p["index"] for p in predictions] == list(range(5))
     for p in predictions:
@@ -188,8 +191,8 @@ def test_shared_truncation_cuts_the_context_once_for_the_longest_option(model, t
     context = encode_options(tokenizer, "很长的文章。" * 12 + "\n答案：", [" 甲", " 乙丙丁戊己庚", " 辛"])
     max_length = 24
     longest = max(len(r.continuation) for r in context)
-    lm_eval_sums, lm_eval_cut = score_requests(model, context, max_length, torch.device("cpu"))
-    shared_sums, shared_cut = score_requests(model, context, max_length, torch.device("cpu"), truncation="shared")
+    lm_eval_sums, lm_eval_cut = score_requests(model, context, max_length, torch.device("cpu"), FULL)
+    shared_sums, shared_cut = score_requests(model, context, max_length, torch.device("cpu"), FULL, truncation="shared")
     assert all(lm_eval_cut) and all(shared_cut)
     for request, theirs, ours in zip(context, lm_eval_sums, shared_sums):
         whole = request.context + request.continuation

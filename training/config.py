@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from general_util.paths import resolve_path
 from data.readers import expand_files
 from data.records import DataError
+from general_util.cli import MOVED_KEYS
 from general_util.errors import ConfigError
 from general_util.trackers import check_report_to
 from models.vocab import FREEZE_STRATEGIES
@@ -98,8 +99,7 @@ def validate(cfg: DictConfig, world_size: int) -> None:
           f"use one of {', '.join(FREEZE_STRATEGIES)}")
     check(model_cfg.get("freeze_strategy", "none") == "none" or not model_cfg.get("use_peft"), "model.freeze_strategy",
           "LoRA already freezes the base model: use either model.use_peft or an embeddings-only stage")
-    problems.extend(settings_problems(model_cfg.get("loss_impl", "full"), model_cfg.get("loss_chunk_tokens", 1),
-                                      torch.cuda.is_available()))
+    problems.extend(settings_problems(cfg.loss_impl, cfg.loss_chunk_tokens, torch.cuda.is_available()))
     problems.extend(packing_problems(cfg))
     problems.extend(sequence_parallel_problems(cfg, world_size))
     problems.extend(check_report_to(cfg.report_to))
@@ -142,7 +142,8 @@ def accepted_parameters(target) -> set[str] | None:
 
 def target_key_problems(cfg: DictConfig) -> list[str]:
     """Every `_target_` node's keys must be parameters of its target: a typo in a nested key
-    (`+model.gradient_checkpoint=true`) is reported here, not after the dataset has been built."""
+    (`+model.gradient_checkpoint=true`) is reported here, not after the dataset has been built; a key that
+    moved (`model.loss_impl`) is reported with its new name."""
     from hydra.utils import get_object
     problems = []
 
@@ -161,9 +162,13 @@ def target_key_problems(cfg: DictConfig) -> list[str]:
                 problems.append(f"{key}._target_={target!r}: cannot be imported ({type(e).__name__}: {e})")
                 accepted = None
             for name in sorted(set(node) - HYDRA_KEYS - (accepted if accepted is not None else set(node))):
-                close = difflib.get_close_matches(name, sorted(accepted), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; it takes {', '.join(sorted(accepted))}"
-                problems.append(f"{key}.{name}: not a parameter of {target}{hint}")
+                moved = MOVED_KEYS.get(f"{key}.{name}")
+                if moved:
+                    problems.append(f"{key}.{name}: now the top-level key '{moved}'; write {moved}={node[name]}")
+                else:
+                    close = difflib.get_close_matches(name, sorted(accepted), n=1)
+                    hint = f"; did you mean '{close[0]}'?" if close else f"; it takes {', '.join(sorted(accepted))}"
+                    problems.append(f"{key}.{name}: not a parameter of {target}{hint}")
         for name, child in node.items():
             walk(child, f"{key}.{name}" if key else str(name))
 
