@@ -8,7 +8,8 @@ import sys
 
 # Keys that moved (old → new). Written on the command line as before, they reach the preflight, which names
 # the new key (training.config.target_key_problems), instead of Hydra's multi-line "not in struct" error.
-MOVED_KEYS = {"model.loss_impl": "loss_impl", "model.loss_chunk_tokens": "loss_chunk_tokens", "model.save_merged": "save_merged"}
+MOVED_KEYS = {"model.loss_impl": "loss_impl", "model.loss_chunk_tokens": "loss_chunk_tokens",
+              "model.save_merged": "save_merged"}
 HYDRA_OPTIONS = {"help", "hydra-help", "version", "cfg", "resolve", "package", "run", "multirun",
                  "shell-completion", "config-path", "config-name", "config-dir", "experimental-rerun", "info"}
 
