@@ -37,7 +37,7 @@ def quantization_config(dtype: torch.dtype):
                               bnb_4bit_compute_dtype=dtype)
 
 
-def load_causal_lm(name_or_path: str, torch_dtype: str = "fp32", attn_implementation: str = "sdpa",
+def load_causal_lm(name_or_path: str, torch_dtype: str, attn_implementation: str = "sdpa",
                    gradient_checkpointing: bool = False, trust_remote_code: bool = False, tokenizer=None,
                    use_peft: bool = False, lora_config: dict | None = None, load_in_4bit: bool = False,
                    freeze_strategy: str = "none", train_norms: bool = False):

@@ -30,7 +30,7 @@ def test_all_linear_means_every_projection_but_the_head():
 
 def test_only_adapter_weights_train_and_get_gradients_under_checkpointing():
     tokenizer = load_tokenizer(BASE, pad_token="<unk>")
-    model = load_causal_lm(BASE, tokenizer=tokenizer, gradient_checkpointing=True, use_peft=True,
+    model = load_causal_lm(BASE, "fp32", tokenizer=tokenizer, gradient_checkpointing=True, use_peft=True,
                            lora_config={"target_modules": "all-linear", "r": 4, "alpha": 8, "dropout": 0.0})
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)

@@ -57,7 +57,7 @@ def test_merged_tokenizer_adds_only_missing_pieces(other_tokenizer, token_file):
 def test_new_embedding_rows_are_the_mean_of_the_old_ones(token_file):
     tokenizer = load_tokenizer(BASE, pad_token="[PAD]", extra_tokens_file=str(token_file))
     base = AutoModelForCausalLM.from_pretrained(BASE)
-    model = load_causal_lm(BASE, tokenizer=tokenizer)
+    model = load_causal_lm(BASE, "fp32", tokenizer=tokenizer)
     old = base.get_input_embeddings().weight.shape[0]
     assert model.get_input_embeddings().weight.shape[0] == model.lm_head.weight.shape[0] == len(tokenizer) == old + 4
     for new, before in ((model.get_input_embeddings().weight, base.get_input_embeddings().weight),
@@ -67,9 +67,9 @@ def test_new_embedding_rows_are_the_mean_of_the_old_ones(token_file):
 
 
 def test_embeddings_only_freezes_everything_else():
-    model = load_causal_lm(BASE, freeze_strategy="embeddings_only")
+    model = load_causal_lm(BASE, "fp32", freeze_strategy="embeddings_only")
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"model.embed_tokens.weight", "lm_head.weight"}
-    model = load_causal_lm(BASE, freeze_strategy="embeddings_only", train_norms=True)
+    model = load_causal_lm(BASE, "fp32", freeze_strategy="embeddings_only", train_norms=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable - {"model.embed_tokens.weight", "lm_head.weight"} == \
         {n for n, _ in model.named_parameters() if "norm" in n}
@@ -95,7 +95,7 @@ def test_embedding_stage_under_zero3_trains_only_embeddings_and_saves_the_tokeni
 @pytest.mark.parametrize("pad_token", ["<unk>", "[PAD]"])
 def test_pad_token_agrees_everywhere_and_labels_do_not_depend_on_it(pad_token):
     tokenizer = load_tokenizer(BASE, pad_token=pad_token)
-    model = load_causal_lm(BASE, tokenizer=tokenizer)
+    model = load_causal_lm(BASE, "fp32", tokenizer=tokenizer)
     collator = PaddingCollator(tokenizer, pad_to_multiple_of=8)
     assert tokenizer.pad_token == pad_token
     assert model.config.pad_token_id == model.generation_config.pad_token_id == collator.pad_token_id == \
