@@ -4,6 +4,7 @@ auto). Runs in well under 5 minutes on an H100 per loss implementation.
 
     python bench/gpu_mfu.py [--attn sdpa|flash_attention_2] [--steps 20] [--loss-impl full chunked liger]
     python bench/gpu_mfu.py --sequence-parallel-size 2 --seq 8192   # Ulysses over 2 GPUs (torchrun), one sequence group
+    python bench/gpu_mfu.py --checkpointing on   # only one gradient checkpointing setting (default: off and on)
     python bench/gpu_mfu.py --quick --peak-flops 1e12   # a tiny LLaMA, fp32 on CPU: checks the measuring code (CI)
 
 Each variant runs in a fresh process (group), its peak memory taken from its start; --quick without sequence
@@ -134,7 +135,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=None, help="sequence length (default: the size's)")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps (runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--checkpointing", nargs="+", choices=("off", "on"), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", nargs="+", choices=("off", "on"), default=["off", "on"],
+                        help="gradient checkpointing settings to measure for each --loss-impl (default: both)")
     args = parser.parse_args()
     size = "quick" if args.quick else "1b"
     seq = args.seq or SIZES[size][1]
@@ -156,7 +158,7 @@ def main() -> None:
         launcher = [sys.executable] if args.sequence_parallel_size == 1 else [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
             str(args.sequence_parallel_size)]
-        variants = list(itertools.product(args.loss_impl, ("off", "on")))  # gradient checkpointing off and on
+        variants = list(itertools.product(args.loss_impl, args.checkpointing))
         # A process each (clean peaks, nothing left over from another variant), except --quick without sequence
         # parallelism: one process measures them all (saves the start-ups; its peaks include what earlier variants
         # left allocated). Sequence parallelism needs a process each: its groups and attention are set up once.
