@@ -4,7 +4,12 @@ auto). Runs in well under 5 minutes on an H100 per loss implementation.
 
     python bench/gpu_mfu.py [--attn sdpa|flash_attention_2] [--steps 20] [--loss-impl full chunked liger]
     python bench/gpu_mfu.py --sequence-parallel-size 2 --seq 8192   # Ulysses over 2 GPUs (torchrun), one sequence group
+    python bench/gpu_mfu.py --checkpointing on   # only one gradient checkpointing setting (default: off and on)
     python bench/gpu_mfu.py --quick --peak-flops 1e12   # a tiny LLaMA, fp32 on CPU: checks the measuring code (CI)
+
+Each variant runs in a fresh process (group), its peak memory taken from its start; --quick without sequence
+parallelism measures all of them in one process, one after another (peaks reset at each start, so they include
+what an earlier variant left allocated: the CPU figures there check the code, they are not for reading).
 
 MFU = tokens/s × model FLOPs per token (6 × parameters + attention, modules/flops.py) / the GPU's
 dense bf16 peak (table in modules/flops.py, or --peak-flops), per GPU: with --sequence-parallel-size N the
@@ -29,7 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from general_util.dist import exit_process  # noqa: E402
+from general_util.dist import exit_process, teardown  # noqa: E402
 from modules.loss_impl import LOSS_IMPLS  # noqa: E402
 
 SIZES = {  # name: (model shape, sequence length, batch, vocabulary)
@@ -48,14 +53,23 @@ def build_model_dir(directory: Path, size: str, seq: int) -> Path:
     return directory
 
 
-def peak_memory_gib() -> float:
-    """CUDA: the allocator's peak; CPU: the process's resident-set high-water mark."""
-    import resource
+def reset_peak_memory() -> None:
+    """Start a measurement's peak: CUDA, the allocator's statistics; CPU (Linux), the resident-set high-water
+    mark (5 > /proc/self/clear_refs)."""
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
 
+
+def peak_memory_gib() -> float:
+    """Since `reset_peak_memory`: CUDA, the allocator's peak; CPU, the resident-set high-water mark (VmHWM)."""
     import torch
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 2**20
 
 
 def device_name() -> str:
@@ -68,9 +82,9 @@ def device_name() -> str:
 def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_impl: str, warmup: int, steps: int,
                peak: float | None, sp: int, seq: int) -> dict | None:
     """One measurement on this rank; the result on global rank 0 (None on the others)."""
+    reset_peak_memory()
     import torch
     from bench.harness import RandomTokens, timed_trainer
-    from general_util.dist import teardown
     from modules.flops import device_peak_flops, training_flops_per_token
     from modules.loss_impl import resolve
     shape, _, batch, vocab = SIZES[size]
@@ -93,7 +107,8 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
               "tokens_per_second": tokens_per_second,
               "mfu": tokens_per_second * flops_per_token / (peak * sp) if peak else None,
               "peak_memory_gib": peak_memory_gib(), "gpu": device_name()}
-    teardown(trainer.engine, trainer.close_data)  # then the caller leaves as trainer.py does (exit_process)
+    # the next variant of this worker reuses the process group (DeepSpeed caches groups made from it)
+    teardown(trainer.engine, trainer.close_data, keep_process_group=True)
     return result if ctx.is_main else None
 
 
@@ -110,19 +125,22 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=None, help="sequence length (default: the size's)")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps (runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", nargs="+", choices=("off", "on"), default=["off", "on"],
+                        help="gradient checkpointing settings to measure for each --loss-impl (default: both)")
     args = parser.parse_args()
     size = "quick" if args.quick else "1b"
     seq = args.seq or SIZES[size][1]
     if args.quick:
-        args.warmup, args.steps = 2, 4
+        args.warmup, args.steps = 1, 2
     if args.steps % args.warmup:
         raise SystemExit("--steps must be a multiple of --warmup (the trainer logs, hence times, every --warmup steps)")
-    if args.worker:
-        result = run_worker(Path(args.worker), size, args.attn, args.checkpointing, args.loss_impl[0], args.warmup,
-                            args.steps, args.peak_flops, args.sequence_parallel_size, seq)
-        if result is not None:
-            print("RESULT " + json.dumps(result))
+    if args.worker:  # each of its variants in turn, peaks reset at the start of each
+        for loss_impl, checkpointing in itertools.product(args.loss_impl, args.checkpointing):
+            result = run_worker(Path(args.worker), size, args.attn, checkpointing == "on", loss_impl, args.warmup,
+                                args.steps, args.peak_flops, args.sequence_parallel_size, seq)
+            if result is not None:
+                print("RESULT " + json.dumps(result), flush=True)
+        teardown()  # the process group the variants shared
         exit_process(0)  # no exit-time abort of a rank (general_util.dist.exit_process)
     results = []
     # stdout carries the report alone: library messages go to stderr
@@ -131,18 +149,25 @@ def main() -> None:
         launcher = [sys.executable] if args.sequence_parallel_size == 1 else [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
             str(args.sequence_parallel_size)]
-        for loss_impl, checkpointing in itertools.product(args.loss_impl, (False, True)):  # a process each: clean peaks
-            cmd = launcher + [__file__, "--worker", str(model_dir), "--attn", args.attn, "--loss-impl", loss_impl,
+        variants = list(itertools.product(args.loss_impl, args.checkpointing))
+        # A process each (clean peaks, nothing left over from another variant), except --quick without sequence
+        # parallelism: one process measures them all (saves the start-ups; its peaks include what earlier variants
+        # left allocated). Sequence parallelism needs a process each: its groups and attention are set up once.
+        batches = [variants] if args.quick and args.sequence_parallel_size == 1 else [[v] for v in variants]
+        for batch in batches:
+            cmd = launcher + [__file__, "--worker", str(model_dir), "--attn", args.attn,
+                              "--loss-impl", *dict.fromkeys(impl for impl, _ in batch),
+                              "--checkpointing", *dict.fromkeys(setting for _, setting in batch),
                               "--warmup", str(args.warmup), "--steps", str(args.steps), "--seq", str(seq),
                               "--sequence-parallel-size", str(args.sequence_parallel_size)] \
-                + (["--checkpointing"] if checkpointing else []) + (["--quick"] if args.quick else [])
+                + (["--quick"] if args.quick else [])
             if args.peak_flops:
                 cmd += ["--peak-flops", str(args.peak_flops)]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-            if out.returncode != 0 or not lines:
+            if out.returncode != 0 or len(lines) != len(batch):
                 raise SystemExit(f"worker failed:\n{out.stderr[-4000:]}")
-            results.append(json.loads(lines[-1][len("RESULT "):]))
+            results += [json.loads(line[len("RESULT "):]) for line in lines]
     print(json.dumps(results, indent=2))
     print("\n| GPU | attention | loss_impl | seq | SP | grad. checkpointing | tokens/s | MFU | peak memory |\n"
           "|---|---|---|---|---|---|---|---|---|")

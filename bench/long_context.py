@@ -2,20 +2,21 @@
 Ulysses, modules/sequence_parallel.py), and tokens/s at a length both can run.
 
     python bench/long_context.py                    # the full search (about 20 minutes on 2 CPU cores)
-    python bench/long_context.py --quick            # a smaller budget, doubling only: checks the comparison (CI)
+    python bench/long_context.py --quick            # a smaller budget, coarse steps: checks the comparison (CI)
     python bench/long_context.py --log probes.jsonl # also append every probe to a file as it is measured
 
-Every probe is a fresh process group (`torchrun`, 1 or 2 ranks) running the trainer (demo sft config, ZeRO-1,
-fp32, sdpa, loss_impl=full: the logits are part of what sequence parallelism splits; bench/loss_memory.py
-measures the chunked loss, which takes them out of both sides) for --steps optimizer steps on one row of L random tokens, all of them trained. Its memory is the
-growth of each rank's peak resident set (VmHWM, reset through /proc/self/clear_refs once the engine is built:
-libraries and weights are in) over its resident set at that point: gradients, optimizer states,
-activations, logits and the collectives' buffers; a length fits when every rank's growth is within
---budget-mib. The longest
-fitting length is found by doubling from --start, then bisection down to --granularity tokens. Each probe
-is printed to stderr as one JSON line the moment it is measured. Then both settings train at the longest
-length SP=1 fits, timed between the trainer's logs after a warm-up step (the probes already taken at that
-length serve when they ran --timed-steps steps).
+Every probe is a fresh process group (1 process, or 2 ranks under `torchrun`) running the trainer (demo sft
+config, ZeRO-1, fp32, sdpa, loss_impl=full: the logits are part of what sequence parallelism splits;
+bench/loss_memory.py measures the chunked loss, which takes them out of both sides) for --steps optimizer steps
+on one row of L random tokens, all of them trained. Its memory is the growth of each rank's peak resident set
+(VmHWM, reset through /proc/self/clear_refs once the engine is built: libraries and weights are in) over its
+resident set at that point: gradients, optimizer states, activations, logits and the collectives' buffers; a
+length fits when every rank's growth is within --budget-mib. The longest fitting length is found by doubling
+(halving while the first probe does not fit), then bisection down to the size's granularity: SP=1 from the
+size's first length, SP=2 from the longest SP=1 fits (it fits there too, and both are timed there). Each probe
+is printed to stderr as one JSON line the moment it is measured. Then both settings train at the longest length
+SP=1 fits, timed between the trainer's logs after a warm-up step (the probes already taken at that length serve
+when they ran --timed-steps steps: in --quick they do).
 """
 import argparse
 import contextlib
@@ -33,7 +34,8 @@ sys.path.insert(0, str(REPO))
 SHAPE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}
 SIZES = {  # name: (model shape, vocabulary, memory budget per rank in MiB, first length, granularity)
     "full": (SHAPE, 4096, 512, 1024, 256),
-    "quick": (SHAPE, 4096, 200, 1024, 2048),  # SP=1 fits 2048 (~145 MiB), SP=2 fits 4096 (~155 MiB per rank)
+    # SP=1 fits 2048 (~145 MiB), not 4096; SP=2 fits 4096 (~155 MiB per rank), not 8192: 5 probes in all
+    "quick": (SHAPE, 4096, 200, 2048, 4096),
 }
 
 
@@ -86,8 +88,10 @@ def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> 
 
 def probe(model_dir: Path, size: str, sp: int, length: int, steps: int) -> dict:
     """A fresh process group of `sp` ranks trains at `length`; its per-rank memory growth (and tokens/s)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(sp), __file__,
-           "--worker", str(model_dir), "--size", size, "--sp", str(sp), "--length", str(length), "--steps", str(steps)]
+    launcher = [sys.executable] if sp == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                 "--nproc_per_node", str(sp)]
+    cmd = launcher + [__file__, "--worker", str(model_dir), "--size", size, "--sp", str(sp), "--length", str(length),
+                      "--steps", str(steps)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
@@ -115,16 +119,29 @@ class Recorder:
 
 
 def longest_fitting(measure, budget_mib: float, start: int, granularity: int) -> int:
-    """The longest multiple of `granularity` whose probe stays within the budget (0: not even `start`);
-    `measure(length)` returns the probe. Memory grows with length: double until a probe does not fit, then
-    bisect between the last that did and it."""
+    """The longest probed length within the budget, to `granularity` tokens: the search ends with a probe that
+    does not fit at most `granularity` above it (0: nothing down to `granularity` fits). `measure(length)`
+    returns the probe. Memory grows with length: from `start`, double while probes fit (halve while they do
+    not), then bisect between the longest that fits and the shortest that does not, on multiples of
+    `granularity`."""
     def fits(length: int) -> bool:
         return max(measure(length)["growth_mib"]) <= budget_mib
-    good, bad = 0, start
-    while fits(bad):
-        good, bad = bad, 2 * bad
+
+    def on_grid(length: int) -> int:
+        return length // granularity * granularity
+
+    if fits(start):
+        good, bad = start, 2 * start
+        while fits(bad):
+            good, bad = bad, 2 * bad
+    else:
+        good, bad = on_grid(start // 2), start
+        while good and not fits(good):
+            good, bad = on_grid(good // 2), good
+        if not good:
+            return 0
     while bad - good > granularity:
-        middle = (good + bad) // 2 // granularity * granularity
+        middle = good + max(granularity, on_grid((bad - good) // 2))
         good, bad = (middle, bad) if fits(middle) else (good, middle)
     return good
 
@@ -152,8 +169,10 @@ def main() -> None:
     # stdout carries the report alone: library messages go to stderr
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(Path(tmp) / "model", size)
-        longest = {sp: longest_fitting(lambda length: record(probe(model_dir, size, sp, length, args.steps)),
-                                       budget, start, granularity) for sp in (1, 2)}
+        longest = {}
+        for sp in (1, 2):  # SP=2 starts at SP=1's longest: it fits that too, and both are timed there
+            longest[sp] = longest_fitting(lambda length: record(probe(model_dir, size, sp, length, args.steps)),
+                                          budget, longest.get(1) or start, granularity)
         common = longest[1]
         timed = {sp: next((p for p in record.probes if (p["sp"], p["length"]) == (sp, common)
                            and p["steps"] >= args.timed_steps), None)

@@ -11,6 +11,7 @@ and notes the exit code.
 
     python bench/train_throughput.py             # both sizes, 3 repetitions (about 10 minutes on 2 cores)
     python bench/train_throughput.py --quick     # tiny and short: checks the comparison code (CI)
+    python bench/train_throughput.py --variants ours,bare   # a subset of the variants
 """
 import argparse
 import contextlib
@@ -155,8 +156,9 @@ def median_or_none(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarise(size: str, runs: list[dict]) -> dict:
-    """Medians over the repetitions that measured the variant(s); ratios only within a repetition."""
+def summarise(size: str, variants: list[str], runs: list[dict]) -> dict:
+    """Medians over the repetitions that measured the variant(s); ratios only within a repetition (None where
+    a side failed or was not run)."""
     def tps(run, variant):
         return run.get(variant, {}).get("tokens_per_second")
 
@@ -165,7 +167,7 @@ def summarise(size: str, runs: list[dict]) -> dict:
 
     layers, hidden, _, _, batch, seq = SIZES[size]
     return {"model": f"{layers} layers, hidden {hidden}", "batch": batch, "seq": seq,
-            "tokens_per_second": {v: median_or_none([tps(r, v) for r in runs if tps(r, v)]) for v in VARIANTS},
+            "tokens_per_second": {v: median_or_none([tps(r, v) for r in runs if tps(r, v)]) for v in variants},
             "ours_over_bare": ratio("bare"), "ours_over_hf_trainer": ratio("hf_trainer"), "runs": runs}
 
 
@@ -175,8 +177,10 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def cell(value: float | None, digits: int) -> str:
-    return "failed" if value is None else f"{value:.{digits}f}"
+def cell(values: dict, key: str, digits: int) -> str:
+    if key not in values:
+        return "not run"
+    return "failed" if values[key] is None else f"{values[key]:.{digits}f}"
 
 
 def main() -> None:
@@ -184,6 +188,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps, one repetition")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", default="small,large")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"which of {', '.join(VARIANTS)} to measure")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -196,7 +201,10 @@ def main() -> None:
     if args.worker:
         return run_worker(args)
     sizes = ["quick"] if args.quick else args.sizes.split(",")
-    repeats, warmup, steps = (1, 2, 4) if args.quick else (args.repeats, args.warmup, args.steps)
+    variants = [v for v in VARIANTS if v in args.variants.split(",")]
+    if not variants or set(args.variants.split(",")) - set(variants):
+        parser.error(f"--variants: a comma-separated subset of {','.join(VARIANTS)}")
+    repeats, warmup, steps = (1, 1, 2) if args.quick else (args.repeats, args.warmup, args.steps)
     results = {"sizes": {}, "repeats": repeats, "warmup_steps": warmup, "measured_steps": steps}
     # stdout carries the report alone: library messages (DeepSpeed logs to stdout) go to stderr
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
@@ -206,18 +214,20 @@ def main() -> None:
             model_dir = build_model_dir(size, Path(tmp) / f"model-{size}")
             runs = []
             for repeat in range(repeats):
-                order = VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]  # alternate who goes first
+                order = variants if repeat % 2 == 0 else variants[::-1]  # alternate who goes first
                 runs.append({})
                 for variant in order:
                     runs[-1][variant] = measure_in_subprocess(variant, size, model_dir, Path(tmp), warmup, steps)
-                    results["sizes"][size] = summarise(size, runs)
+                    results["sizes"][size] = summarise(size, variants, runs)
                     write_json_atomic(args.output, results)
     print(json.dumps(results, indent=2))
     print("\n| size | ours tok/s | bare tok/s | HF Trainer tok/s | ours/bare | ours/Trainer |\n|---|---|---|---|---|---|")
     for size, r in results["sizes"].items():
         t = r["tokens_per_second"]
-        print(f"| {size} ({r['model']}, {r['batch']}×{r['seq']}) | {cell(t['ours'], 0)} | {cell(t['bare'], 0)} | "
-              f"{cell(t['hf_trainer'], 0)} | {cell(r['ours_over_bare'], 3)} | {cell(r['ours_over_hf_trainer'], 3)} |")
+        ratios = {f"ours_over_{v}": r[f"ours_over_{v}"] for v in ("bare", "hf_trainer") if {"ours", v} <= t.keys()}
+        print(f"| {size} ({r['model']}, {r['batch']}×{r['seq']}) | {cell(t, 'ours', 0)} | {cell(t, 'bare', 0)} | "
+              f"{cell(t, 'hf_trainer', 0)} | {cell(ratios, 'ours_over_bare', 3)} | "
+              f"{cell(ratios, 'ours_over_hf_trainer', 3)} |")
     failed = [f"{size}/{variant}" for size, r in results["sizes"].items() for run in r["runs"]
               for variant, m in run.items() if "error" in m]
     if failed:

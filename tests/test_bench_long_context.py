@@ -6,11 +6,29 @@ import sys
 
 import pytest
 
+from bench.long_context import longest_fitting
 from tests.trainer_runs import REPO
 
-pytestmark = pytest.mark.slow
+
+@pytest.mark.parametrize("start", [256, 1024, 1280, 4096, 65536])
+@pytest.mark.parametrize("limit", [0, 300, 1024, 1500, 5000, 20000])
+def test_search_ends_at_a_fitting_probe_next_to_one_that_does_not(start, limit):
+    """Whether the start fits or not, the answer is the longest probe that fits (0: none), a probe at most
+    `granularity` above it does not, and no length is probed twice; memory here is 1 MiB per token on rank 0."""
+    probes, granularity = [], 256
+
+    def measure(length):
+        probes.append(length)
+        return {"growth_mib": [length, length / 2]}
+
+    longest = longest_fitting(measure, limit, start, granularity)
+    assert longest == max([n for n in probes if n <= limit], default=0)
+    assert any(longest < n <= longest + granularity for n in probes if n > limit)
+    assert limit - granularity < longest <= limit
+    assert len(probes) == len(set(probes))
 
 
+@pytest.mark.slow
 def test_quick_search_finds_sp2_trains_longer_sequences(tmp_path):
     log = tmp_path / "probes.jsonl"
     result = subprocess.run([sys.executable, "bench/long_context.py", "--quick", "--log", str(log)], cwd=REPO,
