@@ -3,7 +3,9 @@ so a checkpoint written by W ranks continues on W' ranks (ZeRO partitions re-cut
 checkpoint) with the losses and weights of the uninterrupted run, up to the reduction order (1e-5 relative, fp32).
 
 The sampler tests run in-process; the end-to-end runs kill a job at an exact step with the trainer's fault hook
-(general_util/faults.py) and resume it with resume=auto on the other world size."""
+(general_util/faults.py) and resume it with resume=auto on the other world size, and on the same one (bitwise).
+One uninterrupted run and one killed run per ZeRO stage serve every test of the module."""
+import shutil
 from collections import Counter
 
 import pytest
@@ -101,6 +103,32 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def killed_on_two_ranks(tmp_path_factory):
+    """`killed_on_two_ranks(stage)`: (the launch's result, its output folder) of a 2-rank run killed after step 4,
+    its one checkpoint checkpoint-3 (once per stage and module). Each test resumes a copy of the folder."""
+    runs = {}
+
+    def run(stage):
+        if stage not in runs:
+            out = tmp_path_factory.mktemp(f"killed_zero{stage}")
+            runs[stage] = train(out, stage, 2, check=False, env={"LLAMA_TRAINER_FAULT": "kill@step=4"}), out
+        return runs[stage]
+    return run
+
+
+def resumable_copy(killed_on_two_ranks, stage, tmp_path):
+    """A copy of the killed 2-rank run's folder in tmp_path, after checking how the kill left it."""
+    killed, folder = killed_on_two_ranks(stage)
+    log = (folder / "logs" / "rank0.log").read_text()
+    assert killed.returncode != 0, killed.returncode  # torchrun reports a failed worker
+    assert f"step 4/{STEPS}" in log and f"step 5/{STEPS}" not in log, log[-3000:]
+    assert checkpoint_steps(folder) == [3]
+    out = tmp_path / "run"
+    shutil.copytree(folder, out)
+    return out
+
+
 def losses(output_dir):
     return dict(read_scalars(output_dir)["train/loss"])
 
@@ -138,24 +166,41 @@ def assert_resumed_on_another_world_size(output_dir, step, saved, resumed):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 3], ids=["zero1", "zero3"])
-def test_killed_runs_resume_on_another_world_size(uninterrupted, tmp_path, stage):
+def test_killed_runs_resume_on_another_world_size(uninterrupted, killed_on_two_ranks, tmp_path, stage):
     """2 ranks killed after step 4 → resumed on 1 rank from checkpoint-3, killed after step 7 → resumed on 2
     ranks from checkpoint-6 (written by 1 rank): every logged loss and the final weights are the
     uninterrupted 2-rank run's, up to the reduction order. Mid-epoch throughout (19 steps an epoch)."""
     reference = uninterrupted(stage)
-    killed = train(tmp_path, stage, 2, check=False, env={"LLAMA_TRAINER_FAULT": "kill@step=4"})
-    assert killed.returncode != 0 and checkpoint_steps(tmp_path) == [3]
-    killed = train(tmp_path, stage, 1, ["resume=auto"], check=False, env={"LLAMA_TRAINER_FAULT": "kill@step=7"})
-    assert killed.returncode == -9 and checkpoint_steps(tmp_path) == [3, 6]
-    assert_resumed_on_another_world_size(tmp_path, 3, saved=2, resumed=1)
-    train(tmp_path, stage, 2, ["resume=auto"])
-    assert_resumed_on_another_world_size(tmp_path, 6, saved=1, resumed=2)
-    assert_close_runs(reference, tmp_path)
-    assert len(list((tmp_path / f"checkpoint-{STEPS}").glob("*optim_states.pt"))) == 2  # partitioned over 2 again
+    out = resumable_copy(killed_on_two_ranks, stage, tmp_path)
+    killed = train(out, stage, 1, ["resume=auto"], check=False, env={"LLAMA_TRAINER_FAULT": "kill@step=7"})
+    assert killed.returncode == -9 and checkpoint_steps(out) == [3, 6]
+    assert_resumed_on_another_world_size(out, 3, saved=2, resumed=1)
+    train(out, stage, 2, ["resume=auto"])
+    assert_resumed_on_another_world_size(out, 6, saved=1, resumed=2)
+    assert_close_runs(reference, out)
+    assert len(list((out / f"checkpoint-{STEPS}").glob("*optim_states.pt"))) == 2  # partitioned over 2 again
+
+
+@pytest.mark.slow
+def test_two_ranks_killed_and_resumed_on_two_ranks_is_bitwise_identical(uninterrupted, killed_on_two_ranks, tmp_path):
+    """The same world size continues exactly: every logged loss and every final weight bitwise equal (ZeRO-1,
+    killed between the first and second checkpoints; the 1-rank faults are in test_resume.py)."""
+    reference = uninterrupted(1)
+    out = resumable_copy(killed_on_two_ranks, 1, tmp_path)
+    train(out, 1, 2, ["resume=auto"])
+    log = (out / "logs" / "rank0.log").read_text()
+    assert f"resumed from {out / 'checkpoint-3'} at step 3" in log and "universal" not in log, log[-3000:]
+    expected, actual = losses(reference), losses(out)
+    assert sorted(actual) == list(range(1, STEPS + 1)) and actual == expected
+    weights_a = load_file(reference / f"checkpoint-{STEPS}" / "model.safetensors")
+    weights_b = load_file(out / f"checkpoint-{STEPS}" / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert len(list((out / f"checkpoint-{STEPS}").glob("zero_pp_rank_*_optim_states.pt"))) == 2
 
 
 @pytest.mark.slow
 def test_another_global_batch_is_refused_on_another_world_size(uninterrupted, tmp_path):
+    """Also the refusal test_resume.py's weights_only run follows: exit 2, one line that names the way out."""
     checkpoint = uninterrupted(1) / "checkpoint-6"
     overrides = RUN + ["deepspeed@ds_cfg=zero1", "per_gpu_train_batch_size=2", f"resume={checkpoint}"]
     result = run_trainer(tmp_path, overrides, check=False)
@@ -163,4 +208,5 @@ def test_another_global_batch_is_refused_on_another_world_size(uninterrupted, tm
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith(f"error: cannot resume exactly from {checkpoint}: global_batch_size 8 → 4 (the world "
                               "size, micro batch and accumulation may change, not their product)"), message
+    assert message.endswith("; pass resume_mode=weights_only to start from its weights with a fresh optimizer"), message
     assert not (checkpoint / "universal").exists()  # refused before anything was converted

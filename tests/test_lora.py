@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from models.loading import load_causal_lm, load_tokenizer
 from models.lora import all_linear_names
+from models.merge_lora import merge
 from modules.loss import token_loss_sum
 from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
 
@@ -45,7 +46,8 @@ def logits(model) -> torch.Tensor:
         return model.eval()(INPUT_IDS).logits
 
 
-def assert_lora_run(output_dir, tmp_path):
+def assert_lora_run(output_dir, tmp_path, command_line=False):
+    """`command_line`: merge with `python -m models.merge_lora` in a subprocess, as users do (else its `merge`)."""
     losses = [value for _, value in read_scalars(output_dir)["train/loss"]]
     assert len(losses) == STEPS and losses[-1] < losses[0] - 0.1, losses
     checkpoint = output_dir / f"checkpoint-{STEPS}"
@@ -68,9 +70,12 @@ def assert_lora_run(output_dir, tmp_path):
     assert not torch.allclose(expected, logits(AutoModelForCausalLM.from_pretrained(BASE)), atol=1e-4)
     torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(checkpoint / "merged")), expected,
                                atol=1e-5, rtol=0)
-    result = subprocess.run([sys.executable, "-m", "models.merge_lora", BASE, str(checkpoint), str(tmp_path / "cli")],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    if command_line:
+        result = subprocess.run([sys.executable, "-m", "models.merge_lora", BASE, str(checkpoint), str(tmp_path / "cli")],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:
+        merge(BASE, str(checkpoint), str(tmp_path / "cli"))
     assert (tmp_path / "cli" / "model.safetensors").is_file() and (tmp_path / "cli" / "tokenizer.json").is_file()
     torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "cli")), expected,
                                atol=1e-5, rtol=0)
@@ -79,7 +84,7 @@ def assert_lora_run(output_dir, tmp_path):
 @pytest.mark.slow
 def test_lora_one_rank(tmp_path):
     run_trainer(tmp_path / "run", TRAIN + ["per_gpu_train_batch_size=4"], config=LORA)
-    assert_lora_run(tmp_path / "run", tmp_path)
+    assert_lora_run(tmp_path / "run", tmp_path, command_line=True)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ so no outcome depends on timing."""
 import json
 import shutil
 import signal
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -17,22 +18,15 @@ STEPS = 12
 # accumulation > 1, a dataloader worker, checkpoints every 3 steps; ⌈148 samples / (4 × 2)⌉ = 19 steps an epoch,
 # so every resume point is in the middle of an epoch.
 RUN = FAST + [f"max_steps={STEPS}", "save_steps=3", "gradient_accumulation_steps=2", "num_workers=1"]
+LAYOUT = ["per_gpu_train_batch_size=4"]  # 1 rank (2 ranks killed and resumed: test_elastic_resume.py)
 
 
-def layout(nproc):
-    return ["per_gpu_train_batch_size=2" if nproc == 2 else "per_gpu_train_batch_size=4"]
-
-
-def launcher(nproc):
-    return "torchrun" if nproc == 2 else "python"
-
-
-@pytest.fixture(scope="module", params=[1, 2], ids=["1rank", "2ranks_zero1"])
-def uninterrupted(request, tmp_path_factory):
-    nproc = request.param
-    out = tmp_path_factory.mktemp(f"run_a_{nproc}")
-    run_trainer(out, RUN + layout(nproc), launcher=launcher(nproc), nproc=nproc)
-    return nproc, out
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory):
+    """The uninterrupted 1-rank run every resumed run is compared with."""
+    out = tmp_path_factory.mktemp("run_a")
+    run_trainer(out, RUN + LAYOUT)
+    return out
 
 
 def losses(output_dir):
@@ -41,7 +35,7 @@ def losses(output_dir):
 
 def assert_identical(run_a, run_b, from_step=1):
     a, b = losses(run_a), losses(run_b)
-    assert sorted(b) == list(range(1, STEPS + 1))  # no duplicated or missing steps after the resume
+    assert sorted(b) == list(range(1, STEPS + 1))  # no duplicated or missing steps after the resumes
     assert [a[s] for s in range(from_step, STEPS + 1)] == [b[s] for s in range(from_step, STEPS + 1)]
     weights_a = load_file(run_a / f"checkpoint-{STEPS}" / "model.safetensors")
     weights_b = load_file(run_b / f"checkpoint-{STEPS}" / "model.safetensors")
@@ -49,81 +43,89 @@ def assert_identical(run_a, run_b, from_step=1):
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
-def run_with_fault(output_dir, nproc, fault):
-    """A run that meets `fault` (LLAMA_TRAINER_FAULT, general_util/faults.py: a real SIGKILL or SIGTERM at an
-    exact step or inside an exact save, on every rank) instead of a signal timed from outside; returns the
-    exit code and the rank-0 log."""
-    result = run_trainer(output_dir, RUN + layout(nproc), launcher=launcher(nproc), nproc=nproc, check=False,
-                         env={"LLAMA_TRAINER_FAULT": fault})
-    return result.returncode, (output_dir / "logs" / "rank0.log").read_text()
-
-
 def checkpoint_steps(output_dir):
     return sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*"))
 
 
-# killed after these steps: 1 rank between the second and third checkpoints, 2 ranks between the first and second
-KILL_STEP = {1: 7, 2: 5}
+@dataclass
+class Leg:
+    """What one launch of the faulted run left: its exit code, the rank-0 log lines it added, the checkpoints
+    after it and the files of the partial `.tmp-checkpoint-*` folders then."""
+    returncode: int
+    log: str
+    checkpoints: list[int]
+    partial: dict[str, list[str]]
 
 
-def test_sigkill_then_resume_auto_is_bitwise_identical(uninterrupted, tmp_path):
-    nproc, run_a = uninterrupted
-    kill_step = KILL_STEP[nproc]
-    returncode, log = run_with_fault(tmp_path, nproc, f"kill@step={kill_step}")
-    assert returncode == -9 if nproc == 1 else returncode != 0, returncode  # torchrun reports a failed worker
-    assert f"step {kill_step}/{STEPS}" in log and f"step {kill_step + 1}/{STEPS}" not in log, log[-3000:]
-    resume_point = kill_step // 3 * 3
-    assert checkpoint_steps(tmp_path) == list(range(3, resume_point + 1, 3))
-    run_trainer(tmp_path, RUN + layout(nproc) + ["resume=auto"], launcher=launcher(nproc), nproc=nproc)
-    assert f"resumed from {tmp_path / f'checkpoint-{resume_point}'} at step {resume_point}" in \
-        (tmp_path / "logs" / "rank0.log").read_text()
-    assert_identical(run_a, tmp_path)
-    if nproc == 2:
-        assert len(list((tmp_path / f"checkpoint-{STEPS}").glob("zero_pp_rank_*_optim_states.pt"))) == 2
+# The faults met in turn by one 1-rank run, each launch resuming the previous one with resume=auto
+# (LLAMA_TRAINER_FAULT, general_util/faults.py: a real SIGKILL or SIGTERM at an exact step or inside an exact
+# save, not a signal timed from outside). Each test reads its fault's leg and the resume after it; every step
+# of the finished run is compared with run_a, so each resume is checked bitwise.
+FAULTS = {
+    "crash_in_save": "kill@save=6",  # SIGKILL between two files of the save of step 6 → resumes from checkpoint-3
+    "sigterm": "sigterm@step=7",     # asks to stop after step 7: step 8 completes and is saved → from checkpoint-8
+    "sigkill": "kill@step=10",       # killed between checkpoint-9 and checkpoint-12 → from checkpoint-9
+    "finish": None,
+}
 
 
-def test_crash_during_save_resumes_from_the_previous_checkpoint(uninterrupted, tmp_path):
-    nproc, run_a = uninterrupted
-    if nproc == 2:
-        pytest.skip("the save path is the same for 2 ranks; covered with 1")
-    # SIGKILL between two files of the save of step 6: the DeepSpeed state is written, the weights are not.
-    returncode, log = run_with_fault(tmp_path, nproc, "kill@save=6")
-    assert returncode == -9, returncode
-    assert f"step 6/{STEPS}" in log and f"step 7/{STEPS}" not in log, log[-3000:]
-    assert checkpoint_steps(tmp_path) == [3]
-    partial = tmp_path / ".tmp-checkpoint-6"
-    assert (partial / "rng_state_rank0.pt").is_file()
-    assert not (partial / "model.safetensors").exists() and not (partial / "trainer_state.json").exists()
-    run_trainer(tmp_path, RUN + layout(nproc) + ["resume=auto"])
-    log = (tmp_path / "logs" / "rank0.log").read_text()
-    assert "resumed from" in log and "checkpoint-3 at step 3" in log
-    assert_identical(run_a, tmp_path)
+@pytest.fixture(scope="module")
+def faulted(tmp_path_factory):
+    """{leg: Leg} of the faulted run (FAULTS, in order), and its folder."""
+    out = tmp_path_factory.mktemp("faulted")
+    legs, log_length = {}, 0
+    for index, (name, fault) in enumerate(FAULTS.items()):
+        result = run_trainer(out, RUN + LAYOUT + (["resume=auto"] if index else []), check=False,
+                             env={"LLAMA_TRAINER_FAULT": fault} if fault else None)
+        log = (out / "logs" / "rank0.log").read_text()
+        partial = {p.name: sorted(f.name for f in p.iterdir()) for p in out.glob(".tmp-checkpoint-*")}
+        legs[name] = Leg(result.returncode, log[log_length:], checkpoint_steps(out), partial)
+        log_length = len(log)
+    return legs, out
 
 
-def test_sigterm_saves_exits_zero_and_resumes_identically(uninterrupted, tmp_path):
-    nproc, run_a = uninterrupted
-    if nproc == 2:
-        pytest.skip("signal handling is per process; covered with 1 rank")
-    # SIGTERM after step 4: the stop request is agreed in step 5, which completes and is saved (not a save step)
-    returncode, log = run_with_fault(tmp_path, nproc, "sigterm@step=4")
-    assert returncode == 0, log[-3000:]
-    assert "stopping at step 5 on request" in log and f"step 6/{STEPS}" not in log
-    assert checkpoint_steps(tmp_path) == [3, 5]
-    run_trainer(tmp_path, RUN + layout(nproc) + ["resume=auto"])
-    assert f"resumed from {tmp_path / 'checkpoint-5'} at step 5" in (tmp_path / "logs" / "rank0.log").read_text()
-    assert_identical(run_a, tmp_path)
+def test_crash_during_save_resumes_from_the_previous_checkpoint(run_a, faulted):
+    legs, out = faulted
+    crash = legs["crash_in_save"]
+    assert crash.returncode == -9, crash.returncode
+    assert f"step 6/{STEPS}" in crash.log and f"step 7/{STEPS}" not in crash.log, crash.log[-3000:]
+    assert crash.checkpoints == [3]
+    # the DeepSpeed state is written, the weights are not
+    assert "rng_state_rank0.pt" in crash.partial[".tmp-checkpoint-6"]
+    assert "model.safetensors" not in crash.partial[".tmp-checkpoint-6"]
+    assert "trainer_state.json" not in crash.partial[".tmp-checkpoint-6"]
+    resumed = legs["sigterm"].log
+    assert f"resumed from {out / 'checkpoint-3'} at step 3" in resumed, resumed[-3000:]
+    assert legs["sigterm"].partial == {}  # the next save of step 6 replaced the partial folder
+    assert_identical(run_a, out)
 
 
-def test_incompatible_checkpoint_is_refused_unless_weights_only(uninterrupted, tmp_path):
-    nproc, run_a = uninterrupted
-    if nproc == 2:
-        pytest.skip("one refusal test is enough")
+def test_sigterm_saves_exits_zero_and_resumes_identically(run_a, faulted):
+    legs, out = faulted
+    sigterm = legs["sigterm"]
+    assert sigterm.returncode == 0, sigterm.log[-3000:]
+    assert "stopping at step 8 on request" in sigterm.log and f"step 9/{STEPS}" not in sigterm.log
+    assert sigterm.checkpoints == [3, 6, 8]  # step 8 is saved although it is not a save step
+    assert f"resumed from {out / 'checkpoint-8'} at step 8" in legs["sigkill"].log
+    assert_identical(run_a, out)
+
+
+def test_sigkill_then_resume_auto_is_bitwise_identical(run_a, faulted):
+    legs, out = faulted
+    killed = legs["sigkill"]
+    assert killed.returncode == -9, killed.returncode
+    assert f"step 10/{STEPS}" in killed.log and f"step 11/{STEPS}" not in killed.log, killed.log[-3000:]
+    assert killed.checkpoints == [3, 6, 8, 9]
+    finish = legs["finish"]
+    assert finish.returncode == 0, finish.log[-3000:]
+    assert f"resumed from {out / 'checkpoint-9'} at step 9" in finish.log
+    assert_identical(run_a, out)
+
+
+def test_incompatible_checkpoint_continues_with_weights_only(run_a, tmp_path):
+    """Another global batch cannot continue exactly (that refusal, exit 2 and its line naming
+    resume_mode=weights_only: test_elastic_resume.py); resume_mode=weights_only starts from the weights."""
     checkpoint = run_a / "checkpoint-6"
-    result = run_trainer(tmp_path, RUN + ["per_gpu_train_batch_size=2", f"resume={checkpoint}"], check=False)
-    assert result.returncode != 0
-    message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("error: cannot resume exactly from") and "global_batch_size 8 → 4" in message
-    assert "resume_mode=weights_only" in message
     run_trainer(tmp_path, RUN + ["per_gpu_train_batch_size=2", "max_steps=2", f"resume={checkpoint}",
                                  "resume_mode=weights_only"])
     assert "resume_mode=weights_only" in (tmp_path / "logs" / "rank0.log").read_text()

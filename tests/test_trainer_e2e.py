@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from general_util.dist import free_port
+from models.convert import main as convert_main
 from tests.trainer_runs import FAST, REPO, child_env, read_scalars, run_trainer
 
 pytestmark = pytest.mark.slow
@@ -51,11 +52,16 @@ def assert_reload_matches_engine(checkpoint):
         torch.testing.assert_close(hf_model(input_ids).logits, engine_model(input_ids).logits, atol=1e-6, rtol=0)
 
 
-def assert_converts_to_hf(checkpoint, tmp_path):
-    """`python -m models.convert zero-to-hf` of the DeepSpeed state gives the weights the trainer saved."""
-    result = subprocess.run([sys.executable, "-m", "models.convert", "zero-to-hf", str(checkpoint), str(tmp_path / "hf")],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+def assert_converts_to_hf(checkpoint, tmp_path, command_line=False):
+    """`models.convert zero-to-hf` of the DeepSpeed state gives the weights the trainer saved; `command_line`:
+    as users run it, `python -m models.convert` in a subprocess (else its `main` in-process, as test_convert.py)."""
+    arguments = ["zero-to-hf", str(checkpoint), str(tmp_path / "hf")]
+    if command_line:
+        result = subprocess.run([sys.executable, "-m", "models.convert", *arguments], cwd=REPO, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:
+        assert convert_main(arguments) == 0
     converted = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     saved = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     input_ids = torch.tensor([[1, 300, 301, 302, 303, 304, 2]])
@@ -97,7 +103,7 @@ def test_tensorboard_holds_every_scalar(one_rank_zero1):
 
 def test_two_ranks_zero1_shards_optimizer_and_matches_one_rank(one_rank_zero1, two_ranks_zero1, tmp_path):
     assert_trained(two_ranks_zero1)
-    assert_converts_to_hf(two_ranks_zero1 / f"checkpoint-{STEPS}", tmp_path)
+    assert_converts_to_hf(two_ranks_zero1 / f"checkpoint-{STEPS}", tmp_path, command_line=True)
     shards = sorted(p.name for p in (two_ranks_zero1 / f"checkpoint-{STEPS}").glob("*optim_states.pt"))
     assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     # Same global batch (1 × 4 vs 2 × 2): the same samples, the same loss normalisation.
