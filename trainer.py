@@ -121,17 +121,23 @@ class Trainer:
         self.window = LogWindow(row_shards=self.parallel.sp_size)
         self.last_log_time = time.perf_counter()
         self.peak_flops = device_peak_flops(cfg.peak_flops_per_gpu)
+        self.resume_point = self.checked_resume_point()
         self.loss_settings = LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens)
 
     # ---- set-up -------------------------------------------------------------------------------------
-    def setup(self, model) -> None:
+    def checked_resume_point(self) -> tuple[Path | None, dict | None]:
+        """The checkpoint `resume` designates and, when it is continued exactly, its trainer state, checked
+        against this run before anything big is built (a refusal costs no model load)."""
         resume_from = ckpt.resolve_resume(self.cfg.resume, self.output_dir)
-        state = None  # the checkpoint's trainer state, when it is continued exactly
-        if resume_from is not None and self.cfg.resume_mode == "exact":
-            # keys older checkpoints lack: what they were written with
-            state = {"sequence_parallel_size": 1, "zero_stage": zero_stage(self.cfg),
-                     **ckpt.read_trainer_state(resume_from)}
-            ckpt.check_resumable(resume_from, state, self.layout())
+        if resume_from is None or self.cfg.resume_mode != "exact":
+            return resume_from, None
+        # keys older checkpoints lack: what they were written with
+        state = {"sequence_parallel_size": 1, "zero_stage": zero_stage(self.cfg), **ckpt.read_trainer_state(resume_from)}
+        ckpt.check_resumable(resume_from, state, self.layout())
+        return resume_from, state
+
+    def setup(self, model) -> None:
+        resume_from, state = self.resume_point
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
         reshard_from = state["world_size"] if state and state["world_size"] != self.ctx.world_size else None
         self.engine = build_engine(self.cfg, model, self.ctx, self.parallel, self.total_steps, reshard_from)
