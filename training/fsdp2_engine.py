@@ -21,13 +21,13 @@ from torch.distributed.fsdp import (CPUOffloadPolicy, MixedPrecisionPolicy, Offl
 from torch.distributed.tensor import DTensor
 
 from general_util.dist import DistContext
+from models.convert import DCP_FOLDER
 from models.weights_io import DTYPES
 from modules.loss_impl import causal_lm
 from modules.sequence_parallel import ParallelLayout
 from training.optim import lr_scheduler_factory, parameter_groups
 from training.saving import RecordedWrites, is_write_failure
 
-STATE_FOLDER = "dcp"  # checkpoint-<step>/dcp: the DCP checkpoint (`.metadata` + one `__<rank>_0.distcp` per rank)
 
 
 def load_model(cfg: DictConfig, tokenizer) -> torch.nn.Module:
@@ -138,12 +138,12 @@ class FSDP2Engine:
         return state
 
     def save(self, directory: Path, writes: RecordedWrites) -> None:
-        writes.run(save_state, self.resumable_state(), directory / STATE_FOLDER)
+        writes.run(save_state, self.resumable_state(), directory / DCP_FOLDER)
 
     def load(self, directory: Path, saved_world_size: int, weights_only: bool) -> None:
         """DCP reads each rank's shards of the saved tensors whatever the saved world size was."""
         state = {"model": get_model_state_dict(self.model)} if weights_only else self.resumable_state()
-        dcp.load(state, checkpoint_id=directory / STATE_FOLDER)
+        dcp.load(state, checkpoint_id=directory / DCP_FOLDER)
         set_model_state_dict(self.model, state["model"])
         if weights_only:
             return
