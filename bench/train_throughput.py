@@ -3,8 +3,10 @@ our trainer's two engines side by side at 2 ranks: DeepSpeed ZeRO-3 (`ours-zero3
 
 Same random LLaMA, same random token batches, same steps (the 2-rank variants: the same per-rank batch, torchrun;
 on a GPU machine they need 2 GPUs); tokens/s count every rank's tokens; peak memory is rank 0's (the CUDA
-allocator's peak, or the process's resident high-water mark on CPU). Each measurement runs in its own process, the variants alternate within every repetition, and the ratios are taken within a
-repetition (shared CPUs are noisy: only ratios measured side by side count).
+allocator's peak, or the process's resident high-water mark on CPU); torchrun gives each rank one CPU thread,
+so compare the 2-rank variants with each other. Each measurement runs in its own process, the variants
+alternate within every repetition, and the ratios are taken within a repetition (shared CPUs are noisy: only
+ratios measured side by side count).
 
 Each measurement is written to the `--output` JSON as soon as it is taken. A measurement whose process
 crashed is recorded as an error and the others go on (the exit status is then 1); one that crashed at exit,

@@ -142,9 +142,10 @@ def test_convert_reads_the_dcp_state(fsdp2_2ranks, tmp_path):
     assert converted.keys() == exported.keys() and all(torch.equal(converted[k], exported[k]) for k in exported)
 
 
-def test_hf_export_has_the_engines_logits_and_cpu_offload_changes_nothing(tmp_path):
+def test_hf_export_has_the_engines_logits_and_the_fsdp2_settings_train_the_same(tmp_path):
     """In-process, one rank, a new pad token (the embeddings grow before sharding): the exported checkpoint
-    reloaded with from_pretrained computes the engine's logits; CPU offload trains the same."""
+    reloaded with from_pretrained computes the engine's logits; CPU offload and keeping the gathered layers
+    (reshard_after_forward=false) train exactly as the defaults."""
     from transformers import AutoModelForCausalLM
 
     from general_util.dist import init_distributed
@@ -152,18 +153,21 @@ def test_hf_export_has_the_engines_logits_and_cpu_offload_changes_nothing(tmp_pa
     ctx = init_distributed()
     logged = {}
 
-    def trained(offload: bool):
-        cfg = compose_config(FAST + FSDP2 + ["max_steps=2", "tokenizer.pad_token='[PAD]'", f"fsdp2.cpu_offload={offload}"],
-                             output_dir=tmp_path / str(offload))
-        trainer = build_trainer(cfg, ctx, hooks=TrainerHooks(on_log=lambda step, v: logged.setdefault(offload, []).append(
-            v["train/loss"])))
+    def trained(name: str, settings: list[str]):
+        cfg = compose_config(FAST + FSDP2 + ["max_steps=2", "tokenizer.pad_token='[PAD]'"] + settings,
+                             output_dir=tmp_path / name)
+        hooks = TrainerHooks(on_log=lambda step, values: logged.setdefault(name, []).append(values["train/loss"]))
+        trainer = build_trainer(cfg, ctx, hooks=hooks)
         trainer.run()
         return trainer
 
-    trainer = trained(offload=True)
-    trained(offload=False)
-    assert logged[True] == pytest.approx(logged[False], rel=1e-6) and len(logged[True]) == 2
-    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "True" / "checkpoint-2").eval()
+    trainer = trained("offload", ["fsdp2.cpu_offload=true"])
+    trained("kept", ["fsdp2.reshard_after_forward=false"])
+    trained("default", [])
+    assert len(logged["default"]) == 2
+    assert logged["offload"] == pytest.approx(logged["default"], rel=1e-6)
+    assert logged["kept"] == pytest.approx(logged["default"], rel=1e-6)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "offload" / "checkpoint-2").eval()
     assert exported.config.vocab_size == len(trainer.tokenizer) == 1025
     input_ids = torch.tensor([[1, 300, 301, 302, 1024, 2]])
     trainer.engine.eval()

@@ -180,8 +180,9 @@ def engine_problems(cfg: DictConfig) -> list[str]:
     if cfg.engine not in ENGINES:
         return [f"engine={cfg.engine!r}: use one of {', '.join(ENGINES)}"]
     if cfg.engine == "deepspeed":
-        return [f"fsdp2.{key}={cfg.fsdp2[key]!r}: an FSDP2 setting; set engine=fsdp2 or remove it"
-                for key, default in (("cpu_offload", False), ("reshard_after_forward", True)) if cfg.fsdp2[key] != default]
+        defaults = OmegaConf.load(BASE_CONFIG).fsdp2
+        return [f"fsdp2.{key}={value!r}: an FSDP2 setting; set engine=fsdp2 or remove it"
+                for key, value in cfg.fsdp2.items() if value != defaults.get(key)]
     problems = []
     zero = OmegaConf.select(cfg, "ds_cfg.zero_optimization", default={}) or {}
     if zero_stage(cfg) > 1:

@@ -29,7 +29,6 @@ from training.optim import lr_scheduler_factory, parameter_groups
 from training.saving import RecordedWrites, is_write_failure
 
 
-
 def load_model(cfg: DictConfig, tokenizer) -> torch.nn.Module:
     """`cfg.model` in fp32: the sharded parameters are the fp32 master weights; `precision` only sets the
     dtype forward and backward compute in (the mixed-precision policy)."""
@@ -66,7 +65,8 @@ class FSDP2Engine:
         # reshard_from needs nothing here: DCP re-shards the saved state to this world size while loading
         self.ctx, self.max_grad_norm = ctx, cfg.max_grad_norm
         self.accumulation, self.micro_step = cfg.gradient_accumulation_steps, 0
-        # FSDP2 means the gradients over ranks; the loop's loss is already the global token mean (see backward)
+        # FSDP2 averages the gradients over ranks; the loop's loss is already the global token mean, so backward
+        # multiplies the average back into the sum (as DeepSpeedEngine does)
         self.loss_scale = parallel.dp_size
         self.compute_dtype = DTYPES[cfg.precision]
         mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
@@ -114,7 +114,10 @@ class FSDP2Engine:
         if self.applied:
             if self.max_grad_norm > 0:
                 torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
-            self.scaler.step(self.optimizer) if self.scaler else self.optimizer.step()
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
             self.scheduler.step()  # as DeepSpeed: a skipped update does not advance the schedule
         if self.scaler:
             self.scaler.update()
