@@ -145,7 +145,8 @@ def test_convert_reads_the_dcp_state(fsdp2_2ranks, tmp_path):
 def test_hf_export_has_the_engines_logits_and_the_fsdp2_settings_train_the_same(tmp_path):
     """In-process, one rank, a new pad token (the embeddings grow before sharding): the exported checkpoint
     reloaded with from_pretrained computes the engine's logits; CPU offload and keeping the gathered layers
-    (reshard_after_forward=false) train exactly as the defaults."""
+    (reshard_after_forward=false) train exactly as the defaults; bf16 and fp16 train close to fp32 and the
+    export is in the training dtype."""
     from transformers import AutoModelForCausalLM
 
     from general_util.dist import init_distributed
@@ -164,9 +165,14 @@ def test_hf_export_has_the_engines_logits_and_the_fsdp2_settings_train_the_same(
     trainer = trained("offload", ["fsdp2.cpu_offload=true"])
     trained("kept", ["fsdp2.reshard_after_forward=false"])
     trained("default", [])
+    for precision in ("bf16", "fp16"):  # fp32 master weights, 16-bit compute (fp16: with ShardedGradScaler)
+        trained(precision, [f"precision={precision}"])
     assert len(logged["default"]) == 2
     assert logged["offload"] == pytest.approx(logged["default"], rel=1e-6)
     assert logged["kept"] == pytest.approx(logged["default"], rel=1e-6)
+    for precision in ("bf16", "fp16"):  # close to fp32, and computed in 16 bits
+        assert logged[precision] == pytest.approx(logged["default"], rel=1e-3) and logged[precision] != logged["default"]
+    assert load_file(tmp_path / "bf16" / "checkpoint-2" / "model.safetensors")["lm_head.weight"].dtype == torch.bfloat16
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "offload" / "checkpoint-2").eval()
     assert exported.config.vocab_size == len(trainer.tokenizer) == 1025
     input_ids = torch.tensor([[1, 300, 301, 302, 1024, 2]])
