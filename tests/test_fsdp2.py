@@ -195,3 +195,14 @@ def test_preflight_refuses_the_other_engines_settings(overrides, world_size, mes
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(compose_config(overrides, output_dir=REPO / "unused"), world_size)
     validate(compose_config(FSDP2 + ["fsdp2.cpu_offload=true"], output_dir=REPO / "unused"), 1)
+
+
+def test_a_failed_dcp_write_is_recorded_for_the_save_to_fail_on_every_rank(tmp_path):
+    """DCP wraps each rank's write error into one CheckpointException (a BaseException): the engine unwraps the
+    write failure so that RecordedWrites keeps it and training/saving.py fails the save cleanly."""
+    from training.fsdp2_engine import save_state
+    from training.saving import RecordedWrites
+    (tmp_path / "a_file").write_text("not a folder")
+    writes = RecordedWrites()
+    writes.run(save_state, {"model": {"weight": torch.zeros(3)}}, tmp_path / "a_file" / "dcp")
+    assert isinstance(writes.failure, NotADirectoryError)
