@@ -187,8 +187,9 @@ def engine_problems(cfg: DictConfig) -> list[str]:
     zero = OmegaConf.select(cfg, "ds_cfg.zero_optimization", default={}) or {}
     if zero_stage(cfg) > 1:
         problems.append(f"ds_cfg.zero_optimization.stage={zero_stage(cfg)}: a DeepSpeed setting, ignored by engine=fsdp2 "
-                        "(which shards parameters, gradients and optimizer states like ZeRO-3); drop "
-                        "deepspeed@ds_cfg=... (fsdp2.reshard_after_forward=false is the ZeRO-2-like choice)")
+                        "(which shards parameters, gradients and optimizer states like ZeRO-3); pass "
+                        "deepspeed@ds_cfg=zero1, base.yaml's default (fsdp2.reshard_after_forward=false is the "
+                        "ZeRO-2-like choice)")
     for key in ("offload_optimizer", "offload_param"):
         if key in zero:
             problems.append(f"ds_cfg.zero_optimization.{key}: a DeepSpeed setting, ignored by engine=fsdp2; "
