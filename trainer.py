@@ -426,7 +426,8 @@ def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
     memory = memory_estimate_bytes(num_params, cfg, ctx.world_size)
     print(f"samples: {len(train_data)}; micro-batches per rank per epoch: {micro_per_epoch}; "
           f"optimizer steps: {total_steps}")
-    print(f"per-GPU memory estimate (ZeRO-{zero_stage(cfg)}, {cfg.precision}, world {ctx.world_size}, "
+    engine = "FSDP2" if cfg.engine == "fsdp2" else f"ZeRO-{zero_stage(cfg)}"
+    print(f"per-GPU memory estimate ({engine}, {cfg.precision}, world {ctx.world_size}, "
           f"activations excluded): " + ", ".join(f"{k} {human_bytes(v)}" for k, v in memory.items())
           + f", total {human_bytes(sum(memory.values()))}")
 

@@ -5,6 +5,7 @@ auto). Runs in well under 5 minutes on an H100 per loss implementation.
     python bench/gpu_mfu.py [--attn sdpa|flash_attention_2] [--steps 20] [--loss-impl full chunked liger]
     python bench/gpu_mfu.py --sequence-parallel-size 2 --seq 8192   # Ulysses over 2 GPUs (torchrun), one sequence group
     python bench/gpu_mfu.py --checkpointing on   # only one gradient checkpointing setting (default: off and on)
+    python bench/gpu_mfu.py --engine fsdp2                          # the trainer's FSDP2 engine (engine=fsdp2) instead
     python bench/gpu_mfu.py --quick --peak-flops 1e12   # a tiny LLaMA, fp32 on CPU: checks the measuring code (CI)
 
 Each variant runs in a fresh process (group), its peak memory taken from its start; --quick without sequence
@@ -80,7 +81,7 @@ def device_name() -> str:
 
 
 def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_impl: str, warmup: int, steps: int,
-               peak: float | None, sp: int, seq: int) -> dict | None:
+               peak: float | None, sp: int, seq: int, engine: str) -> dict | None:
     """One measurement on this rank; the result on global rank 0 (None on the others)."""
     reset_peak_memory()
     import torch
@@ -91,9 +92,10 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
     precision = "bf16" if torch.cuda.is_available() else "fp32"
     overrides = [f"model_name_or_path={model_dir}", f"output_dir={model_dir.parent / 'out'}", f"precision={precision}",
                  "do_eval=false", "evaluate_during_training=false", f"per_gpu_train_batch_size={batch}",
-                 f"max_steps={warmup + steps}", f"logging_steps={warmup}", "save_steps=-1", "torch_adam=true",
+                 f"max_steps={warmup + steps}", f"logging_steps={warmup}", "save_steps=-1", f"engine={engine}",
                  f"model.attn_implementation={attn}", f"model.gradient_checkpointing={str(checkpointing).lower()}",
                  f"loss_impl={loss_impl}", "collator.pad_to_multiple_of=1", f"sequence_parallel_size={sp}"]
+    overrides += ["torch_adam=true"] if engine == "deepspeed" else []  # FSDP2 always uses torch AdamW
     data = RandomTokens(batch * (warmup + steps), seq, vocab=vocab)
     trainer, log_times = timed_trainer(overrides, data)
     ctx = trainer.ctx
@@ -101,8 +103,9 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
     tokens_per_second = batch * seq * steps / (log_times[warmup + steps] - log_times[warmup])
     flops_per_token = training_flops_per_token(trainer.num_params, shape["num_layers"], shape["hidden_size"], seq)
     peak = device_peak_flops(peak)
-    result = {"size": size, "precision": precision, "attn": attn, "gradient_checkpointing": checkpointing,
-              "loss_impl": loss_impl, "loss_impl_used": resolve(trainer.engine.model, trainer.loss_settings, ctx.device),
+    result = {"size": size, "engine": engine, "precision": precision, "attn": attn,
+              "gradient_checkpointing": checkpointing, "loss_impl": loss_impl,
+              "loss_impl_used": resolve(trainer.engine.model, trainer.loss_settings, ctx.device),
               "sequence_parallel_size": sp, "seq": seq, "parameters": trainer.num_params,
               "tokens_per_second": tokens_per_second,
               "mfu": tokens_per_second * flops_per_token / (peak * sp) if peak else None,
@@ -123,6 +126,8 @@ def main() -> None:
     parser.add_argument("--sequence-parallel-size", type=int, default=1,
                         help="N > 1: N ranks (torchrun, one GPU each) share every sequence (DeepSpeed Ulysses)")
     parser.add_argument("--seq", type=int, default=None, help="sequence length (default: the size's)")
+    parser.add_argument("--engine", default="deepspeed", choices=("deepspeed", "fsdp2"),
+                        help="the trainer's engine: DeepSpeed ZeRO-1 or FSDP2 (fully sharded); FSDP2 has no Ulysses")
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps (runs on CPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", nargs="+", choices=("off", "on"), default=["off", "on"],
@@ -132,12 +137,14 @@ def main() -> None:
     seq = args.seq or SIZES[size][1]
     if args.quick:
         args.warmup, args.steps = 1, 2
+    if args.engine == "fsdp2" and args.sequence_parallel_size > 1:
+        raise SystemExit("--sequence-parallel-size needs --engine deepspeed (DeepSpeed Ulysses)")
     if args.steps % args.warmup:
         raise SystemExit("--steps must be a multiple of --warmup (the trainer logs, hence times, every --warmup steps)")
     if args.worker:  # each of its variants in turn, peaks reset at the start of each
         for loss_impl, checkpointing in itertools.product(args.loss_impl, args.checkpointing):
             result = run_worker(Path(args.worker), size, args.attn, checkpointing == "on", loss_impl, args.warmup,
-                                args.steps, args.peak_flops, args.sequence_parallel_size, seq)
+                                args.steps, args.peak_flops, args.sequence_parallel_size, seq, args.engine)
             if result is not None:
                 print("RESULT " + json.dumps(result), flush=True)
         teardown()  # the process group the variants shared
@@ -159,7 +166,7 @@ def main() -> None:
                               "--loss-impl", *dict.fromkeys(impl for impl, _ in batch),
                               "--checkpointing", *dict.fromkeys(setting for _, setting in batch),
                               "--warmup", str(args.warmup), "--steps", str(args.steps), "--seq", str(seq),
-                              "--sequence-parallel-size", str(args.sequence_parallel_size)] \
+                              "--sequence-parallel-size", str(args.sequence_parallel_size), "--engine", args.engine] \
                 + (["--quick"] if args.quick else [])
             if args.peak_flops:
                 cmd += ["--peak-flops", str(args.peak_flops)]
@@ -169,11 +176,11 @@ def main() -> None:
                 raise SystemExit(f"worker failed:\n{out.stderr[-4000:]}")
             results += [json.loads(line[len("RESULT "):]) for line in lines]
     print(json.dumps(results, indent=2))
-    print("\n| GPU | attention | loss_impl | seq | SP | grad. checkpointing | tokens/s | MFU | peak memory |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+    print("\n| GPU | engine | attention | loss_impl | seq | SP | grad. checkpointing | tokens/s | MFU | peak memory |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        print(f"| {r['gpu']} | {r['attn']} | {r['loss_impl_used']} | {r['seq']} | {r['sequence_parallel_size']} | "
+        print(f"| {r['gpu']} | {r['engine']} | {r['attn']} | {r['loss_impl_used']} | {r['seq']} | {r['sequence_parallel_size']} | "
               f"{r['gradient_checkpointing']} | {r['tokens_per_second']:.0f} | {mfu} | {r['peak_memory_gib']:.1f} GiB |")
 
 

@@ -1,8 +1,12 @@
-"""Training throughput: our trainer vs a bare DeepSpeed loop vs transformers' Trainer (same DeepSpeed config).
+"""Training throughput: our trainer vs a bare DeepSpeed loop vs transformers' Trainer (same DeepSpeed config), and
+our trainer's two engines side by side at 2 ranks: DeepSpeed ZeRO-3 (`ours-zero3`) vs FSDP2 (`ours-fsdp2`).
 
-Same random LLaMA, same random token batches, same global batch and steps; each measurement runs in its
-own process, the variants alternate within every repetition, and the ratios are taken within a
-repetition (shared CPUs are noisy: only ratios measured side by side count).
+Same random LLaMA, same random token batches, same steps (the 2-rank variants: the same per-rank batch, torchrun;
+on a GPU machine they need 2 GPUs); tokens/s count every rank's tokens; peak memory is rank 0's (the CUDA
+allocator's peak, or the process's resident high-water mark on CPU); torchrun gives each rank one CPU thread,
+so compare the 2-rank variants with each other. Each measurement runs in its own process, the variants
+alternate within every repetition, and the ratios are taken within a repetition (shared CPUs are noisy: only
+ratios measured side by side count).
 
 Each measurement is written to the `--output` JSON as soon as it is taken. A measurement whose process
 crashed is recorded as an error and the others go on (the exit status is then 1); one that crashed at exit,
@@ -15,6 +19,7 @@ and notes the exit code.
 """
 import argparse
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -33,7 +38,9 @@ SIZES = {  # name: (layers, hidden, heads, intermediate, batch, seq)
     "large": (4, 256, 8, 688, 8, 512),
     "quick": (1, 32, 2, 64, 4, 32),
 }
-VARIANTS = ("ours", "bare", "hf_trainer")
+VARIANTS = ("ours", "bare", "hf_trainer", "ours-zero3", "ours-fsdp2")
+ENGINES = {"ours-zero3": ("deepspeed@ds_cfg=zero3",), "ours-fsdp2": ("engine=fsdp2",)}  # launched on ENGINE_RANKS ranks
+ENGINE_RANKS = 2
 LEARNING_RATE = 1e-4
 
 
@@ -59,17 +66,20 @@ def build_model_dir(size: str, directory: Path) -> Path:
     return directory
 
 
-def measure_ours(model_dir: Path, size: str, warmup: int, steps: int, out: Path) -> float:
-    """Our Trainer, composed from the demo config like `python trainer.py` does; timed between the logs at
-    the end of warm-up and at the end of the run (the logging collective is part of what is timed)."""
+def measure_ours(model_dir: Path, size: str, warmup: int, steps: int, out: Path, engine: tuple[str, ...] = ()) -> float:
+    """Our Trainer, composed from the demo config like `python trainer.py` does (plus the `engine` overrides);
+    timed between the logs at the end of warm-up and at the end of the run (the logging collective is part of
+    what is timed)."""
     _, _, _, _, batch, seq = SIZES[size]
     overrides = [f"model_name_or_path={model_dir}", f"output_dir={out}", "precision=fp32", "do_eval=false",
                  "evaluate_during_training=false", f"per_gpu_train_batch_size={batch}", f"max_steps={warmup + steps}",
                  f"logging_steps={warmup}", "save_steps=-1", f"learning_rate={LEARNING_RATE}", "weight_decay=0.0",
-                 "warmup_proportion=0.0", "lr_scheduler=WarmupLR", "collator.pad_to_multiple_of=1"]
-    trainer, log_times = timed_trainer(overrides, RandomTokens(batch * (warmup + steps), seq))
+                 "warmup_proportion=0.0", "lr_scheduler=WarmupLR", "collator.pad_to_multiple_of=1", *engine]
+    rows = batch * int(os.environ.get("WORLD_SIZE", 1)) * (warmup + steps)
+    trainer, log_times = timed_trainer(overrides, RandomTokens(rows, seq))
+    ctx = trainer.ctx
     trainer.train()
-    return batch * seq * steps / (log_times[warmup + steps] - log_times[warmup])
+    return batch * ctx.world_size * seq * steps / (log_times[warmup + steps] - log_times[warmup])
 
 
 def measure_bare(model_dir: Path, size: str, warmup: int, steps: int, out: Path) -> float:
@@ -121,12 +131,24 @@ def measure_hf_trainer(model_dir: Path, size: str, warmup: int, steps: int, out:
     return batch * seq * steps / (step_times[warmup + steps] - step_times[warmup])
 
 
+def peak_memory_mib() -> float:
+    import resource
+
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
 def run_worker(args) -> None:
     from general_util.dist import exit_process
     out = Path(args.workdir) / f"{args.worker}-{time.time_ns()}"
-    measure = {"ours": measure_ours, "bare": measure_bare, "hf_trainer": measure_hf_trainer}[args.worker]
-    tokens_per_second = measure(Path(args.model_dir), args.size, args.warmup, args.steps, out)
-    print("RESULT " + json.dumps({"tokens_per_second": tokens_per_second}), flush=True)
+    measure = {"ours": measure_ours, "bare": measure_bare, "hf_trainer": measure_hf_trainer,
+               **{variant: functools.partial(measure_ours, engine=overrides) for variant, overrides in ENGINES.items()}}
+    tokens_per_second = measure[args.worker](Path(args.model_dir), args.size, args.warmup, args.steps, out)
+    if os.environ.get("RANK", "0") == "0":
+        print("RESULT " + json.dumps({"tokens_per_second": tokens_per_second, "peak_memory_mib": peak_memory_mib()}),
+              flush=True)
     exit_process(0)  # the number is out: skip the exit-time destructors that have aborted a finished process
 
 
@@ -142,7 +164,9 @@ def measurement(result: subprocess.CompletedProcess) -> dict:
 
 
 def measure_in_subprocess(variant: str, size: str, model_dir: Path, workdir: Path, warmup: int, steps: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", variant, "--size", size, "--model-dir", str(model_dir),
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                    str(ENGINE_RANKS)] if variant in ENGINES else [])
+    cmd = launcher + [__file__, "--worker", variant, "--size", size, "--model-dir", str(model_dir),
            "--workdir", str(workdir), "--warmup", str(warmup), "--steps", str(steps)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
@@ -162,13 +186,16 @@ def summarise(size: str, variants: list[str], runs: list[dict]) -> dict:
     def tps(run, variant):
         return run.get(variant, {}).get("tokens_per_second")
 
-    def ratio(other):
-        return median_or_none([tps(r, "ours") / tps(r, other) for r in runs if tps(r, "ours") and tps(r, other)])
+    def ratio(other, ours="ours"):
+        return median_or_none([tps(r, ours) / tps(r, other) for r in runs if tps(r, ours) and tps(r, other)])
 
     layers, hidden, _, _, batch, seq = SIZES[size]
     return {"model": f"{layers} layers, hidden {hidden}", "batch": batch, "seq": seq,
             "tokens_per_second": {v: median_or_none([tps(r, v) for r in runs if tps(r, v)]) for v in variants},
-            "ours_over_bare": ratio("bare"), "ours_over_hf_trainer": ratio("hf_trainer"), "runs": runs}
+            "peak_memory_mib": {v: median_or_none([r[v]["peak_memory_mib"] for r in runs
+                                                   if "peak_memory_mib" in r.get(v, {})]) for v in variants},
+            "ours_over_bare": ratio("bare"), "ours_over_hf_trainer": ratio("hf_trainer"),
+            "fsdp2_over_zero3": ratio("ours-zero3", ours="ours-fsdp2"), "runs": runs}
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -228,6 +255,13 @@ def main() -> None:
         print(f"| {size} ({r['model']}, {r['batch']}×{r['seq']}) | {cell(t, 'ours', 0)} | {cell(t, 'bare', 0)} | "
               f"{cell(t, 'hf_trainer', 0)} | {cell(ratios, 'ours_over_bare', 3)} | "
               f"{cell(ratios, 'ours_over_hf_trainer', 3)} |")
+    print(f"\n| size | ZeRO-3 ×{ENGINE_RANKS} tok/s | FSDP2 ×{ENGINE_RANKS} tok/s | FSDP2/ZeRO-3 | ZeRO-3 peak MiB | "
+          "FSDP2 peak MiB |\n|---|---|---|---|---|---|")
+    for size, r in results["sizes"].items():
+        t, m = r["tokens_per_second"], r["peak_memory_mib"]
+        ratio = {"fsdp2_over_zero3": r["fsdp2_over_zero3"]} if {"ours-zero3", "ours-fsdp2"} <= t.keys() else {}
+        print(f"| {size} | {cell(t, 'ours-zero3', 0)} | {cell(t, 'ours-fsdp2', 0)} | {cell(ratio, 'fsdp2_over_zero3', 3)} | "
+              f"{cell(m, 'ours-zero3', 0)} | {cell(m, 'ours-fsdp2', 0)} |")
     failed = [f"{size}/{variant}" for size, r in results["sizes"].items() for run in r["runs"]
               for variant, m in run.items() if "error" in m]
     if failed:

@@ -1,14 +1,15 @@
 """Batched generation of continuations: prompts left-padded, only the new tokens decoded."""
 import torch
+from torch.distributed.fsdp import FSDPModule
 
 DEFAULT_GENERATION = {"max_new_tokens": 16, "num_beams": 1, "do_sample": False}
 
 
 def needs_synced_generation(model, world_size: int) -> bool:
-    """Whether `generate` must keep every rank stepping until all are done (`synced_gpus`): a DeepSpeed engine
-    under ZeRO-3 with more than one rank gathers its parameters inside every forward call."""
+    """Whether `generate` must keep every rank stepping until all are done (`synced_gpus`): with more than one
+    rank, a DeepSpeed engine under ZeRO-3 and an FSDP2 model gather their parameters inside every forward call."""
     zero3 = getattr(model, "zero_optimization_partition_weights", None)
-    return world_size > 1 and callable(zero3) and bool(zero3())
+    return world_size > 1 and (isinstance(model, FSDPModule) or (callable(zero3) and bool(zero3())))
 
 
 @torch.no_grad()
@@ -16,7 +17,7 @@ def generate_continuations(model, tokenizer, prompts: list[list[int]], generatio
                            synced_gpus: bool = False) -> list[str]:
     """The text each prompt (token ids) continues with — never the prompt itself. `model` is a HF model
     or a DeepSpeed engine (its `module` generates). `synced_gpus` keeps every rank stepping until all
-    are done, which ZeRO-3 needs with more than one rank (parameters are gathered inside forward)."""
+    are done, which ZeRO-3 and FSDP2 need with more than one rank (parameters are gathered inside forward)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)

@@ -27,7 +27,8 @@ def test_quick_mode_reports_both_checkpointing_settings_per_loss_impl():
         assert r["size"] == "quick" and r["tokens_per_second"] > 0 and r["peak_memory_gib"] > 0
         flops = training_flops_per_token(r["parameters"], 2, 64, 128)
         assert r["mfu"] == pytest.approx(r["tokens_per_second"] * flops / 1e12)
-    assert result.stdout[table:].strip().splitlines()[0].startswith("| GPU | attention | loss_impl |")
+    assert result.stdout[table:].strip().splitlines()[0].startswith("| GPU | engine | attention | loss_impl |")
+    assert {r["engine"] for r in runs} == {"deepspeed"}
 
 
 def test_quick_mode_with_sequence_parallelism_reports_mfu_per_rank():
@@ -42,3 +43,12 @@ def test_quick_mode_with_sequence_parallelism_reports_mfu_per_rank():
         assert r["sequence_parallel_size"] == 2 and r["seq"] == 128 and r["tokens_per_second"] > 0
         flops = training_flops_per_token(r["parameters"], 2, 64, 128)
         assert r["mfu"] == pytest.approx(r["tokens_per_second"] * flops / (2 * 1e12))  # two ranks share the tokens
+
+
+def test_quick_mode_measures_the_fsdp2_engine():
+    result = subprocess.run([sys.executable, "bench/gpu_mfu.py", "--quick", "--peak-flops", "1e12", "--loss-impl", "full",
+                             "--engine", "fsdp2"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout[:result.stdout.index("\n|")])
+    assert [(r["engine"], r["gradient_checkpointing"]) for r in runs] == [("fsdp2", False), ("fsdp2", True)]
+    assert all(r["tokens_per_second"] > 0 and r["peak_memory_gib"] > 0 for r in runs)

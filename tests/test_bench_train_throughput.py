@@ -25,9 +25,12 @@ def test_quick_mode_reports_every_variant_and_ratio(tmp_path):
     report = json.loads(result.stdout[:result.stdout.index("\n|")])
     assert json.loads(output.read_text()) == report  # the file rewritten after each measurement ends as the report
     quick = report["sizes"]["quick"]
-    assert set(quick["tokens_per_second"]) == {"ours", "bare", "hf_trainer"}
-    assert all(value > 0 for value in quick["tokens_per_second"].values())
     run = quick["runs"][0]
+    assert set(quick["tokens_per_second"]) == {"ours", "bare", "hf_trainer", "ours-zero3", "ours-fsdp2"}
+    assert all(value > 0 for value in quick["tokens_per_second"].values())
+    assert all(value > 0 for value in quick["peak_memory_mib"].values())  # ZeRO-3 vs FSDP2 at 2 ranks, side by side
+    assert quick["fsdp2_over_zero3"] == pytest.approx(run["ours-fsdp2"]["tokens_per_second"]
+                                                      / run["ours-zero3"]["tokens_per_second"])
     for other in ("bare", "hf_trainer"):  # the comparison the bench exists for, taken side by side
         ratio = quick[f"ours_over_{other}"]
         assert math.isfinite(ratio) and ratio > 0

@@ -100,6 +100,7 @@ def validate(cfg: DictConfig, world_size: int) -> None:
     check(model_cfg.get("freeze_strategy", "none") == "none" or not model_cfg.get("use_peft"), "model.freeze_strategy",
           "LoRA already freezes the base model: use either model.use_peft or an embeddings-only stage")
     problems.extend(settings_problems(cfg.loss_impl, cfg.loss_chunk_tokens, torch.cuda.is_available()))
+    problems.extend(engine_problems(cfg))
     problems.extend(packing_problems(cfg))
     problems.extend(sequence_parallel_problems(cfg, world_size))
     problems.extend(check_report_to(cfg.report_to))
@@ -173,6 +174,37 @@ def target_key_problems(cfg: DictConfig) -> list[str]:
             walk(child, f"{key}.{name}" if key else str(name))
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return problems
+
+
+ENGINES = ("deepspeed", "fsdp2")
+
+
+def engine_problems(cfg: DictConfig) -> list[str]:
+    """Settings of one engine given to the other: each would be silently ignored, so each is refused."""
+    if cfg.engine not in ENGINES:
+        return [f"engine={cfg.engine!r}: use one of {', '.join(ENGINES)}"]
+    if cfg.engine == "deepspeed":
+        defaults = OmegaConf.load(BASE_CONFIG).fsdp2
+        return [f"fsdp2.{key}={value!r}: an FSDP2 setting; set engine=fsdp2 or remove it"
+                for key, value in cfg.fsdp2.items() if value != defaults.get(key)]
+    problems = []
+    zero = OmegaConf.select(cfg, "ds_cfg.zero_optimization", default={}) or {}
+    if zero_stage(cfg) > 1:
+        problems.append(f"ds_cfg.zero_optimization.stage={zero_stage(cfg)}: a DeepSpeed setting, ignored by engine=fsdp2 "
+                        "(which shards parameters, gradients and optimizer states like ZeRO-3); pass "
+                        "deepspeed@ds_cfg=zero1, base.yaml's default (fsdp2.reshard_after_forward=false is the "
+                        "ZeRO-2-like choice)")
+    for key in ("offload_optimizer", "offload_param"):
+        if key in zero:
+            problems.append(f"ds_cfg.zero_optimization.{key}: a DeepSpeed setting, ignored by engine=fsdp2; "
+                            "use fsdp2.cpu_offload=true")
+    if cfg.torch_adam != "auto":
+        problems.append(f"torch_adam={cfg.torch_adam!r}: chooses DeepSpeed's Adam; engine=fsdp2 always uses torch "
+                        "AdamW (leave it auto)")
+    if cfg.sequence_parallel_size != 1:
+        problems.append(f"sequence_parallel_size={cfg.sequence_parallel_size}: DeepSpeed Ulysses sequence parallelism "
+                        "needs engine=deepspeed")
     return problems
 
 
@@ -255,7 +287,7 @@ def zero_stage(cfg: DictConfig) -> int:
 
 def memory_estimate_bytes(num_params: int, cfg: DictConfig, world_size: int) -> dict[str, float]:
     """Rough per-GPU bytes of weights, gradients and optimizer states (activations excluded)."""
-    stage = zero_stage(cfg)
+    stage = 3 if cfg.engine == "fsdp2" else zero_stage(cfg)  # FSDP2 shards all three like ZeRO-3
     weight_bytes = 4 if cfg.precision == "fp32" else 2
     optimizer_bytes = 8 if cfg.precision == "fp32" else 12  # Adam m, v (+ fp32 master weights)
     return {

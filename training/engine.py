@@ -55,6 +55,10 @@ class TrainingEngine(Protocol):
 
 
 def load_model(cfg: DictConfig, tokenizer) -> torch.nn.Module:
+    """`cfg.model` as `cfg.engine` wants it loaded (ZeRO-3 partitions it while loading; FSDP2 wants fp32)."""
+    if cfg.engine == "fsdp2":
+        from training.fsdp2_engine import load_model as fsdp2_load
+        return fsdp2_load(cfg, tokenizer)
     from training.deepspeed_engine import load_model as deepspeed_load
     return deepspeed_load(cfg, tokenizer)
 
@@ -63,5 +67,8 @@ def build_engine(cfg: DictConfig, model: torch.nn.Module, ctx: DistContext, para
                  total_steps: int, reshard_from: int | None) -> TrainingEngine:
     """The engine for `model`; `reshard_from`: the world size of a checkpoint that will be loaded on another
     number of ranks (None otherwise)."""
+    if cfg.engine == "fsdp2":
+        from training.fsdp2_engine import FSDP2Engine
+        return FSDP2Engine(cfg, model, ctx, parallel, total_steps, reshard_from)
     from training.deepspeed_engine import DeepSpeedEngine
     return DeepSpeedEngine(cfg, model, ctx, parallel, total_steps, reshard_from)
