@@ -48,7 +48,7 @@ def lora_model(**_):
 
 
 MODELS = {
-    "plain": lambda: load_causal_lm(TINY, "fp32", "fp32"),
+    "plain": lambda: load_causal_lm(TINY, "fp32"),
     "tied": tied_model,
     "lora": lora_model,
     "checkpointing": lambda: load_causal_lm(TINY, "fp32", gradient_checkpointing=True),
@@ -111,7 +111,7 @@ def test_chunked_loss_and_gradients_equal_full(kind, layout, tokenizer):
 
 def test_chunked_loss_without_grad_equals_full(tokenizer):
     """The evaluators' held-out loss runs under no_grad: the chunked path then only sums the loss."""
-    model, batch = load_causal_lm(TINY, "fp32", "fp32").eval(), padded_batch(tokenizer)
+    model, batch = load_causal_lm(TINY, "fp32").eval(), padded_batch(tokenizer)
     with torch.no_grad():
         sums = {}
         for impl in ("full", "chunked"):
@@ -142,7 +142,7 @@ def test_no_tokens_by_vocabulary_tensor_under_chunked(impl, tokenizer):
     tokens = batch["input_ids"].numel()
     hidden = AutoConfig.from_pretrained(TINY).hidden_size
     assert tokens > hidden > CHUNK  # so the weight-shaped [vocab, hidden] tensors cannot hide a logits tensor
-    model = load_causal_lm(TINY, "fp32", "fp32").train()
+    model = load_causal_lm(TINY, "fp32").train()
     saved = []
     with LargestVocabularyTensor() as created, \
             torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
@@ -157,7 +157,7 @@ def test_no_tokens_by_vocabulary_tensor_under_chunked(impl, tokenizer):
 
 def test_scoring_under_chunked_equals_full(tokenizer):
     """Options sharing a context (one kept position read for several tokens) and slices that cut a row."""
-    model = load_causal_lm(TINY, "fp32", "fp32").eval()
+    model = load_causal_lm(TINY, "fp32").eval()
     requests = (encode_options(tokenizer, "Question: which is right? Answer:", [" A", " B", " C", " the last one"])
                 + encode_options(tokenizer, "另一个问题：", ["是的", "不是", "也许吧，谁知道"]))
     scores = {}
@@ -167,7 +167,7 @@ def test_scoring_under_chunked_equals_full(tokenizer):
 
 
 def test_auto_resolves_to_chunked_on_cpu_and_logs_it_once(caplog):
-    model = load_causal_lm(TINY, "fp32", "fp32")
+    model = load_causal_lm(TINY, "fp32")
     announce.cache_clear()
     with caplog.at_level(logging.INFO, logger="modules.loss_impl"):
         assert [resolve(model, LossSettings("auto"), torch.device("cpu")) for _ in range(3)] == ["chunked"] * 3
