@@ -132,7 +132,8 @@ class Trainer:
         if resume_from is None or self.cfg.resume_mode != "exact":
             return resume_from, None
         # keys older checkpoints lack: what they were written with
-        state = {"sequence_parallel_size": 1, "zero_stage": zero_stage(self.cfg), **ckpt.read_trainer_state(resume_from)}
+        state = {"sequence_parallel_size": 1, "engine": "deepspeed", "zero_stage": zero_stage(self.cfg),
+                 **ckpt.read_trainer_state(resume_from)}
         ckpt.check_resumable(resume_from, state, self.layout())
         return resume_from, state
 
@@ -161,9 +162,9 @@ class Trainer:
     def layout(self) -> dict:
         """What must match for a checkpoint to continue this run exactly. The world size, micro batch and
         accumulation may change: the data order and the loss depend on their product (the global batch) only.
-        The ZeRO stage may not: DeepSpeed's optimizer state of one stage does not load into another."""
+        The engine and the ZeRO stage may not: neither's optimizer state loads into another."""
         return {"global_batch_size": self.samples_per_step, "sequence_parallel_size": self.parallel.sp_size,
-                "zero_stage": zero_stage(self.cfg), "seed": self.cfg.seed,
+                "engine": self.cfg.engine, "zero_stage": zero_stage(self.cfg), "seed": self.cfg.seed,
                 "data_fingerprint": self.fingerprints["data"], "tokenizer_fingerprint": self.fingerprints["tokenizer"]}
 
     def split(self) -> dict:

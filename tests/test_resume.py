@@ -157,9 +157,11 @@ def test_fault_spec_is_parsed_or_refused():
             parse(bad)
 
 
-def test_another_zero_stage_is_refused_in_one_line(tmp_path):
+def test_another_zero_stage_or_engine_is_refused_in_one_line(tmp_path):
     """DeepSpeed's optimizer state of one ZeRO stage does not load into another: refused with the reason
     (it used to fail inside DeepSpeed's loader with a bare AssertionError)."""
     train_in_process(tmp_path, FAST + ["max_steps=2", "save_steps=2", "deepspeed@ds_cfg=zero1"])
     with pytest.raises(CheckpointError, match=r"cannot resume exactly from .*checkpoint-2: zero_stage 1 → 3 \(the ZeRO"):
         train_in_process(tmp_path, FAST + ["max_steps=4", "deepspeed@ds_cfg=zero3", "resume=auto"])
+    with pytest.raises(CheckpointError, match=r"checkpoint-2: engine deepspeed → fsdp2"):
+        train_in_process(tmp_path, FAST + ["max_steps=4", "engine=fsdp2", "resume=auto"])
