@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from tests.trainer_runs import FAST, read_scalars, run_trainer, train_in_process
 from training.checkpoints import CheckpointError
 
-pytestmark = pytest.mark.slow
 STEPS = 12
 # accumulation > 1, a dataloader worker, checkpoints every 3 steps; ⌈148 samples / (4 × 2)⌉ = 19 steps an epoch,
 # so every resume point is in the middle of an epoch.
@@ -84,6 +83,7 @@ def faulted(tmp_path_factory):
     return legs, out
 
 
+@pytest.mark.slow
 def test_crash_during_save_resumes_from_the_previous_checkpoint(run_a, faulted):
     legs, out = faulted
     crash = legs["crash_in_save"]
@@ -100,6 +100,7 @@ def test_crash_during_save_resumes_from_the_previous_checkpoint(run_a, faulted):
     assert_identical(run_a, out)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_zero_and_resumes_identically(run_a, faulted):
     legs, out = faulted
     sigterm = legs["sigterm"]
@@ -110,6 +111,7 @@ def test_sigterm_saves_exits_zero_and_resumes_identically(run_a, faulted):
     assert_identical(run_a, out)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_auto_is_bitwise_identical(run_a, faulted):
     legs, out = faulted
     killed = legs["sigkill"]
@@ -122,6 +124,7 @@ def test_sigkill_then_resume_auto_is_bitwise_identical(run_a, faulted):
     assert_identical(run_a, out)
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoint_continues_with_weights_only(run_a, tmp_path):
     """Another global batch cannot continue exactly (that refusal, exit 2 and its line naming
     resume_mode=weights_only: test_elastic_resume.py); resume_mode=weights_only starts from the weights."""

@@ -12,7 +12,6 @@ import pytest
 from general_util.trackers import check_report_to, flat_params
 from tests.trainer_runs import FAST, read_scalars, run_trainer
 
-pytestmark = pytest.mark.slow
 STEPS = 8
 RUN = FAST + [f"max_steps={STEPS}", "save_steps=3", "per_gpu_train_batch_size=4",
               "report_to=[tensorboard,wandb,mlflow]", "tracking.wandb_mode=offline", "tracking.run_name=tracked"]
@@ -70,6 +69,7 @@ def mlflow_history(output_dir: Path, key: str):
     return run, sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
 
+@pytest.mark.slow
 def test_two_ranks_killed_and_resumed_log_every_step_once_in_every_store(tmp_path):
     missing = [name for name in ("wandb", "mlflow") if importlib.util.find_spec(name) is None]
     if missing and not os.environ.get("LLAMA_TRAINER_REQUIRE_OPTIONAL_DEPS"):
