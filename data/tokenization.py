@@ -117,7 +117,9 @@ def tokenize_batches(batches: Iterable[list[tuple[object, Example]]], example_to
         yield from map(example_tokenizer.tagged, batches)
         return
     import multiprocessing
-    with multiprocessing.get_context().Pool(num_proc, _init_worker, (example_tokenizer,)) as pool:
+    # forkserver, not fork: the caller holds threads (gloo's, DeepSpeed's; the trainer builds the cache after
+    # joining the process group), and a child forked while one of them holds a lock waits on it forever
+    with multiprocessing.get_context("forkserver").Pool(num_proc, _init_worker, (example_tokenizer,)) as pool:
         yield from _bounded_imap(pool.apply_async, _tokenize_in_worker, batches, window=2 * num_proc)
 
 
