@@ -120,12 +120,13 @@ def test_nan_guard_skips_like_deepspeed(tmp_path):
 def test_generation_during_training_on_two_ranks_gives_the_exported_models_answers(fsdp2_2ranks, tmp_path):
     """The 2-rank evaluation (FSDP2 generate, synced) predicts what the exported checkpoint does on one process."""
     from general_util.dist import init_distributed
+    from modules.loss_impl import LossSettings
     from transformers import AutoModelForCausalLM
     init_distributed()
     cfg = compose_config(FSDP2 + EVAL, output_dir=tmp_path)
     tokenizer = instantiate(cfg.tokenizer)
     model = AutoModelForCausalLM.from_pretrained(fsdp2_2ranks / f"checkpoint-{STEPS}").eval()
-    instantiate(cfg.evaluators.c3_d)(model, tokenizer, tmp_path / "c3_d")
+    instantiate(cfg.evaluators.c3_d)(model, tokenizer, tmp_path / "c3_d", LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens))
 
     def generations(folder):
         return [json.loads(line)["generation"] for line in (folder / "predictions.jsonl").read_text().splitlines()]
