@@ -16,6 +16,7 @@ import torch
 import torch.distributed as torch_dist
 
 from general_util.errors import UserError
+from general_util.imports import hidden_modules
 
 
 def consume_local_rank_arg(argv: list[str]) -> list[str]:
@@ -66,10 +67,18 @@ class DistContext:
         return self.rank == 0
 
 
+def import_deepspeed():
+    """`import deepspeed`, without the `import mlflow` its autotuner (never run here) makes when MLflow is
+    installed: ~2 s of every process's start-up. MLflow stays importable afterwards, for the tracker."""
+    with hidden_modules("mlflow"):
+        import deepspeed
+    return deepspeed
+
+
 def init_distributed(timeout_s: float | None = None) -> DistContext:
     """`timeout_s`: how long a collective may wait for a peer (None: DeepSpeed's default, 10 minutes). A peer
     that died is noticed at once (its connections close); the timeout only bounds one that hangs."""
-    import deepspeed
+    deepspeed = import_deepspeed()
     fill_single_process_env()
     if torch.cuda.is_available():
         backend = "nccl"

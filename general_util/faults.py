@@ -1,8 +1,8 @@
 """Test-only fault injection: a real kill or signal at an exact point of training, so that the
 fault-tolerance tests do not depend on timing.
 
-`LLAMA_TRAINER_FAULT=<action>@<point>=<step>[@rank=<r>]`, read once when this module is first imported
-(at the trainer's start-up):
+`LLAMA_TRAINER_FAULT=<action>@<point>=<step>[@rank=<r>]`, read from the environment at each fault point
+(a process forked from one that imported this module still sees its own setting):
 
     kill@step=5      SIGKILL this process once optimizer step 5 is complete (with its logging, evaluation
                      and checkpoint, where due), before step 6 starts
@@ -14,8 +14,8 @@ fault-tolerance tests do not depend on timing.
     enospc@save=6    at the same point, raise OSError(ENOSPC) as a write that found the disk full would
     ...@rank=1       only on global rank 1 (RANK); without it, on every rank
 
-Unset (always, outside tests), `fire()` does nothing. A malformed value raises at import, so that a typo
-cannot quietly turn a fault test into a normal run. Imports nothing else of the project.
+Unset (always, outside tests), `fire()` does nothing. A malformed value raises at the first fault point
+(step 1), so that a typo cannot quietly turn a fault test into a normal run. Imports nothing else of the project.
 """
 import errno
 import os
@@ -47,15 +47,13 @@ def parse(spec: str | None) -> tuple[signal.Signals | int, str, int, int | None]
                          f"[@rank=<r>], e.g. kill@step=5") from None
 
 
-FAULT = parse(os.environ.get(VARIABLE))
-
-
 def fire(point: str, step: int) -> None:
     """Strike the configured fault (a signal to this process, or an OSError raised here) if it is set for
     (`point`, `step`) and this rank."""
-    if FAULT is None:
+    fault = parse(os.environ.get(VARIABLE))
+    if fault is None:
         return
-    action, at_point, at_step, rank = FAULT
+    action, at_point, at_step, rank = fault
     if (point, step) == (at_point, at_step) and rank in (None, int(os.environ.get("RANK", 0))):
         if not isinstance(action, signal.Signals):
             raise OSError(action, f"{os.strerror(action)} (injected by {VARIABLE})")

@@ -3,9 +3,6 @@ metric against the step (matplotlib's Agg canvas: no display, no global backend 
 import csv
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from general_util.errors import ConfigError
 
 
@@ -39,7 +36,10 @@ def markdown_table(rows: list[tuple[int, dict[str, float]]], columns: list[str])
     return "\n".join(lines) + "\n"
 
 
-def plot_metric(rows: list[tuple[int, dict[str, float]]], metric: str) -> Figure:
+def plot_metric(rows: list[tuple[int, dict[str, float]]], metric: str) -> "Figure":
+    # imported here: matplotlib costs every trainer process ~1 s of start-up, and only a sweep plots
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     points = [(step, metrics[metric]) for step, metrics in sorted(rows, key=lambda row: row[0]) if metric in metrics]
     figure = Figure(figsize=(6, 4))
     FigureCanvasAgg(figure)
