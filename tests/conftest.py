@@ -3,6 +3,8 @@ import os
 
 import pytest
 
+from tests.forked_ranks import use_warm_fork_server
+
 
 @pytest.fixture(autouse=True)
 def restore_environment():
@@ -13,3 +15,6 @@ def restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+use_warm_fork_server()  # before anything in this worker starts multiprocessing's fork server

@@ -2,10 +2,13 @@
 evaluator that Hydra's instantiate builds and wraps), prints exactly one line `error: ...` and exits 2;
 HYDRA_FULL_ERROR=1 shows the whole traceback. The original trainer's `--key=value` habit works."""
 import re
+from functools import partial
 
 import pytest
 
 from tests.trainer_runs import FAST, run_trainer
+
+run_trainer = partial(run_trainer, launcher="python")  # the contract is the real command's, start-up included
 
 GOOD = '{"instruction": "a", "output": "b"}\n'
 

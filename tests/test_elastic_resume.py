@@ -87,7 +87,7 @@ RELATIVE_TOLERANCE = 1e-5
 
 def train(output_dir, stage, nproc, extra=(), **kwargs):
     return run_trainer(output_dir, RUN + SPLIT[nproc] + [f"deepspeed@ds_cfg=zero{stage}"] + list(extra),
-                       launcher="torchrun" if nproc == 2 else "python", nproc=nproc, **kwargs)
+                       nproc=nproc, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def resumable_copy(killed_on_two_ranks, stage, tmp_path):
     """A copy of the killed 2-rank run's folder in tmp_path, after checking how the kill left it."""
     killed, folder = killed_on_two_ranks(stage)
     log = (folder / "logs" / "rank0.log").read_text()
-    assert killed.returncode != 0, killed.returncode  # torchrun reports a failed worker
+    assert killed.returncode == -9, killed.returncode
     assert f"step 4/{STEPS}" in log and f"step 5/{STEPS}" not in log, log[-3000:]
     assert checkpoint_steps(folder) == [3]
     out = tmp_path / "run"

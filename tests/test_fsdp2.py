@@ -34,8 +34,7 @@ def split(nproc: int) -> list[str]:
 
 
 def train(output_dir, overrides, nproc, **kwargs):
-    launcher = "torchrun" if nproc == 2 else "python"
-    return run_trainer(output_dir, overrides + split(nproc), launcher=launcher, nproc=nproc, **kwargs)
+    return run_trainer(output_dir, overrides + split(nproc), nproc=nproc, **kwargs)
 
 
 def losses(output_dir) -> dict[int, float]:

@@ -22,7 +22,7 @@ if importlib.util.find_spec("lm_eval") is None and not os.environ.get("LLAMA_TRA
 
 FIXTURES = REPO / "tests" / "fixtures" / "lm_eval"
 TINY = REPO / "models" / "tiny_llama"
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # read at import: runs here start a fresh interpreter
 MC_AND_GENERATION = ("logiqa2_local", "gsm8k_local")
 HARNESS = ["+eval@evaluators.harness=lm_eval", f"evaluators.harness.tasks=[{FIXTURES.relative_to(REPO)}]",
            "evaluators.harness.batch_size=3", "evaluators.harness.gen_kwargs={max_gen_toks:8,until:['Answer:']}"]
@@ -152,7 +152,8 @@ def test_without_lm_eval_configuring_it_is_one_line(monkeypatch):
 def test_unreachable_hub_dataset_is_one_line(tmp_path):
     """A named hub task offline: the run stops before training, exit 2, one line naming the dataset."""
     result = run_trainer(tmp_path, FAST + ["max_steps=2", "do_eval=true", "+eval@evaluators.harness=lm_eval",
-                                           "evaluators.harness.tasks=[logiqa2]"], check=False, env=OFFLINE)
+                                           "evaluators.harness.tasks=[logiqa2]"], check=False, env=OFFLINE,
+                         launcher="python")
     assert result.returncode == 2, result.stderr[-3000:]
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: evaluator lm_eval: task logiqa2: dataset baber/logiqa2 (name logiqa2) could not "
@@ -240,7 +241,7 @@ def test_checkpoint_sweep(zero2_run):
     """do_train=false over the run's checkpoints: the same metrics as during training, per checkpoint."""
     result = run_trainer(zero2_run, HARNESS + ["do_train=false", "do_eval=true",
                                                "prediction_cfg.metric=harness/logiqa2_local/acc", "prediction_cfg.measure=1"],
-                         env=OFFLINE)
+                         env=OFFLINE, launcher="python")
     assert "evaluated 2 model(s)" in result.stdout
     with open(zero2_run / "eval_summary.csv") as f:
         rows = {int(row["step"]): row for row in csv.DictReader(f)}

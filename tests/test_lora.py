@@ -89,7 +89,7 @@ def test_lora_one_rank(tmp_path):
 
 @pytest.mark.slow
 def test_lora_two_ranks(tmp_path):
-    run_trainer(tmp_path / "run", TRAIN + ["per_gpu_train_batch_size=2"], config=LORA, launcher="torchrun", nproc=2)
+    run_trainer(tmp_path / "run", TRAIN + ["per_gpu_train_batch_size=2"], config=LORA, nproc=2)
     assert_lora_run(tmp_path / "run", tmp_path)
 
 

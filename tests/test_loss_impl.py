@@ -219,7 +219,7 @@ def test_zero3_two_ranks_chunked_trains_as_full(tmp_path):
     """ZeRO-3 partitions lm_head: the head is gathered for its (one) call and its gradient reduced into the
     partition; the held-out loss (dev_loss evaluator, chunked under no_grad) agrees too."""
     assert_same_training(run_both(tmp_path, ["deepspeed@ds_cfg=zero3", "per_gpu_train_batch_size=2"],
-                                  launcher="torchrun", nproc=2))
+                                  nproc=2))
 
 
 @pytest.mark.slow

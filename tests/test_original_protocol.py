@@ -78,7 +78,7 @@ def test_answer_reading_of_the_original(generated, trigger, position, prompt, ex
 def test_two_ranks_write_one_prediction_per_item_with_acc_unparsable_and_npy(tmp_path):
     run_trainer(tmp_path, ["model_name_or_path=models/tiny_llama", "precision=fp32",
                            "evaluators.logiqa_v2_zh.generation.max_new_tokens=8"],
-                launcher="torchrun", nproc=2, config=("conf/llama/zh", "llama_7b_zh_logiqav2_eval_prompt_v1_0_test"))
+                nproc=2, config=("conf/llama/zh", "llama_7b_zh_logiqav2_eval_prompt_v1_0_test"))
     folder = tmp_path / "eval" / "tiny_llama" / "logiqa_v2_zh"
     items = [line for line in (REPO / "data/samples/logiqa_v2/test_zh.txt").read_text(encoding="utf-8").splitlines()
              if line.strip()]

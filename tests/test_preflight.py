@@ -55,7 +55,7 @@ def test_a_moved_key_names_its_new_place():
 def test_bad_config_stops_the_trainer_before_set_up(tmp_path):
     """The command-line contract, once through the real entry point: exit 2, one line, no traceback, nothing
     set up (no logs folder)."""
-    result = run_trainer(tmp_path / "out", BAD_CONFIGS["batch mismatch with ds_cfg"][0], check=False)
+    result = run_trainer(tmp_path / "out", BAD_CONFIGS["batch mismatch with ds_cfg"][0], launcher="python", check=False)
     assert result.returncode == 2
     stderr = result.stderr.strip()
     assert "Traceback" not in stderr and "Traceback" not in result.stdout

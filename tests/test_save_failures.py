@@ -64,8 +64,8 @@ def test_full_disk_in_a_save_stops_with_one_line_and_keeps_the_previous_checkpoi
 @pytest.mark.slow
 def test_one_rank_failing_under_zero3_fails_the_save_on_every_rank(tmp_path):
     # rank 1's write fails; rank 0 still reaches ZeRO-3's weight gather in the save and learns of it there after
-    result = run_trainer(tmp_path, RUN + ["per_gpu_train_batch_size=2", "deepspeed@ds_cfg=zero3"], launcher="torchrun",
-                         nproc=2, check=False, env={"LLAMA_TRAINER_FAULT": "enospc@save=4@rank=1"})
+    result = run_trainer(tmp_path, RUN + ["per_gpu_train_batch_size=2", "deepspeed@ds_cfg=zero3"], nproc=2,
+                         check=False, env={"LLAMA_TRAINER_FAULT": "enospc@save=4@rank=1"})
     assert result.returncode != 0
     lines = error_lines(result)
     assert len(lines) == 2, result.stderr[-4000:]  # both ranks, the same verdict (each measures the free space)

@@ -107,7 +107,7 @@ def runs(tmp_path_factory):
             config, overrides = CASES[case]
             out = tmp_path_factory.mktemp(f"{case}_sp{sp}")
             run_trainer(out, RUN + overrides + [f"sequence_parallel_size={sp}"], config=("conf/demo", config),
-                        launcher="torchrun" if sp > 1 else "python", nproc=sp)
+                        nproc=sp)
             done[case, sp] = out
         return done[case, sp]
     return get
@@ -149,10 +149,10 @@ def test_sp2_trains_as_one_rank_on_the_same_global_batch(runs, case):
 @pytest.mark.slow
 def test_sp2_resume_is_bitwise_identical_and_another_layout_is_refused(runs, tmp_path):
     uninterrupted = runs("zero1", 2)
-    killed = run_trainer(tmp_path, RUN + ["sequence_parallel_size=2"], launcher="torchrun", nproc=2, check=False,
+    killed = run_trainer(tmp_path, RUN + ["sequence_parallel_size=2"], nproc=2, check=False,
                          env={"LLAMA_TRAINER_FAULT": "kill@step=3"})
     assert killed.returncode != 0 and sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
-    run_trainer(tmp_path, RUN + ["sequence_parallel_size=2", "resume=auto"], launcher="torchrun", nproc=2)
+    run_trainer(tmp_path, RUN + ["sequence_parallel_size=2", "resume=auto"], nproc=2)
     assert "resumed from" in (tmp_path / "logs" / "rank0.log").read_text()
     losses = [dict(read_scalars(out)["train/loss"]) for out in (uninterrupted, tmp_path)]
     assert sorted(losses[1]) == list(range(1, STEPS + 1)) and losses[0] == losses[1]
@@ -161,5 +161,5 @@ def test_sp2_resume_is_bitwise_identical_and_another_layout_is_refused(runs, tmp
     # the same 2 ranks as data parallelism read other samples: not an exact continuation
     refused = run_trainer(tmp_path / "other", RUN + ["sequence_parallel_size=1", "per_gpu_train_batch_size=1",
                                                      f"resume={uninterrupted / 'checkpoint-2'}"],
-                          launcher="torchrun", nproc=2, check=False)
+                          nproc=2, check=False)
     assert refused.returncode != 0 and "sequence_parallel_size 2 → 1" in refused.stderr, refused.stderr[-2000:]

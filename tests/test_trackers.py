@@ -75,10 +75,10 @@ def test_two_ranks_killed_and_resumed_log_every_step_once_in_every_store(tmp_pat
     if missing and not os.environ.get("LLAMA_TRAINER_REQUIRE_OPTIONAL_DEPS"):
         pytest.skip(f"{', '.join(missing)} absent: pip install -r requirements-loggers.txt (CI installs it)")
     out = tmp_path / "run"
-    killed = run_trainer(out, RUN, launcher="torchrun", nproc=2, check=False, env={"LLAMA_TRAINER_FAULT": "kill@step=5"})
+    killed = run_trainer(out, RUN, nproc=2, check=False, env={"LLAMA_TRAINER_FAULT": "kill@step=5"})
     assert killed.returncode != 0
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
-    run_trainer(out, RUN + ["resume=auto"], launcher="torchrun", nproc=2)
+    run_trainer(out, RUN + ["resume=auto"], nproc=2)
 
     tensorboard = read_scalars(out)["train/loss"]
     assert [step for step, _ in tensorboard] == list(range(1, STEPS + 1))

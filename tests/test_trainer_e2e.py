@@ -29,7 +29,7 @@ def one_rank_zero1(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_ranks_zero1(tmp_path_factory):
     out = tmp_path_factory.mktemp("two_ranks_zero1")
-    run_trainer(out, FAST + GLOBAL_BATCH + ["per_gpu_train_batch_size=2"], launcher="deepspeed", nproc=2)
+    run_trainer(out, FAST + GLOBAL_BATCH + ["per_gpu_train_batch_size=2"], nproc=2)
     return out
 
 
@@ -117,7 +117,7 @@ def test_two_ranks_zero1_shards_optimizer_and_matches_one_rank(one_rank_zero1, t
 def test_zero2_zero3_with_gradient_checkpointing(tmp_path, stage, nproc):
     out = tmp_path / "run"
     run_trainer(out, FAST + GLOBAL_BATCH + [f"deepspeed@ds_cfg={stage}", f"per_gpu_train_batch_size={4 // nproc}"],
-                launcher="torchrun" if nproc > 1 else "python", nproc=nproc)
+                nproc=nproc)
     assert_trained(out)
     assert_converts_to_hf(out / f"checkpoint-{STEPS}", tmp_path)
 

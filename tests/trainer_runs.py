@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from general_util.dist import free_port
+from tests.forked_ranks import run_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["logging_steps=1", "evaluate_during_training=false", "do_eval=false", "save_steps=-1"]
@@ -27,12 +28,20 @@ def trainer_command(launcher: str, nproc: int) -> list[str]:
     raise ValueError(launcher)
 
 
-def run_trainer(output_dir: Path, overrides: list[str], launcher: str = "python", nproc: int = 1,
+def run_trainer(output_dir: Path, overrides: list[str], launcher: str = "forked", nproc: int = 1,
                 config: tuple[str, str] = ("conf/demo", "sft"), check: bool = True, timeout: int = 600,
                 env: dict[str, str] | None = None):
-    """`env`: extra variables for the child, e.g. {"LLAMA_TRAINER_FAULT": "kill@step=5"} (general_util/faults.py)."""
-    cmd = trainer_command(launcher, nproc) + ["-cp", config[0], "-cn", config[1], f"output_dir={output_dir}"] + overrides
-    result = subprocess.run(cmd, cwd=REPO, env=child_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
+    """`launcher`: python, deepspeed, torchrun, or forked (ranks forked from a process with the trainer's stack
+    already imported, tests/forked_ranks.py: for tests of what the ranks do, not of a launcher). `env`: extra
+    variables for the ranks, e.g. {"LLAMA_TRAINER_FAULT": "kill@step=5"} (general_util/faults.py)."""
+    args = ["-cp", config[0], "-cn", config[1], f"output_dir={output_dir}"] + overrides
+    if launcher == "forked":
+        result = run_ranks(args, nproc, child_env(**(env or {})), timeout)
+        cmd = result.args
+    else:
+        cmd = trainer_command(launcher, nproc) + args
+        result = subprocess.run(cmd, cwd=REPO, env=child_env(**(env or {})), capture_output=True, text=True,
+                                timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result

@@ -1,0 +1,12 @@
+"""What a trainer process imports before its first step, imported once by the fork server that
+tests/forked_ranks.py starts rank processes from (its children begin with all of it loaded)."""
+import peft  # noqa: F401
+import torch.utils.tensorboard  # noqa: F401
+import transformers.models.llama.modeling_llama  # noqa: F401
+
+import trainer  # noqa: F401 - torch, Hydra, transformers' configuration, the project
+from general_util.dist import import_deepspeed
+
+import_deepspeed()
+# ZeRO's initialize imports DeepSpeed's Muon optimizer, whose @torch.compile kernels load torch._inductor
+import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: E402,F401
