@@ -17,4 +17,8 @@ def restore_environment():
     os.environ.update(saved)
 
 
-use_warm_fork_server()  # before anything in this worker starts multiprocessing's fork server
+# Tests never reach a hub. Set before anything imports huggingface_hub / datasets (they read it at import),
+# here and in the fork server, which this worker starts later (it imports the trainer's stack once).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+use_warm_fork_server()

@@ -8,7 +8,9 @@ import pytest
 
 from tests.trainer_runs import FAST, run_trainer
 
-run_trainer = partial(run_trainer, launcher="python")  # the contract is the real command's, start-up included
+# the whole command, interpreter start-up included (nothing but the error line may reach stderr); the other
+# cases run trainer.py's same __main__ in forked ranks (tests/forked_ranks.py)
+run_command = partial(run_trainer, launcher="python")
 
 GOOD = '{"instruction": "a", "output": "b"}\n'
 
@@ -33,7 +35,7 @@ def bad_file(tmp_path):
 
 
 def test_bad_record(tmp_path, bad_file):
-    line = one_line_error(run_trainer(tmp_path / "out", FAST + [f"train_file={bad_file}", "data.cache_dir=null"],
+    line = one_line_error(run_command(tmp_path / "out", FAST + [f"train_file={bad_file}", "data.cache_dir=null"],
                                       check=False))
     assert line.startswith(f"error: {bad_file}:2: malformed JSON")
 
@@ -72,7 +74,7 @@ def test_full_error_for_debugging(tmp_path):
 
 
 def test_legacy_double_dash_overrides(tmp_path):
-    result = run_trainer(tmp_path / "out", ["--learning_rate=1e-4", "--per_gpu_train_batch_size", "4", "--dry_run"])
+    result = run_command(tmp_path / "out", ["--learning_rate=1e-4", "--per_gpu_train_batch_size", "4", "--dry_run"])
     assert "learning_rate: 0.0001" in result.stdout and "per_gpu_train_batch_size: 4" in result.stdout
     assert "optimizer steps: 296" in result.stdout  # 148 samples, batch 4, 8 epochs: the overrides took effect
     assert result.stderr.count("note: converted to Hydra overrides: --learning_rate=1e-4 → learning_rate=1e-4, "

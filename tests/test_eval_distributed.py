@@ -67,7 +67,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     for name, kwargs in CASES.items():
         metrics = MultipleChoiceEvaluator(name, **kwargs)(model, tokenizer, root / "1" / name, LossSettings())
         (root / "1" / f"{name}.rank0.json").write_text(json.dumps(metrics))
-    processes = mp.spawn(evaluate_on_rank, args=(2, free_port(), str(root / "2")), nprocs=2, join=False)
+    # forkserver: the ranks start from the warm fork server (tests/forked_ranks.py), not a fresh interpreter
+    processes = mp.start_processes(evaluate_on_rank, args=(2, free_port(), str(root / "2")), nprocs=2, join=False,
+                                   start_method="forkserver")
     deadline = time.monotonic() + 1200  # only a hang (ranks making different numbers of calls) gets near it
     while not processes.join(timeout=5):
         if time.monotonic() > deadline:

@@ -11,18 +11,15 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when datasets / huggingface_hub are imported
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from modules.loss_impl import LossSettings  # noqa: E402
-from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer  # noqa: E402
+from modules.loss_impl import LossSettings
+from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
 
 if importlib.util.find_spec("lm_eval") is None and not os.environ.get("LLAMA_TRAINER_REQUIRE_OPTIONAL_DEPS"):
     pytest.skip("lm-eval absent: pip install -r requirements-lm-eval.txt (CI installs it)", allow_module_level=True)
 
 FIXTURES = REPO / "tests" / "fixtures" / "lm_eval"
 TINY = REPO / "models" / "tiny_llama"
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # read at import: runs here start a fresh interpreter
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # as tests/conftest.py sets them for the session
 MC_AND_GENERATION = ("logiqa2_local", "gsm8k_local")
 HARNESS = ["+eval@evaluators.harness=lm_eval", f"evaluators.harness.tasks=[{FIXTURES.relative_to(REPO)}]",
            "evaluators.harness.batch_size=3", "evaluators.harness.gen_kwargs={max_gen_toks:8,until:['Answer:']}"]
@@ -152,8 +149,7 @@ def test_without_lm_eval_configuring_it_is_one_line(monkeypatch):
 def test_unreachable_hub_dataset_is_one_line(tmp_path):
     """A named hub task offline: the run stops before training, exit 2, one line naming the dataset."""
     result = run_trainer(tmp_path, FAST + ["max_steps=2", "do_eval=true", "+eval@evaluators.harness=lm_eval",
-                                           "evaluators.harness.tasks=[logiqa2]"], check=False, env=OFFLINE,
-                         launcher="python")
+                                           "evaluators.harness.tasks=[logiqa2]"], check=False, env=OFFLINE)
     assert result.returncode == 2, result.stderr[-3000:]
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: evaluator lm_eval: task logiqa2: dataset baber/logiqa2 (name logiqa2) could not "
@@ -183,7 +179,7 @@ def train_with_harness(run: Path, stage: str, config: str = "sft") -> None:
         "max_steps=4", "per_gpu_train_batch_size=2", f"deepspeed@ds_cfg={stage}", "do_eval=true",
         "evaluate_during_training=true", "eval_steps=2", "save_steps=2",
         "prediction_cfg.metric=harness/logiqa2_local/acc", "prediction_cfg.measure=1"],
-        launcher="torchrun", nproc=2, config=("conf/demo", config), env=OFFLINE)
+        nproc=2, config=("conf/demo", config), env=OFFLINE)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +237,7 @@ def test_checkpoint_sweep(zero2_run):
     """do_train=false over the run's checkpoints: the same metrics as during training, per checkpoint."""
     result = run_trainer(zero2_run, HARNESS + ["do_train=false", "do_eval=true",
                                                "prediction_cfg.metric=harness/logiqa2_local/acc", "prediction_cfg.measure=1"],
-                         env=OFFLINE, launcher="python")
+                         env=OFFLINE)
     assert "evaluated 2 model(s)" in result.stdout
     with open(zero2_run / "eval_summary.csv") as f:
         rows = {int(row["step"]): row for row in csv.DictReader(f)}
