@@ -1,4 +1,5 @@
-"""Run the trainer as users do (python / deepspeed / torchrun), or in this process, and read back what it wrote."""
+"""Run the trainer as users do (python / deepspeed / torchrun), as forked ranks (tests/forked_ranks.py), or in this
+process, and read back what it wrote."""
 import os
 import subprocess
 import sys
