@@ -2,8 +2,12 @@
 metric against the step (matplotlib's Agg canvas: no display, no global backend switched)."""
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from general_util.errors import ConfigError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def write_summary(rows: list[tuple[int, dict[str, float]]], output_dir: str | Path, metric: str,
