@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 from general_util.dist import free_port
-from tests.forked_ranks import run_ranks
+from tests.forked_ranks import REPO, run_ranks
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["logging_steps=1", "evaluate_during_training=false", "do_eval=false", "save_steps=-1"]
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
