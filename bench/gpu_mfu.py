@@ -8,7 +8,8 @@ auto). Runs in well under 5 minutes on an H100 per loss implementation.
     python bench/gpu_mfu.py --engine fsdp2                          # the trainer's FSDP2 engine (engine=fsdp2) instead
     python bench/gpu_mfu.py --quick --peak-flops 1e12   # a tiny LLaMA, fp32 on CPU: checks the measuring code (CI)
 
-Each variant runs in a fresh process (group), its peak memory taken from its start; --quick without sequence
+Each variant runs in a fresh process (group; --fork-workers: forked from a warm fork server, bench/harness.py), its
+peak memory taken from its start; --quick without sequence
 parallelism measures all of them in one process, one after another (peaks reset at each start, so they include
 what an earlier variant left allocated: the CPU figures there check the code, they are not for reading).
 
@@ -28,13 +29,13 @@ import contextlib
 import itertools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.harness import add_fork_workers_argument, run_worker_processes  # noqa: E402
 from general_util.dist import exit_process, teardown  # noqa: E402
 from modules.loss_impl import LOSS_IMPLS  # noqa: E402
 
@@ -115,7 +116,7 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
     return result if ctx.is_main else None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--warmup", type=int, default=5)
@@ -132,7 +133,8 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", nargs="+", choices=("off", "on"), default=["off", "on"],
                         help="gradient checkpointing settings to measure for each --loss-impl (default: both)")
-    args = parser.parse_args()
+    add_fork_workers_argument(parser)
+    args = parser.parse_args(argv)
     size = "quick" if args.quick else "1b"
     seq = args.seq or SIZES[size][1]
     if args.quick:
@@ -153,24 +155,20 @@ def main() -> None:
     # stdout carries the report alone: library messages go to stderr
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(Path(tmp) / f"model-{size}", size, seq)
-        launcher = [sys.executable] if args.sequence_parallel_size == 1 else [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-            str(args.sequence_parallel_size)]
         variants = list(itertools.product(args.loss_impl, args.checkpointing))
         # A process each (clean peaks, nothing left over from another variant), except --quick without sequence
         # parallelism: one process measures them all (saves the start-ups; its peaks include what earlier variants
         # left allocated). Sequence parallelism needs a process each: its groups and attention are set up once.
         batches = [variants] if args.quick and args.sequence_parallel_size == 1 else [[v] for v in variants]
         for batch in batches:
-            cmd = launcher + [__file__, "--worker", str(model_dir), "--attn", args.attn,
-                              "--loss-impl", *dict.fromkeys(impl for impl, _ in batch),
-                              "--checkpointing", *dict.fromkeys(setting for _, setting in batch),
-                              "--warmup", str(args.warmup), "--steps", str(args.steps), "--seq", str(seq),
-                              "--sequence-parallel-size", str(args.sequence_parallel_size), "--engine", args.engine] \
-                + (["--quick"] if args.quick else [])
-            if args.peak_flops:
-                cmd += ["--peak-flops", str(args.peak_flops)]
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            worker_args = ["--worker", str(model_dir), "--attn", args.attn,
+                           "--loss-impl", *dict.fromkeys(impl for impl, _ in batch),
+                           "--checkpointing", *dict.fromkeys(setting for _, setting in batch),
+                           "--warmup", str(args.warmup), "--steps", str(args.steps), "--seq", str(seq),
+                           "--sequence-parallel-size", str(args.sequence_parallel_size), "--engine", args.engine] \
+                + (["--quick"] if args.quick else []) + (["--peak-flops", str(args.peak_flops)] if args.peak_flops else [])
+            out = run_worker_processes(__file__, worker_args, args.sequence_parallel_size,
+                                       {**os.environ, "PYTHONUNBUFFERED": "1"}, args.fork_workers)
             lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
             if out.returncode != 0 or len(lines) != len(batch):
                 raise SystemExit(f"worker failed:\n{out.stderr[-4000:]}")

@@ -5,7 +5,8 @@ Ulysses, modules/sequence_parallel.py), and tokens/s at a length both can run.
     python bench/long_context.py --quick            # a smaller budget, coarse steps: checks the comparison (CI)
     python bench/long_context.py --log probes.jsonl # also append every probe to a file as it is measured
 
-Every probe is a fresh process group (1 process, or 2 ranks under `torchrun`) running the trainer (demo sft
+Every probe is a fresh process group (1 process, or 2 ranks under `torchrun`; --fork-workers: forked from a warm
+fork server, bench/harness.py) running the trainer (demo sft
 config, ZeRO-1, fp32, sdpa, loss_impl=full: the logits are part of what sequence parallelism splits;
 bench/loss_memory.py measures the chunked loss, which takes them out of both sides) for --steps optimizer steps
 on one row of L random tokens, all of them trained. Its memory is the growth of each rank's peak resident set
@@ -20,9 +21,9 @@ when they ran --timed-steps steps: in --quick they do).
 """
 import argparse
 import contextlib
+import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.harness import add_fork_workers_argument, run_worker_processes  # noqa: E402
 
 SHAPE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}
 SIZES = {  # name: (model shape, vocabulary, memory budget per rank in MiB, first length, granularity)
@@ -86,15 +88,12 @@ def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> 
     exit_process(0)
 
 
-def probe(model_dir: Path, size: str, sp: int, length: int, steps: int) -> dict:
+def probe(model_dir: Path, size: str, sp: int, length: int, steps: int, fork: bool) -> dict:
     """A fresh process group of `sp` ranks trains at `length`; its per-rank memory growth (and tokens/s)."""
-    launcher = [sys.executable] if sp == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                 "--nproc_per_node", str(sp)]
-    cmd = launcher + [__file__, "--worker", str(model_dir), "--size", size, "--sp", str(sp), "--length", str(length),
-                      "--steps", str(steps)]
+    args = ["--worker", str(model_dir), "--size", size, "--sp", str(sp), "--length", str(length), "--steps", str(steps)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    out = run_worker_processes(__file__, args, sp, env, fork)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise SystemExit(f"probe sp={sp} length={length} failed:\n{out.stderr[-4000:]}")
@@ -146,7 +145,7 @@ def longest_fitting(measure, budget_mib: float, start: int, granularity: int) ->
     return good
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller model and budget (CI)")
     parser.add_argument("--budget-mib", type=float, help="per-rank memory budget (default: the size's)")
@@ -157,7 +156,8 @@ def main() -> None:
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--sp", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    add_fork_workers_argument(parser)
+    args = parser.parse_args(argv)
     if args.worker:
         return run_worker(Path(args.worker), args.size, args.sp, args.length, args.steps)
     size = "quick" if args.quick else "full"
@@ -170,13 +170,14 @@ def main() -> None:
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(Path(tmp) / "model", size)
         longest = {}
+        measure = functools.partial(probe, model_dir, size, fork=args.fork_workers)
         for sp in (1, 2):  # SP=2 starts at SP=1's longest: it fits that too, and both are timed there
-            longest[sp] = longest_fitting(lambda length: record(probe(model_dir, size, sp, length, args.steps)),
+            longest[sp] = longest_fitting(lambda length: record(measure(sp, length, args.steps)),
                                           budget, longest.get(1) or start, granularity)
         common = longest[1]
         timed = {sp: next((p for p in record.probes if (p["sp"], p["length"]) == (sp, common)
                            and p["steps"] >= args.timed_steps), None)
-                     or record(probe(model_dir, size, sp, common, args.timed_steps)) for sp in (1, 2)} if common else {}
+                     or record(measure(sp, common, args.timed_steps)) for sp in (1, 2)} if common else {}
     import platform
     report = {"size": size, "model": {**shape, "vocab_size": vocab}, "budget_mib_per_rank": budget,
               "granularity": granularity, "machine": f"{platform.processor() or platform.machine()}, "

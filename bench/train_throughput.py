@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.harness import RandomTokens, timed_trainer  # noqa: E402
+from bench.harness import RandomTokens, add_fork_workers_argument, run_worker_processes, timed_trainer  # noqa: E402
 
 SIZES = {  # name: (layers, hidden, heads, intermediate, batch, seq)
     "small": (2, 64, 4, 176, 8, 128),
@@ -163,14 +163,13 @@ def measurement(result: subprocess.CompletedProcess) -> dict:
     return {"error": f"exit code {result.returncode} before a result: {tail}"}
 
 
-def measure_in_subprocess(variant: str, size: str, model_dir: Path, workdir: Path, warmup: int, steps: int) -> dict:
-    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                    str(ENGINE_RANKS)] if variant in ENGINES else [])
-    cmd = launcher + [__file__, "--worker", variant, "--size", size, "--model-dir", str(model_dir),
-           "--workdir", str(workdir), "--warmup", str(warmup), "--steps", str(steps)]
+def measure_in_subprocess(variant: str, size: str, model_dir: Path, workdir: Path, warmup: int, steps: int,
+                          fork: bool) -> dict:
+    args = ["--worker", variant, "--size", size, "--model-dir", str(model_dir), "--workdir", str(workdir),
+            "--warmup", str(warmup), "--steps", str(steps)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
+        result = run_worker_processes(__file__, args, ENGINE_RANKS if variant in ENGINES else 1, env, fork, 1800)
     except subprocess.TimeoutExpired:
         return {"error": "no result within 1800 s"}
     return measurement(result)
@@ -210,7 +209,7 @@ def cell(values: dict, key: str, digits: int) -> str:
     return "failed" if values[key] is None else f"{values[key]:.{digits}f}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps, one repetition")
     parser.add_argument("--repeats", type=int, default=3)
@@ -224,7 +223,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--output", type=Path, default=Path("outputs/bench/train_throughput.json"),
                         help="JSON rewritten after every measurement (default: outputs/bench/train_throughput.json)")
-    args = parser.parse_args()
+    add_fork_workers_argument(parser)
+    args = parser.parse_args(argv)
     if args.worker:
         return run_worker(args)
     sizes = ["quick"] if args.quick else args.sizes.split(",")
@@ -244,7 +244,8 @@ def main() -> None:
                 order = variants if repeat % 2 == 0 else variants[::-1]  # alternate who goes first
                 runs.append({})
                 for variant in order:
-                    runs[-1][variant] = measure_in_subprocess(variant, size, model_dir, Path(tmp), warmup, steps)
+                    runs[-1][variant] = measure_in_subprocess(variant, size, model_dir, Path(tmp), warmup, steps,
+                                                                     args.fork_workers)
                     results["sizes"][size] = summarise(size, variants, runs)
                     write_json_atomic(args.output, results)
     print(json.dumps(results, indent=2))

@@ -1,13 +1,10 @@
 """bench/long_context.py --quick: the memory-budget search (fresh process groups, per-rank peak growth, doubling)
 runs for SP=1 and SP=2 on CPU, and SP=2 reaches about twice the length within the same per-rank budget."""
 import json
-import subprocess
-import sys
 
 import pytest
 
-from bench.long_context import longest_fitting
-from tests.trainer_runs import REPO
+from bench.long_context import longest_fitting, main
 
 
 @pytest.mark.parametrize("start", [256, 1024, 1280, 4096, 65536])
@@ -29,13 +26,12 @@ def test_search_ends_at_a_fitting_probe_next_to_one_that_does_not(start, limit):
 
 
 @pytest.mark.slow
-def test_quick_search_finds_sp2_trains_longer_sequences(tmp_path):
+def test_quick_search_finds_sp2_trains_longer_sequences(tmp_path, capsys):
     log = tmp_path / "probes.jsonl"
-    result = subprocess.run([sys.executable, "bench/long_context.py", "--quick", "--log", str(log)], cwd=REPO,
-                            capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stderr[-3000:]
-    table = result.stdout.index("\n|")
-    report = json.loads(result.stdout[:table])
+    main(["--quick", "--fork-workers", "--log", str(log)])  # in this process, the probes forked (bench/harness.py)
+    stdout = capsys.readouterr().out
+    table = stdout.index("\n|")
+    report = json.loads(stdout[:table])
     # every probe was recorded as it was taken, and the report is built from them
     assert [json.loads(line) for line in log.read_text().splitlines()] == report["probes"]
     budget = report["budget_mib_per_rank"]
@@ -48,4 +44,4 @@ def test_quick_search_finds_sp2_trains_longer_sequences(tmp_path):
                    for p in probes)  # the search ended next to a length that does not fit
     assert report["ratio"] >= 1.8
     assert all(report["tokens_per_second"][f"sp{sp}"] > 0 for sp in (1, 2))
-    assert result.stdout[table:].strip().splitlines()[0].startswith("| sequence_parallel_size |")
+    assert stdout[table:].strip().splitlines()[0].startswith("| sequence_parallel_size |")

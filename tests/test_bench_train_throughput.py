@@ -1,26 +1,33 @@
 """The throughput benchmark's comparison code runs end to end (speed is judged by hand, not in CI), records each
-measurement as it is taken, and loses only the variant whose process crashed."""
+measurement as it is taken, and loses only the variant whose process crashed. Its main runs in this process, its
+workers forked from the warm fork server (--fork-workers; tests/test_bench_harness.py: the same as fresh ones)."""
 import json
 import math
 import subprocess
-import sys
 
 import pytest
 
-from bench.train_throughput import measurement
-from tests.trainer_runs import REPO, child_env
+from bench.train_throughput import main, measurement
+from tests.trainer_runs import child_env
 
 
-def bench(tmp_path, *args, env=None):
+def bench(tmp_path, capsys, monkeypatch, *args, env=None):
+    """(exit code, stdout, stderr, the --output file) of `python bench/train_throughput.py --quick ...`."""
     output = tmp_path / "results.json"
-    result = subprocess.run([sys.executable, "bench/train_throughput.py", "--quick", "--output", str(output), *args],
-                            cwd=REPO, env=child_env(**(env or {})), capture_output=True, text=True, timeout=900)
-    return result, output
+    for name, value in child_env(**(env or {})).items():
+        monkeypatch.setenv(name, value)
+    try:
+        main(["--quick", "--fork-workers", "--output", str(output), *args])
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err), output
 
 
 @pytest.mark.slow
-def test_quick_mode_reports_every_variant_and_ratio(tmp_path):
-    result, output = bench(tmp_path)
+def test_quick_mode_reports_every_variant_and_ratio(tmp_path, capsys, monkeypatch):
+    result, output = bench(tmp_path, capsys, monkeypatch)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout[:result.stdout.index("\n|")])
     assert json.loads(output.read_text()) == report  # the file rewritten after each measurement ends as the report
@@ -39,10 +46,11 @@ def test_quick_mode_reports_every_variant_and_ratio(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_crashed_variant_loses_only_itself(tmp_path):
+def test_a_crashed_variant_loses_only_itself(tmp_path, capsys, monkeypatch):
     # only our trainer's loop calls the fault hook: the "ours" worker is SIGKILLed in the middle of its measurement;
     # the variant measured after it (the cheapest, the bare loop) still is
-    result, output = bench(tmp_path, "--variants", "ours,bare", env={"LLAMA_TRAINER_FAULT": "kill@step=2"})
+    result, output = bench(tmp_path, capsys, monkeypatch, "--variants", "ours,bare",
+                           env={"LLAMA_TRAINER_FAULT": "kill@step=2"})
     assert result.returncode == 1 and "failed measurements (recorded as errors): quick/ours" in result.stderr
     quick = json.loads(output.read_text())["sizes"]["quick"]
     assert quick["runs"][0]["ours"]["error"].startswith("exit code -9 before a result")

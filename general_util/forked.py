@@ -1,0 +1,77 @@
+"""A Python script's ranks forked from a warm fork server instead of started as fresh interpreters.
+
+A process that trains the tiny test model spends ~10 s of CPU on interpreter start-up and imports (torch,
+transformers, DeepSpeed and what ZeRO imports at initialize) before its first step, and a 2-rank world pays
+it twice. multiprocessing's fork server can import that stack once (`use_warm_fork_server`); each rank is
+then a child of the server that runs the script exactly as `python <script> <args>` does (runpy as
+`__main__`), joining the others through the env:// rendezvous torchrun's environment gives. What is left out
+is the launcher itself. The tests' trainer ranks (tests/forked_ranks.py) and the benchmarks' `--fork-workers`
+smoke runs start their processes this way.
+"""
+import multiprocessing
+import os
+import runpy
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from general_util.dist import free_port
+
+
+def use_warm_fork_server(preload: list[str]) -> None:
+    """Make this process's fork server import the modules `preload` names; call it before anything starts the
+    server (the first forkserver process or pool). Once the server runs, it keeps what it has."""
+    multiprocessing.set_forkserver_preload(preload)
+
+
+def _rank_main(script: str, args: list[str], env: dict[str, str], cwd: str, stdout_path: str,
+               stderr_path: str) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    for fd, path in ((1, stdout_path), (2, stderr_path)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # line-buffered: a SIGKILL loses no finished line
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    if "OMP_NUM_THREADS" in env and "torch" in sys.modules:  # the server's OpenMP read the server's environment
+        sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")
+
+
+def run_forked(script: Path, args: list[str], nproc: int, env: dict[str, str], cwd: Path,
+               timeout: float | None = None) -> subprocess.CompletedProcess:
+    """`python <script> <args>` (nproc 1) or a world of `nproc` ranks on this host (the variables torchrun
+    sets: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*; one OpenMP thread per rank unless `env` says), each a
+    child of the fork server, with `env` as its whole environment. stdout / stderr are the ranks' in rank
+    order, returncode the first failed rank's (0 when all exit 0, -N for a rank killed by signal N). Past
+    `timeout` every rank is killed and TimeoutExpired raised."""
+    context = multiprocessing.get_context("forkserver")
+    world = {} if nproc == 1 else {"WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                                   "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}
+    with tempfile.TemporaryDirectory(prefix="ranks-") as folder:
+        outputs = [(f"{folder}/{rank}.out", f"{folder}/{rank}.err") for rank in range(nproc)]
+        ranks = []
+        for rank, (out, err) in enumerate(outputs):
+            rank_env = {**env, **world, **({"RANK": str(rank), "LOCAL_RANK": str(rank)} if nproc > 1 else {})}
+            ranks.append(context.Process(target=_rank_main, args=(str(script), args, rank_env, str(cwd), out, err)))
+            ranks[-1].start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for process in ranks:
+            process.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        timed_out = any(process.exitcode is None for process in ranks)
+        for process in ranks:
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+        stdout, stderr = ("".join(Path(pair[i]).read_text(errors="replace") for pair in outputs) for i in (0, 1))
+    command = [str(script), *args]
+    if timed_out:
+        raise subprocess.TimeoutExpired(command, timeout, output=stdout, stderr=stderr)
+    codes = [process.exitcode for process in ranks]
+    return subprocess.CompletedProcess(command, next((code for code in codes if code != 0), 0), stdout, stderr)

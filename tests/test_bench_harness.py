@@ -1,0 +1,50 @@
+"""The benchmarks' workers start as fresh processes (python, torchrun) or forked from the warm fork server
+(--fork-workers, general_util/forked.py: the smoke tests): either way a worker sees the same world, the same
+arguments and environment, and reports its output and exit code the same way."""
+import os
+import signal
+
+import pytest
+
+from bench.harness import REPO, run_worker_processes
+
+WORKER = '''
+import os, sys
+import torch.distributed as dist
+if "RANK" in os.environ:
+    dist.init_process_group("gloo")
+    total = [int(os.environ["RANK"])]
+    ranks = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, total[0])
+    print("ranks", ranks, "local", os.environ["LOCAL_RANK"], "threads", os.environ["OMP_NUM_THREADS"])
+    dist.destroy_process_group()
+print("argv", sys.argv[1:], "env", os.environ["BENCH_TEST_VALUE"], "cwd", os.getcwd())
+print("to stderr", file=sys.stderr)
+if sys.argv[1] == "kill" and os.environ.get("RANK", "0") == "1":
+    os.kill(os.getpid(), 9)
+sys.exit(int(sys.argv[2]))
+'''
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_forked_workers_see_what_fresh_ones_see(tmp_path, nproc):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "BENCH_TEST_VALUE": "seen"}
+    fresh, forked = (run_worker_processes(str(script), ["exit", "3"], nproc, env, fork, timeout=300)
+                     for fork in (False, True))
+    # a failed rank fails the worker: torchrun's agent exits 1 for it, a forked world with the rank's own code
+    assert forked.returncode == 3 and fresh.returncode == (3 if nproc == 1 else 1)
+    lines = sorted(line for line in forked.stdout.splitlines() if line.startswith(("ranks ", "argv ")))
+    assert lines == sorted(line for line in fresh.stdout.splitlines() if line.startswith(("ranks ", "argv ")))
+    assert lines.count(f"argv ['exit', '3'] env seen cwd {REPO}") == nproc
+    if nproc == 2:
+        assert "ranks [0, 1] local 0 threads 1" in lines and "ranks [0, 1] local 1 threads 1" in lines
+    assert forked.stderr.count("to stderr") == fresh.stderr.count("to stderr") == nproc
+
+
+def test_a_killed_forked_rank_is_its_signal(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    result = run_worker_processes(str(script), ["kill", "0"], 2, {**os.environ, "BENCH_TEST_VALUE": "x"}, True, 300)
+    assert result.returncode == -signal.SIGKILL and result.stdout.count("argv") == 2
