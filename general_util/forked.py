@@ -26,26 +26,37 @@ def use_warm_fork_server(preload: list[str]) -> None:
     multiprocessing.set_forkserver_preload(preload)
 
 
-def _rank_main(script: str, args: list[str], env: dict[str, str], cwd: str, stdout_path: str,
-               stderr_path: str) -> None:
+def _rank_main(target: Path | str, args: list[str], env: dict[str, str], cwd: str, stdin_path: str | None,
+               stdout_path: str, stderr_path: str) -> None:
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    for fd, path in ((1, stdout_path), (2, stderr_path)):
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(target, fd)
-        os.close(target)
+    for fd, path, flags in ((0, stdin_path or os.devnull, os.O_RDONLY), (1, stdout_path, os.O_WRONLY | os.O_CREAT),
+                            (2, stderr_path, os.O_WRONLY | os.O_CREAT)):
+        opened = os.open(path, flags, 0o644)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.stdin = open(0, closefd=False)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # line-buffered: a SIGKILL loses no finished line
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     if "OMP_NUM_THREADS" in env and "torch" in sys.modules:  # the server's OpenMP read the server's environment
         sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
-    sys.argv = [script, *args]
-    runpy.run_path(script, run_name="__main__")
+    try:
+        if isinstance(target, Path):
+            sys.argv = [str(target), *args]
+            runpy.run_path(str(target), run_name="__main__")
+        else:
+            sys.argv = [target, *args]  # runpy puts the module's file name here, as `python -m` does
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
-def run_forked(script: Path, args: list[str], nproc: int, env: dict[str, str], cwd: Path,
-               timeout: float | None = None) -> subprocess.CompletedProcess:
-    """`python <script> <args>` (nproc 1) or a world of `nproc` ranks on this host (the variables torchrun
+def run_forked(target: Path | str, args: list[str], nproc: int, env: dict[str, str], cwd: Path,
+               timeout: float | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`python <target> <args>` (a script's Path; a module's name str: `python -m <target> <args>`; `stdin`: its
+    input, else /dev/null) as one process (nproc 1) or a world of `nproc` ranks on this host (the variables torchrun
     sets: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*; one OpenMP thread per rank unless `env` says), each a
     child of the fork server, with `env` as its whole environment. stdout / stderr are the ranks' in rank
     order, returncode the first failed rank's (0 when all exit 0, -N for a rank killed by signal N). Past
@@ -56,10 +67,14 @@ def run_forked(script: Path, args: list[str], nproc: int, env: dict[str, str], c
                                    "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}
     with tempfile.TemporaryDirectory(prefix="ranks-") as folder:
         outputs = [(f"{folder}/{rank}.out", f"{folder}/{rank}.err") for rank in range(nproc)]
+        stdin_path = None
+        if stdin is not None:
+            stdin_path = f"{folder}/stdin"
+            Path(stdin_path).write_text(stdin)
         ranks = []
         for rank, (out, err) in enumerate(outputs):
             rank_env = {**env, **world, **({"RANK": str(rank), "LOCAL_RANK": str(rank)} if nproc > 1 else {})}
-            ranks.append(context.Process(target=_rank_main, args=(str(script), args, rank_env, str(cwd), out, err)))
+            ranks.append(context.Process(target=_rank_main, args=(target, args, rank_env, str(cwd), stdin_path, out, err)))
             ranks[-1].start()
         deadline = None if timeout is None else time.monotonic() + timeout
         for process in ranks:
@@ -70,7 +85,7 @@ def run_forked(script: Path, args: list[str], nproc: int, env: dict[str, str], c
                 process.kill()
                 process.join()
         stdout, stderr = ("".join(Path(pair[i]).read_text(errors="replace") for pair in outputs) for i in (0, 1))
-    command = [str(script), *args]
+    command = [str(target), *args]
     if timed_out:
         raise subprocess.TimeoutExpired(command, timeout, output=stdout, stderr=stderr)
     codes = [process.exitcode for process in ranks]

@@ -3,6 +3,7 @@ each rank runs trainer.py as `python trainer.py <args>` does (the same argument 
 one-line errors and exit codes) without the ~10 s of start-up a fresh interpreter costs. Tests of the launchers
 (deepspeed, torchrun, the DeepSpeed runner) and of what they do with a rank's exit start them for real
 (tests/trainer_runs.py)."""
+import os
 import subprocess
 from pathlib import Path
 
@@ -25,3 +26,12 @@ def run_ranks(args: list[str], nproc: int, env: dict[str, str], timeout: float) 
     result = forked.run_forked(REPO / "trainer.py", args, nproc, env, REPO, timeout)
     result.args = ["trainer.py", *args]
     return result
+
+
+def run_script(target: str, args: list[str], stdin: str | None = None, env: dict[str, str] | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python <target> <args>` run from the repository root as a forked child ("generate.py", a script's path
+    relative to the root; "-m models.convert", a module), for tests of what a command prints and writes."""
+    use_warm_fork_server()
+    script = target.removeprefix("-m ") if target.startswith("-m ") else REPO / target
+    return forked.run_forked(script, args, 1, {**os.environ, **(env or {})}, REPO, timeout, stdin)

@@ -1,22 +1,18 @@
 """generate.py: the training prompt template, greedy and seeded sampling reproducible, adapter folders,
 and the interactive mode driven through stdin."""
-import subprocess
-import sys
-
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.templates import get_template
-from tests.trainer_runs import REPO
+from tests.forked_ranks import run_script
 
 BASE = "models/tiny_llama"
 
 
 def run_generate(args: list[str], stdin: str | None = None) -> str:
-    result = subprocess.run([sys.executable, "generate.py", *args], cwd=REPO, input=stdin, capture_output=True,
-                            text=True, timeout=120)
+    result = run_script("generate.py", args, stdin=stdin, timeout=120)  # `python generate.py`, forked
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
