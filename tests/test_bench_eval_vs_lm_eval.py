@@ -3,12 +3,10 @@ alike (speed is judged by hand, not in CI). Needs requirements-bench.txt (lm-eva
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.trainer_runs import REPO
+from tests.forked_ranks import run_script
 
 pytestmark = pytest.mark.slow
 
@@ -16,8 +14,7 @@ pytestmark = pytest.mark.slow
 def test_quick_mode_agrees_with_lm_eval():
     if importlib.util.find_spec("lm_eval") is None and not os.environ.get("LLAMA_TRAINER_REQUIRE_OPTIONAL_DEPS"):
         pytest.skip("lm-eval absent: pip install -r requirements-bench.txt (CI installs it)")
-    result = subprocess.run([sys.executable, "bench/eval_vs_lm_eval.py", "--quick"], cwd=REPO, capture_output=True,
-                            text=True, timeout=600)
+    result = run_script("bench/eval_vs_lm_eval.py", ["--quick"])  # forked (tests/forked_ranks.py)
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout.index("\n|")
     report = json.loads(result.stdout[:table])

@@ -5,19 +5,25 @@ import sys
 
 import pytest
 
-from tests.trainer_runs import REPO
+from tests.forked_ranks import REPO, run_script
 
 pytestmark = pytest.mark.slow
 
 
-def run_quick(script: str) -> tuple[dict, str]:
-    result = subprocess.run([sys.executable, script, "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600)
+def run_quick(script: str, forked: bool = True) -> tuple[dict, str]:
+    """`python <script> --quick`: forked (tests/forked_ranks.py), or a fresh interpreter for a bench whose
+    multiprocessing pools start their own fork server."""
+    if forked:
+        result = run_script(script, ["--quick"])
+    else:
+        result = subprocess.run([sys.executable, script, "--quick"], cwd=REPO, capture_output=True, text=True,
+                                timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout[:result.stdout.index("\n|")]), result.stdout
 
 
 def test_tokenize_cache_reports_throughput_and_open_time_for_two_sizes():
-    report, stdout = run_quick("bench/tokenize_cache.py")
+    report, stdout = run_quick("bench/tokenize_cache.py", forked=False)
     runs = report["runs"]
     small, large = sorted({r["megabytes"] for r in runs})
     assert large > 3 * small and {r["num_proc"] for r in runs} == {1, 2}

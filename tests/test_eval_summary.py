@@ -1,14 +1,13 @@
 """The evaluation summary (markdown, CSV, plot) and the evaluation speed benchmark's quick mode."""
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from matplotlib.image import imread
 
 from post_processors.summary import plot_metric, write_summary
+from tests.forked_ranks import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = [(200, {"acc": 0.5, "acc_norm": 0.375}), (50, {"acc": 0.25}), (100, {"acc": 0.3125, "acc_norm": 0.25})]
@@ -36,8 +35,7 @@ def test_summary_columns_and_unknown_metric(tmp_path):
 
 
 def test_eval_speed_bench_quick_mode():
-    result = subprocess.run([sys.executable, "bench/eval_speed.py", "--quick"], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+    result = run_script("bench/eval_speed.py", ["--quick"], timeout=300)  # forked (tests/forked_ranks.py)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.split("\n\n|")[0])
     assert set(report["items_per_second"]) == {"one_option_per_forward", "one_item_per_forward", "batched"}

@@ -6,8 +6,6 @@ settings under the other. Every launch costs seconds, so the runs are module fix
 import json
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file
 
 from general_util.errors import ConfigError
+from tests.forked_ranks import run_script
 from tests.trainer_runs import FAST, REPO, compose_config, read_scalars, run_trainer
 
 pytestmark = pytest.mark.slow
@@ -136,8 +135,8 @@ def test_generation_during_training_on_two_ranks_gives_the_exported_models_answe
 
 def test_convert_reads_the_dcp_state(fsdp2_2ranks, tmp_path):
     checkpoint = fsdp2_2ranks / f"checkpoint-{STEPS}"
-    subprocess.run([sys.executable, "-m", "models.convert", "zero-to-hf", str(checkpoint), str(tmp_path / "hf")],
-                   cwd=REPO, check=True, capture_output=True)
+    result = run_script("-m models.convert", ["zero-to-hf", str(checkpoint), str(tmp_path / "hf")])
+    assert result.returncode == 0, result.stderr[-3000:]
     converted, exported = load_file(tmp_path / "hf" / "model.safetensors"), load_file(checkpoint / "model.safetensors")
     assert converted.keys() == exported.keys() and all(torch.equal(converted[k], exported[k]) for k in exported)
 

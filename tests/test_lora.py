@@ -2,8 +2,6 @@
 merged model (trainer's merged/ and `python -m models.merge_lora`) computes what base + adapter does.
 QLoRA and flash-attention are refused up front where they cannot run."""
 import importlib.util
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +13,8 @@ from models.loading import load_causal_lm, load_tokenizer
 from models.lora import all_linear_names
 from models.merge_lora import merge
 from modules.loss import token_loss_sum
-from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
+from tests.forked_ranks import run_script
+from tests.trainer_runs import FAST, read_scalars, run_trainer
 
 BASE = "models/tiny_llama"
 LORA = ("conf/demo", "lora")
@@ -71,8 +70,7 @@ def assert_lora_run(output_dir, tmp_path, command_line=False):
     torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(checkpoint / "merged")), expected,
                                atol=1e-5, rtol=0)
     if command_line:
-        result = subprocess.run([sys.executable, "-m", "models.merge_lora", BASE, str(checkpoint), str(tmp_path / "cli")],
-                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        result = run_script("-m models.merge_lora", [BASE, str(checkpoint), str(tmp_path / "cli")], timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
     else:
         merge(BASE, str(checkpoint), str(tmp_path / "cli"))

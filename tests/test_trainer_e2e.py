@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from general_util.dist import free_port
 from models.convert import main as convert_main
+from tests.forked_ranks import run_script
 from tests.trainer_runs import FAST, REPO, child_env, read_scalars, run_trainer
 
 pytestmark = pytest.mark.slow
@@ -54,11 +55,11 @@ def assert_reload_matches_engine(checkpoint):
 
 def assert_converts_to_hf(checkpoint, tmp_path, command_line=False):
     """`models.convert zero-to-hf` of the DeepSpeed state gives the weights the trainer saved; `command_line`:
-    as users run it, `python -m models.convert` in a subprocess (else its `main` in-process, as test_convert.py)."""
+    as users run it, `python -m models.convert` (forked, tests/forked_ranks.py; else its `main` in-process, as
+    test_convert.py)."""
     arguments = ["zero-to-hf", str(checkpoint), str(tmp_path / "hf")]
     if command_line:
-        result = subprocess.run([sys.executable, "-m", "models.convert", *arguments], cwd=REPO, capture_output=True,
-                                text=True, timeout=300)
+        result = run_script("-m models.convert", arguments, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
     else:
         assert convert_main(arguments) == 0
