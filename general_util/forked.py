@@ -39,6 +39,9 @@ def _rank_main(target: Path | str, args: list[str], env: dict[str, str], cwd: st
     sys.stdin = open(0, closefd=False)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # line-buffered: a SIGKILL loses no finished line
     sys.stderr = open(2, "w", buffering=1, closefd=False)
+    # a forkserver child starts with the server's start method as its default; a fresh interpreter has the
+    # platform's (DataLoader workers and pools of the script would otherwise start a fork server of their own)
+    multiprocessing.set_start_method(None, force=True)
     if "OMP_NUM_THREADS" in env and "torch" in sys.modules:  # the server's OpenMP read the server's environment
         sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
     try:

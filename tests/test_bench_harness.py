@@ -1,6 +1,6 @@
 """The benchmarks' workers start as fresh processes (python, torchrun) or forked from the warm fork server
 (--fork-workers, general_util/forked.py: the smoke tests): either way a worker sees the same world, the same
-arguments and environment, and reports its output and exit code the same way."""
+arguments, environment and multiprocessing start method, and reports its output and exit code the same way."""
 import os
 import signal
 
@@ -9,7 +9,7 @@ import pytest
 from bench.harness import REPO, run_worker_processes
 
 WORKER = '''
-import os, sys
+import multiprocessing, os, sys
 import torch.distributed as dist
 if "RANK" in os.environ:
     dist.init_process_group("gloo")
@@ -18,7 +18,8 @@ if "RANK" in os.environ:
     dist.all_gather_object(ranks, total[0])
     print("ranks", ranks, "local", os.environ["LOCAL_RANK"], "threads", os.environ["OMP_NUM_THREADS"])
     dist.destroy_process_group()
-print("argv", sys.argv[1:], "env", os.environ["BENCH_TEST_VALUE"], "cwd", os.getcwd())
+print("argv", sys.argv[1:], "env", os.environ["BENCH_TEST_VALUE"], "cwd", os.getcwd(),
+      "start method", multiprocessing.get_start_method(allow_none=True))
 print("to stderr", file=sys.stderr)
 if sys.argv[1] == "kill" and os.environ.get("RANK", "0") == "1":
     os.kill(os.getpid(), 9)
@@ -36,7 +37,8 @@ def test_forked_workers_see_what_fresh_ones_see(tmp_path, nproc):
     assert forked.returncode == fresh.returncode == 0
     lines = sorted(line for line in forked.stdout.splitlines() if line.startswith(("ranks ", "argv ")))
     assert lines == sorted(line for line in fresh.stdout.splitlines() if line.startswith(("ranks ", "argv ")))
-    assert lines.count(f"argv ['exit', '0'] env seen cwd {REPO}") == nproc
+    # the platform's default start method, not the fork server's (a DataLoader's workers would start a server)
+    assert lines.count(f"argv ['exit', '0'] env seen cwd {REPO} start method None") == nproc
     if nproc == 2:
         assert "ranks [0, 1] local 0 threads 1" in lines and "ranks [0, 1] local 1 threads 1" in lines
     assert forked.stderr.count("to stderr") == fresh.stderr.count("to stderr") == nproc
