@@ -11,16 +11,22 @@ from bench.harness import REPO, run_worker_processes
 WORKER = '''
 import multiprocessing, os, sys
 import torch.distributed as dist
+
+
+def say(*parts, stream=sys.stdout):  # one write per line: the ranks of a fresh world share one pipe
+    stream.write(" ".join(map(str, parts)) + "\\n")
+    stream.flush()
+
+
 if "RANK" in os.environ:
     dist.init_process_group("gloo")
-    total = [int(os.environ["RANK"])]
     ranks = [None] * dist.get_world_size()
-    dist.all_gather_object(ranks, total[0])
-    print("ranks", ranks, "local", os.environ["LOCAL_RANK"], "threads", os.environ["OMP_NUM_THREADS"])
+    dist.all_gather_object(ranks, int(os.environ["RANK"]))
+    say("ranks", ranks, "local", os.environ["LOCAL_RANK"], "threads", os.environ["OMP_NUM_THREADS"])
     dist.destroy_process_group()
-print("argv", sys.argv[1:], "env", os.environ["BENCH_TEST_VALUE"], "cwd", os.getcwd(),
-      "start method", multiprocessing.get_start_method(allow_none=True))
-print("to stderr", file=sys.stderr)
+say("argv", sys.argv[1:], "env", os.environ["BENCH_TEST_VALUE"], "cwd", os.getcwd(),
+    "start method", multiprocessing.get_start_method(allow_none=True))
+say("to stderr", stream=sys.stderr)
 if sys.argv[1] == "kill" and os.environ.get("RANK", "0") == "1":
     os.kill(os.getpid(), 9)
 sys.exit(int(sys.argv[2]))
