@@ -57,15 +57,19 @@ def _rank_main(target: Path | str, args: list[str], env: dict[str, str], cwd: st
 
 
 def run_forked(target: Path | str, args: list[str], nproc: int, env: dict[str, str], cwd: Path,
-               timeout: float | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+               timeout: float | None = None, stdin: str | None = None, nnodes: int = 1) -> subprocess.CompletedProcess:
     """`python <target> <args>` (a script's Path; a module's name str: `python -m <target> <args>`; `stdin`: its
     input, else /dev/null) as one process (nproc 1) or a world of `nproc` ranks on this host (the variables torchrun
-    sets: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*; one OpenMP thread per rank unless `env` says), each a
+    sets: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*; one OpenMP thread per rank unless `env` says; `nnodes` > 1:
+    the ranks split into that many "nodes" of nproc / nnodes local ranks, as on several hosts), each a
     child of the fork server, with `env` as its whole environment. stdout / stderr are the ranks' in rank
     order, returncode the first failed rank's (0 when all exit 0, -N for a rank killed by signal N). Past
     `timeout` every rank is killed and TimeoutExpired raised."""
     context = multiprocessing.get_context("forkserver")
-    world = {} if nproc == 1 else {"WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+    if nproc % nnodes:
+        raise ValueError(f"{nproc} ranks do not split into {nnodes} nodes")
+    local_size = nproc // nnodes
+    world = {} if nproc == 1 else {"WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(local_size),
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
                                    "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}
     with tempfile.TemporaryDirectory(prefix="ranks-") as folder:
@@ -76,7 +80,8 @@ def run_forked(target: Path | str, args: list[str], nproc: int, env: dict[str, s
             Path(stdin_path).write_text(stdin)
         ranks = []
         for rank, (out, err) in enumerate(outputs):
-            rank_env = {**env, **world, **({"RANK": str(rank), "LOCAL_RANK": str(rank)} if nproc > 1 else {})}
+            local = {"RANK": str(rank), "LOCAL_RANK": str(rank % local_size), "GROUP_RANK": str(rank // local_size)}
+            rank_env = {**env, **world, **(local if nproc > 1 else {})}
             ranks.append(context.Process(target=_rank_main, args=(target, args, rank_env, str(cwd), stdin_path, out, err)))
             ranks[-1].start()
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -19,11 +19,12 @@ def use_warm_fork_server() -> None:
     forked.use_warm_fork_server([STACK])
 
 
-def run_ranks(args: list[str], nproc: int, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """`python trainer.py <args>` (nproc 1) or a world of `nproc` ranks, as forked children (general_util.forked.
-    run_forked); the result's args are `["trainer.py", *args]`."""
+def run_ranks(args: list[str], nproc: int, env: dict[str, str], timeout: float,
+              nnodes: int = 1) -> subprocess.CompletedProcess:
+    """`python trainer.py <args>` (nproc 1) or a world of `nproc` ranks (on `nnodes` "nodes"), as forked children
+    (general_util.forked.run_forked); the result's args are `["trainer.py", *args]`."""
     use_warm_fork_server()
-    result = forked.run_forked(REPO / "trainer.py", args, nproc, env, REPO, timeout)
+    result = forked.run_forked(REPO / "trainer.py", args, nproc, env, REPO, timeout, nnodes=nnodes)
     result.args = ["trainer.py", *args]
     return result
 
@@ -31,7 +32,8 @@ def run_ranks(args: list[str], nproc: int, env: dict[str, str], timeout: float) 
 def run_script(target: str, args: list[str], stdin: str | None = None, env: dict[str, str] | None = None,
                timeout: float = 600) -> subprocess.CompletedProcess:
     """`python <target> <args>` run from the repository root as a forked child ("generate.py", a script's path
-    relative to the root; "-m models.convert", a module), for tests of what a command prints and writes."""
+    relative to the root; "-m models.convert", a module), for tests of what a command prints and writes. `env`:
+    its whole environment (default: this process's)."""
     use_warm_fork_server()
     script = target.removeprefix("-m ") if target.startswith("-m ") else REPO / target
-    return forked.run_forked(script, args, 1, {**os.environ, **(env or {})}, REPO, timeout, stdin)
+    return forked.run_forked(script, args, 1, dict(os.environ) if env is None else env, REPO, timeout, stdin)

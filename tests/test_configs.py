@@ -5,11 +5,9 @@ A config whose data paths exist only on a cluster needs an entry in OVERRIDES na
 (and max_steps, as a few samples give no complete step at a cluster's batch size)."""
 import json
 import re
-import subprocess
-import sys
-
 import pytest
 
+from tests.forked_ranks import run_script
 from tests.trainer_runs import REPO, child_env
 
 CONFIGS = sorted(path.relative_to(REPO) for folder in ("conf/demo", "conf/llama")
@@ -71,15 +69,14 @@ def test_config_header_and_length(config):
 
 @pytest.fixture(scope="module")
 def dry_runs(tmp_path_factory) -> dict:
-    """Every config's dry run, all in one child process (tests/dry_runs.py; the command line itself is
-    covered by test_preflight)."""
+    """Every config's dry run, all in one child process forked from the warm fork server (tests/dry_runs.py;
+    the command line itself is covered by test_preflight)."""
     root = tmp_path_factory.mktemp("dry_runs")
     runs = [[str(config.parent), config.stem,
              ["model_name_or_path=models/tiny_llama", f"output_dir={root / str(config).replace('/', '_')}",
               f"data.cache_dir={root / 'cache'}", *OVERRIDES.get(config.stem, [])]] for config in CONFIGS]
     (root / "runs.json").write_text(json.dumps(runs), encoding="utf-8")
-    result = subprocess.run([sys.executable, "-m", "tests.dry_runs", str(root / "runs.json")], cwd=REPO,
-                            env=child_env(), capture_output=True, text=True, timeout=900)
+    result = run_script("-m tests.dry_runs", [str(root / "runs.json")], env=child_env(), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
 

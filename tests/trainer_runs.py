@@ -30,15 +30,17 @@ def trainer_command(launcher: str, nproc: int) -> list[str]:
 
 def run_trainer(output_dir: Path, overrides: list[str], launcher: str = "forked", nproc: int = 1,
                 config: tuple[str, str] = ("conf/demo", "sft"), check: bool = True, timeout: int = 600,
-                env: dict[str, str] | None = None):
+                env: dict[str, str] | None = None, nnodes: int = 1):
     """`launcher`: python, deepspeed, torchrun, or forked (ranks forked from a process with the trainer's stack
     already imported, tests/forked_ranks.py: for tests of what the ranks do, not of a launcher). `env`: extra
-    variables for the ranks, e.g. {"LLAMA_TRAINER_FAULT": "kill@step=5"} (general_util/faults.py)."""
+    variables for the ranks, e.g. {"LLAMA_TRAINER_FAULT": "kill@step=5"} (general_util/faults.py). `nnodes`
+    (forked): the ranks' environment of that many single-host "nodes" (LOCAL_RANK counts within a node)."""
     args = ["-cp", config[0], "-cn", config[1], f"output_dir={output_dir}"] + overrides
     if launcher == "forked":
-        result = run_ranks(args, nproc, child_env(**(env or {})), timeout)
+        result = run_ranks(args, nproc, child_env(**(env or {})), timeout, nnodes)
         cmd = result.args
     else:
+        assert nnodes == 1, "several nodes: forked ranks, or the launchers' own multi-node commands"
         cmd = trainer_command(launcher, nproc) + args
         result = subprocess.run(cmd, cwd=REPO, env=child_env(**(env or {})), capture_output=True, text=True,
                                 timeout=timeout)
