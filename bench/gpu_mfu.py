@@ -8,10 +8,10 @@ auto). Runs in well under 5 minutes on an H100 per loss implementation.
     python bench/gpu_mfu.py --engine fsdp2                          # the trainer's FSDP2 engine (engine=fsdp2) instead
     python bench/gpu_mfu.py --quick --peak-flops 1e12   # a tiny LLaMA, fp32 on CPU: checks the measuring code (CI)
 
-Each variant runs in a fresh process (group; --fork-workers: forked from a warm fork server, bench/harness.py), its
-peak memory taken from its start; --quick without sequence
-parallelism measures all of them in one process, one after another (peaks reset at each start, so they include
-what an earlier variant left allocated: the CPU figures there check the code, they are not for reading).
+Each variant runs in a fresh process (group; --fork-workers: forked from a warm fork server, bench/harness.py),
+its peak memory taken from its start; --quick without sequence parallelism measures all of them in one process,
+one after another (peaks reset at each start, so they include what an earlier variant left allocated: the CPU
+figures there check the code, they are not for reading).
 
 MFU = tokens/s × model FLOPs per token (6 × parameters + attention, modules/flops.py) / the GPU's
 dense bf16 peak (table in modules/flops.py, or --peak-flops), per GPU: with --sequence-parallel-size N the

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TRAINER_STACK = "bench.trainer_stack"  # what a warm fork server imports for trainer processes
 
 
 class RandomTokens:
@@ -52,7 +53,7 @@ def run_worker_processes(script: str, args: list[str], nproc: int, env: dict[str
     subprocess.CompletedProcess (stdout / stderr as text); raises subprocess.TimeoutExpired past `timeout`."""
     if fork:
         from general_util.forked import run_forked, use_warm_fork_server
-        use_warm_fork_server(["bench.trainer_stack"])
+        use_warm_fork_server([TRAINER_STACK])
         return run_forked(Path(script), args, nproc, env, REPO, timeout)
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                     "--nproc_per_node", str(nproc)]

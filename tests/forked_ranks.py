@@ -7,16 +7,16 @@ import os
 import subprocess
 from pathlib import Path
 
+from bench.harness import TRAINER_STACK
 from general_util import forked
 
-STACK = "bench.trainer_stack"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def use_warm_fork_server() -> None:
     """Make this process's fork server (started on first use, by these ranks or by any forkserver pool) import
     the trainer's stack; call it before anything starts the server."""
-    forked.use_warm_fork_server([STACK])
+    forked.use_warm_fork_server([TRAINER_STACK])
 
 
 def run_ranks(args: list[str], nproc: int, env: dict[str, str], timeout: float,

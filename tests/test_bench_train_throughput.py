@@ -12,15 +12,16 @@ from tests.trainer_runs import child_env
 
 
 def bench(tmp_path, capsys, monkeypatch, *args, env=None):
-    """(exit code, stdout, stderr, the --output file) of `python bench/train_throughput.py --quick ...`."""
+    """(a CompletedProcess with the exit code, stdout and stderr, the --output file) of `python
+    bench/train_throughput.py --quick ...`, run in this process."""
     output = tmp_path / "results.json"
     for name, value in child_env(**(env or {})).items():
         monkeypatch.setenv(name, value)
     try:
         main(["--quick", "--fork-workers", "--output", str(output), *args])
         code = 0
-    except SystemExit as exit:
-        code = exit.code
+    except SystemExit as stopped:
+        code = stopped.code
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, captured.out, captured.err), output
 

@@ -5,6 +5,7 @@ A config whose data paths exist only on a cluster needs an entry in OVERRIDES na
 (and max_steps, as a few samples give no complete step at a cluster's batch size)."""
 import json
 import re
+
 import pytest
 
 from tests.forked_ranks import run_script
