@@ -13,6 +13,7 @@ groups included; global rank 0 writes `metrics.json`, lm-eval's `results.json` a
 lm-eval is optional (requirements-lm-eval.txt): it is imported only when this evaluator is configured.
 """
 import contextlib
+import functools
 import json
 import random
 from pathlib import Path
@@ -49,7 +50,7 @@ class LMEvalHarnessEvaluator:
                  fewshot_as_multiturn: bool = False, system_instruction: str | None = None,
                  add_bos_token: bool | None = None, bootstrap_iters: int = 0, confirm_run_unsafe_code: bool = False):
         try:
-            from lm_eval.tasks import TaskManager
+            import lm_eval.tasks  # noqa: F401
         except ImportError as error:
             raise ConfigError(f"evaluator {name}: lm-evaluation-harness is not installed ({error}); "
                               f"pip install -r {REQUIREMENTS}") from error
@@ -64,9 +65,9 @@ class LMEvalHarnessEvaluator:
                         "confirm_run_unsafe_code": confirm_run_unsafe_code}
         specs, folders = task_specs(list(tasks))
         names = [spec for spec in specs if not Path(spec).is_file()]
-        manager = TaskManager(include_path=folders or None, include_defaults=False)
+        manager = task_manager(tuple(folders), include_defaults=False)
         if any(spec not in manager.all_tasks for spec in names):  # lm-eval's own tasks: index them too (slower)
-            manager = TaskManager(include_path=folders or None)
+            manager = task_manager(tuple(folders), include_defaults=True)
         self.task_dict = load_tasks(manager, specs, name)
         configure_tasks(self.task_dict["tasks"].values(), num_fewshot, dict(gen_kwargs or {}))
 
@@ -85,6 +86,15 @@ class LMEvalHarnessEvaluator:
         if current().is_main:
             write_results(Path(output_dir), results, metrics)
         return metrics
+
+
+@functools.cache
+def task_manager(folders: tuple[str, ...], include_defaults: bool):
+    """lm-eval's TaskManager over `folders` (and lm-eval's own tasks when `include_defaults`), built once per
+    process: indexing lm-eval's ~14,700 task YAMLs takes ~10 s, which each evaluator naming one of them would
+    otherwise pay again. A folder is read when it is first indexed."""
+    from lm_eval.tasks import TaskManager
+    return TaskManager(include_path=list(folders) or None, include_defaults=include_defaults)
 
 
 def task_specs(tasks: list[str]) -> tuple[list[str], list[str]]:
