@@ -56,15 +56,24 @@ def _rank_main(target: Path | str, args: list[str], env: dict[str, str], cwd: st
         sys.stderr.flush()
 
 
+class WorldResult(subprocess.CompletedProcess):
+    """A world's outcome as one process's (stdout / stderr: the ranks' in rank order; returncode: the first
+    failed rank's) and, in `ranks`, each rank's own."""
+
+    def __init__(self, args: list[str], ranks: list[subprocess.CompletedProcess]):
+        super().__init__(args, next((rank.returncode for rank in ranks if rank.returncode != 0), 0),
+                         "".join(rank.stdout for rank in ranks), "".join(rank.stderr for rank in ranks))
+        self.ranks = ranks
+
+
 def run_forked(target: Path | str, args: list[str], nproc: int, env: dict[str, str], cwd: Path,
-               timeout: float | None = None, stdin: str | None = None, nnodes: int = 1) -> subprocess.CompletedProcess:
+               timeout: float | None = None, stdin: str | None = None, nnodes: int = 1) -> WorldResult:
     """`python <target> <args>` (a script's Path; a module's name str: `python -m <target> <args>`; `stdin`: its
     input, else /dev/null) as one process (nproc 1) or a world of `nproc` ranks on this host (the variables torchrun
     sets: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*; one OpenMP thread per rank unless `env` says; `nnodes` > 1:
     the ranks split into that many "nodes" of nproc / nnodes local ranks, as on several hosts), each a
-    child of the fork server, with `env` as its whole environment. stdout / stderr are the ranks' in rank
-    order, returncode the first failed rank's (0 when all exit 0, -N for a rank killed by signal N). Past
-    `timeout` every rank is killed and TimeoutExpired raised."""
+    child of the fork server, with `env` as its whole environment. A rank's returncode is -N when signal N
+    killed it. Past `timeout` every rank is killed and TimeoutExpired raised."""
     context = multiprocessing.get_context("forkserver")
     if nproc % nnodes:
         raise ValueError(f"{nproc} ranks do not split into {nnodes} nodes")
@@ -92,9 +101,9 @@ def run_forked(target: Path | str, args: list[str], nproc: int, env: dict[str, s
             if process.exitcode is None:
                 process.kill()
                 process.join()
-        stdout, stderr = ("".join(Path(pair[i]).read_text(errors="replace") for pair in outputs) for i in (0, 1))
-    command = [str(target), *args]
+        command = [str(target), *args]
+        result = WorldResult(command, [subprocess.CompletedProcess(command, process.exitcode, *(
+            Path(path).read_text(errors="replace") for path in pair)) for process, pair in zip(ranks, outputs)])
     if timed_out:
-        raise subprocess.TimeoutExpired(command, timeout, output=stdout, stderr=stderr)
-    codes = [process.exitcode for process in ranks]
-    return subprocess.CompletedProcess(command, next((code for code in codes if code != 0), 0), stdout, stderr)
+        raise subprocess.TimeoutExpired(command, timeout, output=result.stdout, stderr=result.stderr)
+    return result

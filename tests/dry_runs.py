@@ -14,7 +14,6 @@ import traceback
 
 from hydra import compose, initialize_config_dir
 
-from tests.forked_ranks import use_warm_fork_server
 from tests.trainer_runs import REPO
 
 
@@ -32,9 +31,6 @@ def dry_run(config_dir: str, name: str, overrides: list[str]) -> dict:
 
 
 def main() -> None:
-    # the task configs tokenize with data.num_proc workers (forkserver): started with the stack imported, they
-    # do not each import torch & co. again to re-run this module as their __mp_main__
-    use_warm_fork_server()
     runs = json.loads(open(sys.argv[1], encoding="utf-8").read())
     results = {f"{config_dir}/{name}": dry_run(config_dir, name, overrides) for config_dir, name, overrides in runs}
     print(json.dumps(results))

@@ -4,7 +4,6 @@ one-line errors and exit codes) without the ~10 s of start-up a fresh interprete
 (deepspeed, torchrun, the DeepSpeed runner) and of what they do with a rank's exit start them for real
 (tests/trainer_runs.py)."""
 import os
-import subprocess
 from pathlib import Path
 
 from bench.harness import TRAINER_STACK
@@ -20,7 +19,7 @@ def use_warm_fork_server() -> None:
 
 
 def run_ranks(args: list[str], nproc: int, env: dict[str, str], timeout: float,
-              nnodes: int = 1) -> subprocess.CompletedProcess:
+              nnodes: int = 1) -> forked.WorldResult:
     """`python trainer.py <args>` (nproc 1) or a world of `nproc` ranks (on `nnodes` "nodes"), as forked children
     (general_util.forked.run_forked); the result's args are `["trainer.py", *args]`."""
     use_warm_fork_server()
@@ -30,10 +29,10 @@ def run_ranks(args: list[str], nproc: int, env: dict[str, str], timeout: float,
 
 
 def run_script(target: str, args: list[str], stdin: str | None = None, env: dict[str, str] | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
+               timeout: float = 600, nproc: int = 1) -> forked.WorldResult:
     """`python <target> <args>` run from the repository root as a forked child ("generate.py", a script's path
-    relative to the root; "-m models.convert", a module), for tests of what a command prints and writes. `env`:
-    its whole environment (default: this process's)."""
+    relative to the root; "-m models.convert", a module), or as a world of `nproc` such ranks, for tests of what
+    a command prints and writes. `env`: its whole environment (default: this process's)."""
     use_warm_fork_server()
     script = target.removeprefix("-m ") if target.startswith("-m ") else REPO / target
-    return forked.run_forked(script, args, 1, dict(os.environ) if env is None else env, REPO, timeout, stdin)
+    return forked.run_forked(script, args, nproc, dict(os.environ) if env is None else env, REPO, timeout, stdin)

@@ -75,7 +75,8 @@ def dry_runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("dry_runs")
     runs = [[str(config.parent), config.stem,
              ["model_name_or_path=models/tiny_llama", f"output_dir={root / str(config).replace('/', '_')}",
-              f"data.cache_dir={root / 'cache'}", *OVERRIDES.get(config.stem, [])]] for config in CONFIGS]
+              f"data.cache_dir={root / 'cache'}", "data.num_proc=1", *OVERRIDES.get(config.stem, [])]]
+            for config in CONFIGS]  # the samples are tokenized in the run's process (worker pools: test_data_cache)
     (root / "runs.json").write_text(json.dumps(runs), encoding="utf-8")
     result = run_script("-m tests.dry_runs", [str(root / "runs.json")], env=child_env(), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

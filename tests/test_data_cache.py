@@ -4,15 +4,13 @@ import json
 import logging
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from data.datasets import TokenizedDataset, mixture_blocks
-from general_util.dist import free_port
 from models.loading import load_tokenizer
+from tests.forked_ranks import run_script
 from tests.trainer_runs import REPO, read_scalars, train_in_process
 
 ALPACA = "data/samples/alpaca_zh_en_dev.jsonl"
@@ -79,45 +77,15 @@ def test_dataset_pickles_without_its_memory_maps(tmp_path, tokenizer):
     assert not cache_of(clone)._shards and rows(clone) == rows(dataset)
 
 
-CHILD = """
-import json, sys
-import torch.distributed as dist
-from data.datasets import TokenizedDataset
-from data.records import DataError
-from models.loading import load_tokenizer
-if int(sys.argv[3]) > 1:
-    dist.init_process_group("gloo")
-tokenizer = load_tokenizer("models/tiny_llama", pad_token="<unk>")
-try:
-    data = TokenizedDataset({"main": {"files": sys.argv[1]}}, tokenizer, max_seq_length=128, cache_dir=sys.argv[2],
-                            num_proc=2)
-except DataError as e:
-    print(json.dumps({"error": str(e)}))
-    sys.exit(3)
-print(json.dumps({"built": data.caches[0].built, "dir": str(data.caches[0].directory),
-                  "rows": [data[i] for i in range(len(data))]}))
-if dist.is_initialized():  # end the group before exit, so no gloo thread outlives the interpreter
-    dist.barrier()
-    dist.destroy_process_group()
-"""
-
-
-def run_ranks(files, cache_dir, world_size):
-    port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(files), str(cache_dir), str(world_size)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size),
-                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"})
-             for rank in range(world_size)]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        results.append((proc.returncode, json.loads(out.strip().splitlines()[-1]) if out.strip() else err))
-    return results
+def run_ranks(files, cache_dir) -> list[tuple[int, dict | str]]:
+    """Two ranks of tests/cache_build_rank.py, forked: (exit code, its JSON or else its stderr) per rank."""
+    world = run_script("-m tests.cache_build_rank", [str(files), str(cache_dir)], timeout=300, nproc=2)
+    return [(rank.returncode, json.loads(rank.stdout.strip().splitlines()[-1]) if rank.stdout.strip() else rank.stderr)
+            for rank in world.ranks]
 
 
 def test_two_ranks_share_one_build_and_later_runs_reuse_it(tmp_path, tokenizer):
-    (rank0_code, rank0), (rank1_code, rank1) = run_ranks(REPO / ALPACA, tmp_path, world_size=2)
+    (rank0_code, rank0), (rank1_code, rank1) = run_ranks(REPO / ALPACA, tmp_path)
     assert rank0_code == rank1_code == 0, (rank0, rank1)
     assert rank0["built"] and not rank1["built"]  # only rank 0 wrote; rank 1 waited and read
     assert rank0["dir"] == rank1["dir"] and rank0["rows"] == rank1["rows"]
@@ -130,7 +98,7 @@ def test_two_ranks_share_one_build_and_later_runs_reuse_it(tmp_path, tokenizer):
 def test_a_failed_build_on_rank_0_stops_every_rank(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"\n', encoding="utf-8")
-    results = run_ranks(bad, tmp_path / "cache", world_size=2)
+    results = run_ranks(bad, tmp_path / "cache")
     assert [code for code, _ in results] == [3, 3], results
     assert f"{bad}:2: malformed JSON" in results[0][1]["error"]
     assert "rank 0" in results[1][1]["error"]

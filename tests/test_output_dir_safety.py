@@ -8,8 +8,7 @@ import sys
 import pytest
 
 from training.run_folder import LOCK_NAME, OutputDirError, OutputDirLock, check_fresh_start
-from general_util.dist import free_port
-from tests.trainer_runs import FAST, REPO, child_env, read_scalars, run_trainer
+from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
 
 RUN = FAST + ["max_steps=2", "per_gpu_train_batch_size=4"]
 
@@ -111,17 +110,12 @@ def test_rerun_refused_overwritten_and_a_folder_in_use_refused(tmp_path):
 
 @pytest.mark.slow
 def test_every_rank_refuses_together(tmp_path):
-    """Two ranks started without a launcher (a launcher would stop the second as soon as the first exits): rank 0
+    """Two ranks without a launcher (forked: a launcher would stop the second as soon as the first exits): rank 0
     decides, and both exit 2 with its line."""
     (tmp_path / "checkpoint-3").mkdir()
     (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
-    rendezvous = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    procs = [subprocess.Popen([sys.executable, "trainer.py", "-cp", "conf/demo", "-cn", "sft", f"output_dir={tmp_path}",
-                               *RUN, "per_gpu_train_batch_size=2"], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=child_env(RANK=str(rank), LOCAL_RANK=str(rank), **rendezvous))
-             for rank in (0, 1)]
-    stderrs = [p.communicate(timeout=600)[1] for p in procs]
-    results = [(p.returncode, stderr) for p, stderr in zip(procs, stderrs)]
+    world = run_trainer(tmp_path, RUN + ["per_gpu_train_batch_size=2"], nproc=2, check=False)
+    results = [(rank.returncode, rank.stderr) for rank in world.ranks]
     expected = (f"error: output_dir={tmp_path} already holds another run (checkpoint-3); continue it with resume=auto, "
                 f"pick a new output_dir, or pass overwrite_output_dir=true to replace it")
     assert [(code, stderr.strip().splitlines()[-1]) for code, stderr in results] == [(2, expected)] * 2, results
