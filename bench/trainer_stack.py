@@ -8,6 +8,4 @@ import transformers.models.llama.modeling_llama  # noqa: F401
 import trainer  # noqa: F401 - torch, Hydra, transformers' configuration, the project
 from general_util.dist import import_deepspeed
 
-import_deepspeed()
-# ZeRO's initialize imports DeepSpeed's Muon optimizer, whose @torch.compile kernels load torch._inductor
-import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: E402,F401
+import_deepspeed()  # with what ZeRO's initialize imports

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as torch_dist
 
 from general_util.errors import UserError
-from general_util.imports import hidden_modules
+from general_util.imports import deferred_torch_compile, hidden_modules
 
 
 def consume_local_rank_arg(argv: list[str]) -> list[str]:
@@ -69,9 +69,13 @@ class DistContext:
 
 def import_deepspeed():
     """`import deepspeed`, without the `import mlflow` its autotuner (never run here) makes when MLflow is
-    installed: ~2 s of every process's start-up. MLflow stays importable afterwards, for the tracker."""
+    installed: ~2 s of every process's start-up (MLflow stays importable afterwards, for the tracker). Its Muon
+    optimizer module, which ZeRO imports at initialize to recognise that optimizer, is imported here with its
+    @torch.compile kernels compiled on first use: loading TorchInductor for them cost ~1 s per rank."""
     with hidden_modules("mlflow"):
         import deepspeed
+    with deferred_torch_compile():
+        import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401
     return deepspeed
 
 

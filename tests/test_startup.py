@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from general_util import faults
-from general_util.imports import hidden_modules
+from general_util.imports import deferred_torch_compile, hidden_modules
 from tests.trainer_runs import REPO, child_env
 
 
@@ -21,11 +21,32 @@ def test_hidden_modules_raise_import_error_inside_the_block_only():
     assert colorsys.rgb_to_hsv(1, 0, 0)[0] == 0
 
 
-def test_trainer_start_up_imports_neither_mlflow_nor_matplotlib():
-    """DeepSpeed's autotuner imports MLflow (~2 s) and the sweep summary matplotlib (~1 s): neither is used by
-    a training run (the MLflow tracker imports it when asked for)."""
+def test_deferred_torch_compile_compiles_on_first_call_with_the_options_given():
+    import torch
+    compile_now = torch.compile
+    compiled_graphs = []
+
+    def backend(graph, example_inputs):
+        compiled_graphs.append(graph)
+        return graph.forward
+
+    with deferred_torch_compile():
+        decorated = torch.compile(backend=backend)(lambda x: x * 2)  # @torch.compile(backend=...)
+        direct = torch.compile(lambda x: x + 1, backend=backend)
+    assert torch.compile is compile_now and compiled_graphs == []
+    assert decorated(torch.ones(2)).tolist() == [2.0, 2.0] and len(compiled_graphs) == 1
+    assert direct(torch.ones(2)).tolist() == [2.0, 2.0] and len(compiled_graphs) == 2
+    direct(torch.ones(2))
+    assert len(compiled_graphs) == 2  # compiled once
+
+
+def test_trainer_start_up_imports_neither_mlflow_nor_matplotlib_nor_inductor():
+    """DeepSpeed's autotuner imports MLflow (~2 s), the sweep summary matplotlib (~1 s), and DeepSpeed's Muon
+    module, which ZeRO imports at initialize, TorchInductor for its @torch.compile kernels (~1 s): none is used
+    by a training run (the MLflow tracker imports it when asked for, Muon compiles when configured)."""
     probe = ("import sys, trainer; from general_util.dist import import_deepspeed; import_deepspeed(); "
-             "print(sorted(m for m in ('mlflow', 'matplotlib') if m in sys.modules))")
+             "assert 'deepspeed.runtime.zero.muon.muon_optimizer' in sys.modules; "
+             "print(sorted(m for m in ('mlflow', 'matplotlib', 'torch._inductor.compile_fx') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=child_env(), capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
