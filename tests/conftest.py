@@ -22,6 +22,11 @@ def restore_environment():
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 use_warm_fork_server()
+# tmp_path (the runs' checkpoints, logs, caches) in RAM where the machine has a tmpfs: a suite's few hundred MB of
+# checkpoint writes and fsyncs then wait on no disk another job may be using (~10 % of a checkpointing test's time
+# on an idle one). pytest reads the variable when it first makes a tmp_path; pytest.ini keeps only failed tests'.
+if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", "/dev/shm")
 
 
 # The files that take longest on 2 cores (measured: 12–60 s), longest first, ahead of the rest: pytest-xdist
