@@ -6,17 +6,17 @@ Ulysses, modules/sequence_parallel.py), and tokens/s at a length both can run.
     python bench/long_context.py --log probes.jsonl # also append every probe to a file as it is measured
 
 Every probe is a fresh process group (1 process, or 2 ranks under `torchrun`; --fork-workers: forked from a warm
-fork server, bench/harness.py) running the trainer (demo sft config, ZeRO-1, fp32, sdpa, loss_impl=full: the
-logits are part of what sequence parallelism splits; bench/loss_memory.py measures the chunked loss, which takes
-them out of both sides) for --steps optimizer steps on one row of L random tokens, all of them trained. Its memory is the growth of each rank's peak resident set
-(VmHWM, reset through /proc/self/clear_refs once the engine is built: libraries and weights are in) over its
-resident set at that point: gradients, optimizer states, activations, logits and the collectives' buffers; a
-length fits when every rank's growth is within --budget-mib. The longest fitting length is found by doubling
-(halving while the first probe does not fit), then bisection down to the size's granularity: SP=1 from the
-size's first length, SP=2 from the longest SP=1 fits (it fits there too, and both are timed there). Each probe
-is printed to stderr as one JSON line the moment it is measured. Then both settings train at the longest length
-SP=1 fits, timed between the trainer's logs after a warm-up step (the probes already taken at that length serve
-when they ran --timed-steps steps: in --quick they do).
+fork server, bench/harness.py) running the trainer (demo sft config, ZeRO-1, fp32, sdpa, loss_impl=full: the logits
+are part of what sequence parallelism splits; bench/loss_memory.py measures the chunked loss, which takes them out
+of both sides) for --steps optimizer steps on one row of L random tokens, all of them trained. Its memory is the
+growth of each rank's peak resident set (VmHWM, reset through /proc/self/clear_refs once the engine is built:
+libraries and weights are in) over its resident set at that point: gradients, optimizer states, activations, logits
+and the collectives' buffers; a length fits when every rank's growth is within --budget-mib. The longest fitting
+length is found by doubling (halving while the first probe does not fit), then bisection down to the size's
+granularity: SP=1 from the size's first length, SP=2 from the longest SP=1 fits (it fits there too, and both are
+timed there). Each probe is printed to stderr as one JSON line the moment it is measured. Then both settings train
+at the longest length SP=1 fits, timed between the trainer's logs after a warm-up step (the probes already taken at
+that length serve when they ran --timed-steps steps: in --quick they do).
 """
 import argparse
 import contextlib
