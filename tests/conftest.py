@@ -29,7 +29,7 @@ if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
     os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", "/dev/shm")
 
 
-# The files that take longest on 2 cores (measured: 12–60 s), longest first, ahead of the rest: pytest-xdist
+# The files that take longest on 2 cores (measured: 12–80 s), longest first, ahead of the rest: pytest-xdist
 # hands out whole files (--dist=loadfile) in collection order (--no-loadscope-reorder, pytest.ini), so that
 # no long file starts last and leaves the other worker idle. Only the order changes.
 LONGEST_FIRST = ["test_repeated_jobs.py", "test_lm_eval_evaluator.py", "test_fsdp2.py", "test_rank_failure.py",
