@@ -34,10 +34,38 @@ def en_rule(item, suffix, instruction="Answer the following question with the gi
     return instruction + "\n\n" + "" + "\n\n" + body
 
 
-def evaluator_node(folder: str, name: str, key: str):
+def evaluator_node(folder: str, name: str, key: str, overrides=()):
     with initialize_config_dir(config_dir=str(REPO / folder), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=["model_name_or_path=models/tiny_llama"])
+        cfg = compose(config_name=name, overrides=["model_name_or_path=models/tiny_llama", *overrides])
     return cfg.evaluators[key]
+
+
+def dream_reader(path):
+    """The original `data.readers.DreamReader` (dandelionsllm/pandallm@4a47ecd): a dialogue's turns joined by
+    one space; the label the last choice equal to the answer."""
+    contexts, questions, option_lists, labels = [], [], [], []
+    for turns, qas, _ in json.loads(path.read_text(encoding="utf-8")):
+        for qa in qas:
+            contexts.append(" ".join(turns))
+            questions.append(qa["question"])
+            option_lists.append(qa["choice"])
+            labels.append(max(c for c, choice in enumerate(qa["choice"]) if choice == qa["answer"]))
+    return contexts, questions, option_lists, labels
+
+
+@pytest.mark.parametrize("config, key", [("llama_7b_zh_c3_eval_prompt_v1_0_test", "c3_d"),
+                                         ("llama_7b_zh_c3_m_eval_prompt_v1_0_test", "c3_m")])
+@pytest.mark.parametrize("split", ["train", "dev", "test"])
+def test_c3_prompts_are_the_original_dream_reader_prompts_for_every_bundled_item(config, key, split):
+    node = evaluator_node("conf/llama/zh", config, key, [f"evaluators.{key}.reader.split={split}"])
+    prompts = instantiate(node).prompts
+    contexts, questions, option_lists, _ = dream_reader(REPO / "data/samples/c3" / f"c3-{key[-1]}-{split}.json")
+    expected = [zh_rule(MultipleChoiceItem(id=str(i), passage=c, question=q, options=tuple(o), gold=None, source="",
+                                           position=""))
+                for i, (c, q, o) in enumerate(zip(contexts, questions, option_lists))]
+    assert len(prompts) == len(expected) >= 5 and prompts == expected
+    documents = json.loads((REPO / "data/samples/c3" / f"c3-{key[-1]}-{split}.json").read_text(encoding="utf-8"))
+    assert key == "c3_m" or any(len(turns) > 1 for turns, _, _ in documents)  # dialogues: the join is exercised
 
 
 @pytest.mark.parametrize("folder, name, key, expected", [

@@ -2,7 +2,8 @@
 `c3-d-{train,dev,test}.json` (dialogue) and `c3-m-{train,dev,test}.json` (mixed genre), all labelled. A
 JSON list of documents `[[context lines], [{"question", "choice": [2–4 texts], "answer": <choice text>},
 ...], "<id>"]` (pretty-printed, no newline at the end); one item per question, id `<document id>-<question
-number>`. A few questions repeat a choice text; the answer is then its first occurrence."""
+number>`. A few questions repeat a choice text; the answer is then its first occurrence. The passage is the
+document's lines joined by `line_join` ("\n"; the original PandaLLM `DreamReader` joined them with one space)."""
 from pathlib import Path
 
 from data.benchmarks.items import (MultipleChoiceItem, SplitReader, check_options, check_unique_ids, load_json_list,
@@ -14,13 +15,15 @@ RELEASE = "github.com/nlpdata/c3 ships c3-{d,m}-{train,dev,test}.json in data/: 
 
 
 class C3Reader(SplitReader):
-    """`subset`: d (dialogue) or m (mixed); the splits as SplitReader reads them."""
+    """`subset`: d (dialogue) or m (mixed); the splits as SplitReader reads them; `line_join` joins a
+    document's lines (its dialogue turns) into the passage."""
 
-    def __init__(self, data_dir: str | Path, subset: str = "d", split: str = "dev", exemplar_split: str | None = None):
+    def __init__(self, data_dir: str | Path, subset: str = "d", split: str = "dev", exemplar_split: str | None = None,
+                 line_join: str = "\n"):
         if subset not in ("d", "m"):
             raise ConfigError(f"C3 subset={subset!r}: use d (dialogue) or m (mixed)")
         super().__init__(data_dir, split, exemplar_split)
-        self.subset = subset
+        self.subset, self.line_join = subset, line_join
 
     def read_split(self, split: str) -> list[MultipleChoiceItem]:
         path = require_file(self.data_dir / f"c3-{self.subset}-{split}.json", RELEASE)
@@ -42,6 +45,6 @@ class C3Reader(SplitReader):
                     raise DataError(source, None, f"{where}: answer {entry['answer']!r} is not among the choices "
                                                   f"{list(options)}")
                 items.append(MultipleChoiceItem(
-                    id=f"{doc_id}-{q}", passage="\n".join(lines), question=str(entry["question"]), options=options,
+                    id=f"{doc_id}-{q}", passage=self.line_join.join(lines), question=str(entry["question"]), options=options,
                     gold=options.index(entry["answer"]), source=source, position=f"record {r}, question {q}"))
         return check_unique_ids(items)
