@@ -6,6 +6,7 @@
         belle: {files: /data/belle/*.json, weight: 1.0}
         coig: {files: /data/coig, weight: 3.0}
         mixed: {files: "/data/panda/**/*.json", exclude: [valid, test]}   # paths below the folder with these left out
+        panda: {files: ..., skip_wudao: true, wudao_sample_list: null}  # WuDaoCorpus* files only if listed (original)
       template: zh                  # prompt template of instruction records (data/templates.py)
       max_seq_length: 2048
       truncation: proportional      # too long: proportional | context_first | drop (data/labels.py)
@@ -35,8 +36,9 @@ from data.records import BAD_RECORD_POLICIES
 from data.templates import ChatTemplate, get_template
 from general_util.dist import current
 from general_util.errors import ConfigError
+from general_util.paths import resolve_path
 
-SOURCE_KEYS = {"files", "weight", "exclude"}
+SOURCE_KEYS = {"files", "weight", "exclude", "skip_wudao", "wudao_sample_list"}
 logger = logging.getLogger(__name__)
 
 
@@ -59,7 +61,8 @@ class TokenizedDataset(Dataset):
         self.files_left_out = {}
         for source_name, source in sources.items():
             files, self.files_left_out[source_name] = expand_source(source["files"], DATA_SUFFIXES,
-                                                                    list(source.get("exclude") or ()))
+                                                                    list(source.get("exclude") or ()),
+                                                                    wudao_listed(source))
             settings = BuildSettings(files, tokenizer, prompt_template,
                                      max_seq_length, packing, on_bad_record, shard_tokens, num_proc, truncation,
                                      record_options, text_documents, name=f"{name}/{source_name}")
@@ -108,7 +111,7 @@ class TokenizedDataset(Dataset):
     def _log(self) -> None:
         for name, s in self.report["sources"].items():
             if s["files_left_out"]:
-                logger.info("data %s/%s: %d file(s) left out by the source's exclude list", self.name, name,
+                logger.info("data %s/%s: %d file(s) left out by the source's exclude list (or WuDao rule)", self.name, name,
                             s["files_left_out"])
             logger.info("data %s/%s: %d records read from %d file(s), %d skipped, %d samples trained on (%d truncated, "
                         "%d of them with no prompt token left; %d too long, dropped) → %d rows, %d tokens (%d trained); "
@@ -126,6 +129,24 @@ class TokenizedDataset(Dataset):
         r = self.report
         logger.info("data %s: %d records read, %d skipped, %d trained on → %d rows", self.name, r["records"],
                     r["skipped"], r["examples"], r["rows"])
+
+
+def wudao_listed(source: Mapping) -> set[Path] | None:
+    """The WuDao files a source with `skip_wudao` reads: those its `wudao_sample_list` (a JSON list of paths,
+    as the original's) names, none without one; None: WuDao files are read like any other."""
+    if not source.get("skip_wudao"):
+        return None
+    listing = source.get("wudao_sample_list")
+    if not listing:
+        return set()
+    path = resolve_path(listing)
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"wudao_sample_list={listing}: not a readable JSON list of paths ({e})") from None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"wudao_sample_list={listing}: expected a JSON list of paths")
+    return {resolve_path(name).resolve() for name in names}
 
 
 def check_settings(sources: Mapping[str, Mapping], max_seq_length: int, on_bad_record: str, truncation: str,

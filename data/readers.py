@@ -55,10 +55,14 @@ def expand_files(spec: str | list[str], suffixes: tuple[str, ...] = ()) -> list[
     return list(dict.fromkeys(files))
 
 
-def expand_source(spec: str | list[str], suffixes: tuple[str, ...], exclude: list[str] = ()) -> tuple[list[Path], int]:
+def expand_source(spec: str | list[str], suffixes: tuple[str, ...], exclude: list[str] = (),
+                  wudao_listed: set[Path] | None = None) -> tuple[list[Path], int]:
     """`expand_files`, leaving out every file whose path below the spec's folder (the part of a glob before
     its first wildcard) contains one of the `exclude` substrings, as the original recipes left out paths
-    containing `valid` or `test`. Returns the files kept and how many were left out."""
+    containing `valid` or `test`. With `wudao_listed` (resolved paths), a file whose path below the folder
+    contains `WuDaoCorpus` is left out too unless listed there (and unless a `coig_data.json`, which the
+    original's TextDatasetUnify read first), as that reader did with its `wudao_sample_list`. Returns the files
+    kept and how many were left out."""
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
     kept, left_out = [], 0
     for item in specs:
@@ -70,7 +74,9 @@ def expand_source(spec: str | list[str], suffixes: tuple[str, ...], exclude: lis
         for path in files:
             below = str(path.resolve().relative_to(root.resolve())) if path.resolve().is_relative_to(root.resolve()) \
                 else path.name
-            if any(word in below for word in exclude):
+            unlisted_wudao = wudao_listed is not None and "WuDaoCorpus" in below and "coig_data.json" not in below \
+                and path.resolve() not in wudao_listed
+            if any(word in below for word in exclude) or unlisted_wudao:
                 left_out += 1
             else:
                 kept.append(path)
