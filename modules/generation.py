@@ -14,10 +14,11 @@ def needs_synced_generation(model, world_size: int) -> bool:
 
 @torch.no_grad()
 def generate_continuations(model, tokenizer, prompts: list[list[int]], generation: dict, device: torch.device,
-                           synced_gpus: bool = False) -> list[str]:
-    """The text each prompt (token ids) continues with — never the prompt itself. `model` is a HF model
-    or a DeepSpeed engine (its `module` generates). `synced_gpus` keeps every rank stepping until all
-    are done, which ZeRO-3 and FSDP2 need with more than one rank (parameters are gathered inside forward)."""
+                           synced_gpus: bool = False, with_prompt: bool = False) -> list[str]:
+    """The text each prompt (token ids) continues with — never the prompt itself unless `with_prompt` (then
+    the decoded prompt + continuation, as one sequence). `model` is a HF model or a DeepSpeed engine (its
+    `module` generates). `synced_gpus` keeps every rank stepping until all are done, which ZeRO-3 and FSDP2
+    need with more than one rank (parameters are gathered inside forward)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
@@ -25,4 +26,6 @@ def generate_continuations(model, tokenizer, prompts: list[list[int]], generatio
     output = getattr(model, "module", model).generate(
         input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_id, use_cache=True,
         synced_gpus=synced_gpus, **{**DEFAULT_GENERATION, **generation})
+    if with_prompt:
+        return [tokenizer.decode(row[width - len(p):], skip_special_tokens=True) for row, p in zip(output, prompts)]
     return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)

@@ -22,6 +22,8 @@ from post_processors.mc_metrics import multiple_choice_metrics
 from post_processors.prediction_files import write_outputs, write_prediction_indices
 
 SCORINGS = ("loglikelihood", "generate")
+PROMPT_TRUNCATIONS = ("left", "right")
+ANSWER_SOURCES = ("generation", "prompt_and_generation")
 
 
 class MultipleChoiceEvaluator:
@@ -36,15 +38,26 @@ class MultipleChoiceEvaluator:
     letter is read from a generation (post_processors/answer_extraction.py). `npy_file`: also write the
     predicted option indices in item order to this file (`npy_unparsable` for an answer without a letter), as
     the original evaluation did (`decode_results.npy`, 0). `limit`: evaluate only the first N items (quick
-    checks). The files are read here, so a bad record stops the run before training starts."""
+    checks). The original PandaLLM protocol's options (generation): `prompt_truncation` `left` keeps a long
+    prompt's last max_seq_length − max_new_tokens tokens, `right` its first max_seq_length (BOS included: the
+    tokenizer's default truncation, as the original collator); `suppress_eos` removes the EOS logit, so the
+    model never stops early (the original's LlamaForConditionalGeneration, "omit the eos token logits");
+    `answer_source` `prompt_and_generation` reads the letter from the decoded prompt + generation, as the
+    original did where it kept the input. The files are read here, so a bad record stops the run before
+    training starts."""
 
     def __init__(self, name: str, reader, prompt, scoring: str = "loglikelihood", batch_size: int = 8,
                  max_seq_length: int | None = None, generation: dict | None = None, *, data_dir: str | Path,
                  truncation: str = "lm_eval",
                  answer_trigger: str | None = None, answer_position: str = "first", letter_match: str = "standalone",
                  add_bos: bool = True, limit: int | None = None, npy_file: str | None = None,
-                 npy_unparsable: int = -1):
+                 npy_unparsable: int = -1, prompt_truncation: str = "left", suppress_eos: bool = False,
+                 answer_source: str = "generation"):
         check_rule(letter_match, answer_position)
+        for key, value, allowed in (("prompt_truncation", prompt_truncation, PROMPT_TRUNCATIONS),
+                                    ("answer_source", answer_source, ANSWER_SOURCES)):
+            if value not in allowed:
+                raise ConfigError(f"evaluator {name}: {key}={value!r}; use one of {', '.join(allowed)}")
         if scoring not in SCORINGS:
             raise ConfigError(f"evaluator {name}: scoring={scoring!r}; use one of {', '.join(SCORINGS)}")
         if scoring == "generate" and prompt.answer_format != "letter":
@@ -64,6 +77,7 @@ class MultipleChoiceEvaluator:
         self.answer_trigger, self.add_bos = answer_trigger, add_bos
         self.answer_position, self.letter_match = answer_position, letter_match
         self.npy_file, self.npy_unparsable = npy_file, npy_unparsable
+        self.prompt_truncation, self.suppress_eos, self.answer_source = prompt_truncation, suppress_eos, answer_source
         source = reader(data_dir=data_dir)
         self.write_submission = getattr(source, "write_submission", None)  # a leaderboard's own file (C-Eval)
         self.items = source.items()[:limit]
@@ -115,8 +129,12 @@ class MultipleChoiceEvaluator:
         return self._aligned(order, run, device)
 
     def _generate(self, model, tokenizer, share: list[int], device, synced_gpus: bool) -> list[dict]:
-        room = self.max_seq_length - self.generation["max_new_tokens"]
+        right = self.prompt_truncation == "right"
+        room = self.max_seq_length - (0 if right else self.generation["max_new_tokens"])
         bos = [tokenizer.bos_token_id] if self.add_bos and tokenizer.bos_token_id is not None else []
+        generation = dict(self.generation)
+        if self.suppress_eos and tokenizer.eos_token_id is not None:
+            generation["suppress_tokens"] = [*(generation.get("suppress_tokens") or ()), tokenizer.eos_token_id]
 
         def encode(i: int) -> list[int]:
             return bos + tokenizer(self.prompts[i], add_special_tokens=False)["input_ids"]
@@ -126,8 +144,9 @@ class MultipleChoiceEvaluator:
 
         def run(indices: list[int]) -> list[dict]:
             ids = [prompt_ids[i] if i in prompt_ids else encode(i) for i in indices]
-            texts = generate_continuations(model, tokenizer, [x[-room:] for x in ids], self.generation, device,
-                                           synced_gpus)
+            texts = generate_continuations(model, tokenizer, [x[:room] if right else x[-room:] for x in ids],
+                                           generation, device, synced_gpus,
+                                           with_prompt=self.answer_source == "prompt_and_generation")
             return [self._generated(i, text, len(x) > room) for i, text, x in zip(indices, texts, ids)]
 
         return self._aligned(order, run, device)
@@ -165,7 +184,8 @@ class MultipleChoiceEvaluator:
 
     def _generated(self, i: int, text: str, truncated: bool) -> dict:
         item = self.items[i]
+        with_prompt = self.answer_source == "prompt_and_generation"  # the trigger is then found in the text itself
         prediction = extract_choice(text, len(item.options), self.answer_trigger, self.answer_position,
-                                    self.letter_match, self.prompts[i])
+                                    self.letter_match, "" if with_prompt else self.prompts[i])
         return {**self._record(i, truncated), "generation": text, "prediction": prediction,
                 "correct": prediction == item.gold if item.gold is not None else None}

@@ -2,14 +2,19 @@
 ../shared/SEED_RECIPES.md states its rule (and dandelionsllm/pandallm's data/reclor_prompt.py builds it), the
 answer read as its post_processors/reclor.py reads it, and a 2-rank run writing one prediction per item."""
 import json
+import re
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data.benchmarks.items import MultipleChoiceItem
+from modules.loss_impl import LossSettings
 from post_processors.answer_extraction import extract_choice
+from tests.test_answer_extraction import TINY, ScriptedModel
 from tests.trainer_runs import REPO, run_trainer
 
 ITEM = MultipleChoiceItem(id="7", passage="甲比乙高，乙比丙高。", question="谁最矮？", options=("甲", "乙", "丙", "无法确定"),
@@ -118,3 +123,80 @@ def test_two_ranks_write_one_prediction_per_item_with_acc_unparsable_and_npy(tmp
     indices = np.load(folder / "decode_results.npy")
     assert indices.tolist() == [0 if p["prediction"] is None else p["prediction"] for p in predictions]
     assert all(p["prompt"].startswith("阅读下面的文章并从选项中选择的答案回答问题：\n\n\n\n") for p in predictions)
+
+
+class Recording(torch.nn.Module):
+    """The tiny LLaMA generating as usual, recording each call's prompt ids and output ids; `eos_bias` is
+    added to the EOS logit (a model that would stop at once)."""
+
+    def __init__(self, eos_bias: float = 0.0):
+        super().__init__()
+        self.model = AutoModelForCausalLM.from_pretrained(TINY).eval()
+        self.calls = []
+        eos = self.model.config.eos_token_id
+        self.model.lm_head.register_forward_hook(lambda module, args, out: out.index_add(
+            -1, torch.tensor([eos]), torch.full((*out.shape[:-1], 1), eos_bias)))
+        self.config = self.model.config
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        self.calls.append((input_ids, output[:, input_ids.shape[1]:]))
+        return output
+
+
+def vicuna_evaluator(*overrides):
+    node = evaluator_node("conf/llama/wiki", "vicuna_7b_reclor_eval_prompt", "reclor",
+                          ["evaluators.reclor.generation.max_new_tokens=4", "evaluators.reclor.generation.num_beams=1",
+                           *overrides])
+    return instantiate(node)
+
+
+def test_eos_logit_dropped_greedy_never_stops_early(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(TINY)
+    for suppress in (False, True):
+        model = Recording(eos_bias=1e4)
+        vicuna_evaluator(f"evaluators.reclor.suppress_eos={suppress}")(model, tokenizer, tmp_path / str(suppress),
+                                                                       LossSettings())
+        new = torch.cat([out for _, out in model.calls])
+        if suppress:  # every item gets its 4 tokens, none of them EOS
+            assert new.shape[1] == 4 and not (new == tokenizer.eos_token_id).any()
+        else:  # EOS first: nothing generated
+            assert (new[:, 0] == tokenizer.eos_token_id).all()
+
+
+def test_vicuna_decode_rule_reads_the_last_letter_of_prompt_and_generation(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(TINY)
+    model = ScriptedModel(tokenizer, " none")
+    vicuna_evaluator()(model, tokenizer, tmp_path / "v", LossSettings())
+    predictions = [json.loads(line) for line in (tmp_path / "v/predictions.jsonl").read_text().splitlines()]
+    for p in predictions:  # the original: re.findall("A|B|C|D", decode(prompt + generation))[-1]
+        ids = [tokenizer.bos_token_id] + tokenizer(p["prompt"], add_special_tokens=False)["input_ids"] + model.reply
+        assert p["prediction"] == "ABCD".index(re.findall("A|B|C|D", tokenizer.decode(ids, skip_special_tokens=True))[-1])
+    assert {p["prediction"] for p in predictions} == {len(p["options"]) - 1 for p in predictions}  # the options' last
+    vicuna_evaluator("evaluators.reclor.answer_source=generation")(model, tokenizer, tmp_path / "g", LossSettings())
+    assert {json.loads(line)["prediction"] for line in (tmp_path / "g/predictions.jsonl").read_text().splitlines()} \
+        == {None}  # the generation alone holds no letter
+
+
+@pytest.mark.parametrize("truncation", ["right", "left"])
+def test_long_prompts_are_cut_on_the_right_as_the_original_tokenizer_call(tmp_path, truncation):
+    tokenizer = AutoTokenizer.from_pretrained(TINY)
+    model = Recording()
+    evaluator = vicuna_evaluator("evaluators.reclor.max_seq_length=48", "evaluators.reclor.batch_size=1",
+                                 f"evaluators.reclor.prompt_truncation={truncation}")
+    evaluator(model, tokenizer, tmp_path, LossSettings())
+    full = {tuple(tokenizer(p, truncation=True, max_length=10**6)["input_ids"]) for p in evaluator.prompts}
+    sent = [tuple(ids[0].tolist()) for ids, _ in model.calls]
+    assert all(len(ids) == (48 if truncation == "right" else 44) for ids in sent)  # each prompt longer than 48
+    if truncation == "right":  # the tokenizer's default: BOS + the prompt's first tokens
+        assert set(sent) == {ids[:48] for ids in full}
+    else:
+        assert set(sent) == {ids[-44:] for ids in full}
+
+
+def test_original_protocol_batch_sizes_and_lengths():
+    for folder, name, key, batch, length in [("conf/llama/zh", "llama_7b_zh_c3_eval_prompt_v1_0_test", "c3_d", 1, 2048),
+                                             ("conf/llama/wiki", "vicuna_7b_reclor_eval_prompt", "reclor", 4, 1024),
+                                             ("conf/llama/wiki", "vicuna_7b_reclor_eval_prompt_v1_1", "reclor", 1, 1024)]:
+        node = evaluator_node(folder, name, key)
+        assert (node.batch_size, node.max_seq_length, node.prompt_truncation) == (batch, length, "right")
