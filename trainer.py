@@ -505,6 +505,8 @@ def claim_output_dir(cfg: DictConfig, built: dict) -> None:
 def run_job(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
     output_dir = Path(cfg.output_dir)
     setup_logging(output_dir, ctx)
+    if cfg.not_reproduced and ctx.is_main:  # an original config name that runs without its original's model class or data
+        logger.warning("not reproduced from the original config: %s", cfg.not_reproduced)
     if not (cfg.do_preprocess or cfg.dry_run):  # these two write nothing in output_dir but their logs
         claim_output_dir(cfg, built)
     set_seed(cfg.seed)

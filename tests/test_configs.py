@@ -16,6 +16,7 @@ CONFIGS = sorted(path.relative_to(REPO) for folder in ("conf/demo", "conf/llama"
 WUDAO = ["train_file=data/samples/wudao_sample.json", "max_steps=10"]
 ALPACA = ["train_file=data/samples/alpaca_zh_en_train.jsonl", "max_steps=10"]
 PANDA_FOLDER = ["train_file=tests/fixtures/data/panda_mixed"]  # raw text + instructions + COIG, valid/test files
+COMBINED_WUDAO = ["train_dataset.sources.wudao.files=data/samples/wudao_sample.json", "max_steps=2"]
 OVERRIDES = {
     "llama_7b_zh_pretrain_packed": WUDAO,
     "llama_13b_zh_pretrain_packed_zero3": WUDAO,
@@ -25,7 +26,27 @@ OVERRIDES = {
     "llama_7b_zh_instruct_coig_sft_v1_0_ds": ["train_file=tests/fixtures/data/panda_mixed/coig/coig_data.json",
                                               "max_steps=2"],
     "llama_7b_flan_v1_4_ds": PANDA_FOLDER,
-    "llama2_13b_zh_emb_pt_v1_0": WUDAO + ["tokenizer.merge_tokenizer=null"],
+    "llama2_13b_zh_emb_pt_v1_0": PANDA_FOLDER + ["max_steps=2"],
+    "llama2_13b_zh_v1_0_ds": PANDA_FOLDER + ["max_steps=2"],
+    "llama2_13b_zh_v1_1_ds": PANDA_FOLDER + ["max_steps=2"],
+    "llama2_13b_zh_v2_0_ds": PANDA_FOLDER + ["max_steps=2"],
+    "llama2_13b_zh_v3_0_ds": PANDA_FOLDER + ["max_steps=2"],
+    "llama2_13b_zh_sft_combine_v1_0_ds": PANDA_FOLDER + COMBINED_WUDAO,
+    "llama_13b_zh_instruct_sft_combine_v1_0_ds": PANDA_FOLDER + COMBINED_WUDAO,
+    "llama_13b_zh_instruct_sft_combine_v1_1_ds": PANDA_FOLDER + COMBINED_WUDAO,
+    "llama_13b_zh_instruct_coig_sft_v1_0_ds": ["train_file=tests/fixtures/data/panda_mixed/coig/coig_data.json",
+                                               "max_steps=2"],
+    "llama_open_7b_300bt_zh_v1_0_ds": PANDA_FOLDER + ["max_steps=2"],
+    "llama_7b_flan_v1_0": PANDA_FOLDER + ["max_steps=2"],
+    "llama_7b_flan_v1_1": PANDA_FOLDER,
+    "llama_7b_flan_v1_1_ds": PANDA_FOLDER,
+    "llama_7b_flan_v1_2_ds": PANDA_FOLDER,
+    "llama_7b_flan_v1_3_ds": PANDA_FOLDER,
+    "llama_13b_merit_v1_pv91_v91_v1_0": PANDA_FOLDER,
+    "llama_7b_merit_v1_pv91_v91_v2_0": PANDA_FOLDER,
+    "llama_30b_qlora_test": PANDA_FOLDER + ["model.load_in_4bit=false", "max_steps=2"],  # 4-bit weights need CUDA
+    "llama_65b_qlora_train_new": PANDA_FOLDER + COMBINED_WUDAO + ["model.load_in_4bit=false"],
+    "test": ["dev_file=data/samples/alpaca_zh_en_dev.jsonl"],
     "llama_7b_zh_lora_sft": ALPACA,
     "llama_7b_zh_qlora_sft": ALPACA + ["model.load_in_4bit=false"],  # 4-bit weights need CUDA
 }
@@ -39,7 +60,8 @@ EXPECTED = {  # what the dry run must report for the configs of the data issue
     "llama_7b_zh_instruct_coig_sft_v1_0_ds": ["samples: 3;"],
 }
 # The original PandaLLM recipes (../shared/SEED_RECIPES.md, "Training recipes"): (micro batch, accumulation, lr,
-# weight decay, epochs, max_steps, warmup_proportion, warmup_steps) per config; everything else is shared.
+# weight decay, epochs, max_steps, warmup_proportion, warmup_steps) per config; everything else is shared (save_steps:
+# tests/test_original_configs.py compares every original name with the original YAMLs).
 ORIGINAL_RECIPES = {
     "llama_7b_zh_instruct_v1_0_ds": (4, 128, 1e-5, 0.0, 1, None, 0.01, 0),
     "llama_13b_zh_instruct_v1_0_ds": (2, 128, 1e-5, 0.0, 1, None, 0.01, 0),
@@ -47,7 +69,7 @@ ORIGINAL_RECIPES = {
     "llama_7b_flan_v1_4_ds": (4, 128, 5e-5, 0.01, 1, 4882, 0.0, 100),
 }
 SHARED_RECIPE = {"adam_epsilon": 1e-6, "adam_betas": [0.9, 0.99], "max_grad_norm": 5.0, "precision": "bf16",
-                 "lr_scheduler": "WarmupDecayLR", "save_steps": 250, "logging_steps": 1,
+                 "lr_scheduler": "WarmupDecayLR", "logging_steps": 1,
                  "model.gradient_checkpointing": True, "train_dataset.max_seq_length": 2048,
                  "tokenizer.pad_token": "[PAD]", "train_dataset.template": "panda", "train_dataset.packing": False,
                  "train_dataset.coig_rounds": "per_round", "ds_cfg.zero_optimization.stage": 1,
