@@ -63,8 +63,10 @@ def dream_reader(path):
 @pytest.mark.parametrize("split", ["train", "dev", "test"])
 def test_c3_prompts_are_the_original_dream_reader_prompts_for_every_bundled_item(config, key, split):
     node = evaluator_node("conf/llama/zh", config, key, [f"evaluators.{key}.reader.split={split}"])
-    prompts = instantiate(node).prompts
-    contexts, questions, option_lists, _ = dream_reader(REPO / "data/samples/c3" / f"c3-{key[-1]}-{split}.json")
+    evaluator = instantiate(node)
+    prompts = evaluator.prompts
+    contexts, questions, option_lists, labels = dream_reader(REPO / "data/samples/c3" / f"c3-{key[-1]}-{split}.json")
+    assert [item.gold for item in evaluator.items] == labels
     expected = [zh_rule(MultipleChoiceItem(id=str(i), passage=c, question=q, options=tuple(o), gold=None, source="",
                                            position=""))
                 for i, (c, q, o) in enumerate(zip(contexts, questions, option_lists))]
@@ -123,6 +125,18 @@ def test_two_ranks_write_one_prediction_per_item_with_acc_unparsable_and_npy(tmp
     indices = np.load(folder / "decode_results.npy")
     assert indices.tolist() == [0 if p["prediction"] is None else p["prediction"] for p in predictions]
     assert all(p["prompt"].startswith("阅读下面的文章并从选项中选择的答案回答问题：\n\n\n\n") for p in predictions)
+
+
+def test_c3_repeated_choice_gold_is_the_last_as_the_original_dream_reader(tmp_path):
+    documents = [[["男：你好。", "女：你好。"], [{"question": "谁先说话？", "choice": ["男的", "女的", "男的"], "answer": "男的"}],
+                  "1-1"]]
+    (tmp_path / "c3-d-test.json").write_text(json.dumps(documents, ensure_ascii=False), encoding="utf-8")
+    node = evaluator_node("conf/llama/zh", "llama_7b_zh_c3_eval_prompt_v1_0_test", "c3_d",
+                          [f"evaluators.c3_d.data_dir={tmp_path}"])
+    assert [item.gold for item in instantiate(node).items] == dream_reader(tmp_path / "c3-d-test.json")[3] == [2]
+    node = evaluator_node("conf/llama/zh", "eval_c3_d", "c3_d", [f"evaluators.c3_d.data_dir={tmp_path}",
+                                                                 "evaluators.c3_d.reader.split=test"])
+    assert [item.gold for item in instantiate(node).items] == [0]  # our own C3 configs: the first
 
 
 class Recording(torch.nn.Module):
