@@ -36,7 +36,7 @@ LONGEST_FIRST = ["test_repeated_jobs.py", "test_lm_eval_evaluator.py", "test_fsd
                  "test_deepspeed_multinode.py", "test_sequence_parallel.py", "test_trainer_e2e.py",
                  "test_bench_delta_memory.py", "test_elastic_resume.py", "test_save_failures.py",
                  "test_bench_loss_memory.py", "test_seed_multi_run.py", "test_bench_long_context.py",
-                 "test_cli_errors.py"]
+                 "test_cli_errors.py", "test_original_configs.py"]
 
 
 def pytest_collection_modifyitems(items):
