@@ -94,6 +94,9 @@ def merge_tokenizers(tokenizer, merge_tokenizer: str):
         (Path(folder) / SP_MODEL_FILE).write_bytes(proto.SerializeToString())
         merged = AutoTokenizer.from_pretrained(folder)
     merged.sentencepiece_model = proto.SerializeToString()
+    for setting in ("add_bos_token", "add_eos_token"):  # the base's BOS/EOS (its post-processor), not the default's
+        if hasattr(tokenizer, setting):
+            setattr(merged, setting, getattr(tokenizer, setting))
     merged.chat_template = tokenizer.chat_template
     merged.model_max_length = tokenizer.model_max_length
     return merged

@@ -209,6 +209,20 @@ def test_saved_merged_tokenizer_reloads_with_autotokenizer(merged, tmp_path):
         assert reloaded(text)["input_ids"] == merged(text)["input_ids"]
 
 
+@pytest.mark.parametrize("add_bos_token", [True, False])
+def test_merge_keeps_the_bases_bos_and_eos(tmp_path, add_bos_token):
+    """A folder as Meta's Llama-2-hf ships it (LlamaTokenizer, add_bos_token true) adds <s> after the merge too."""
+    (tmp_path / "tokenizer.model").write_bytes((LLAMA2 / "tokenizer.model").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(
+        f'{{"tokenizer_class": "LlamaTokenizer", "add_bos_token": {str(add_bos_token).lower()}, "add_eos_token": false}}')
+    base = AutoTokenizer.from_pretrained(tmp_path)
+    merged = vocab.merge_tokenizers(base, str(CHINESE_SP))
+    assert merged("hi there")["input_ids"] == base("hi there")["input_ids"]
+    assert (merged("hi there")["input_ids"][0] == merged.bos_token_id) == add_bos_token
+    vocab.save_tokenizer(merged, tmp_path / "saved")
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved")("hi there")["input_ids"] == base("hi there")["input_ids"]
+
+
 def test_offline_merge_command(tmp_path, capsys):
     assert vocab.main(["merge", "--base", str(LLAMA2), "--add", str(CHINESE_SP), "--out", str(tmp_path / "out")]) == 0
     assert "32000 tokens" in capsys.readouterr().out and (tmp_path / "out" / "tokenizer.model").read_bytes() == reference_merge()
