@@ -130,7 +130,7 @@ def paired_blocks(x: WeightsReader, base: WeightsReader, name: str, base_rows: i
 
 def combined(block: torch.Tensor, base_block: torch.Tensor | None, sign: int, dtype: torch.dtype) -> torch.Tensor:
     """`block + sign·base_block` (or `block` alone), computed in float64 and rounded once to `dtype`."""
-    result = block.to(torch.float64, copy=True)  # a float64 block (an fp64 delta) must stay untouched
+    result = block.double()
     if base_block is not None:
         result.add_(base_block.double(), alpha=sign)
     return result.to(dtype)
@@ -152,11 +152,20 @@ def differing_bits(first: torch.Tensor, second: torch.Tensor) -> int:
 
 def checked_delta_blocks(target: WeightsReader, base: WeightsReader, name: str, base_rows: int, dtype: torch.dtype,
                          inexact: dict[str, int]) -> Iterator[torch.Tensor]:
-    """The delta's blocks (`combined_blocks` with sign −1), each checked on the spot by apply_delta's own
-    arithmetic: `inexact[name]` counts the weights that would not come back bit for bit."""
+    """The delta's blocks (what `combined_blocks` gives with sign −1), each checked on the spot by apply_delta's
+    arithmetic (delta + base in float64, rounded once): `inexact[name]`
+    counts the weights that would not come back bit for bit. The two float64 buffers serve both directions,
+    so the check costs no more memory than the subtraction."""
     for block, base_block in paired_blocks(target, base, name, base_rows):
-        delta = combined(block, base_block, -1, dtype)
-        inexact[name] += differing_bits(combined(delta, base_block, +1, block.dtype), block)
+        if base_block is None:
+            delta = block.to(dtype)
+            inexact[name] += differing_bits(delta.to(block.dtype), block)
+        else:
+            work, base64 = block.to(torch.float64, copy=True), base_block.to(torch.float64)
+            delta = work.sub_(base64).to(dtype, copy=True)
+            inexact[name] += differing_bits(work.copy_(delta).add_(base64).to(block.dtype), block)
+            del work, base64  # not held while the writer takes the block
+        del block, base_block
         yield delta
 
 
