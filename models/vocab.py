@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("--out", required=True, help="output folder (a tokenizer folder AutoTokenizer loads)")
     args = parser.parse_args(argv)
     try:
+        if not resolve_path(args.base).is_dir():
+            raise ConfigError(f"--base {args.base}: no such tokenizer folder")
         base = AutoTokenizer.from_pretrained(resolve_path(args.base))
         merged = extend_vocabulary(base, args.extra_tokens_file, args.add)
         save_tokenizer(merged, args.out)

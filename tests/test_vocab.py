@@ -229,6 +229,8 @@ def test_offline_merge_command(tmp_path, capsys):
     assert len(AutoTokenizer.from_pretrained(tmp_path / "out")) == 49953
     assert vocab.main(["merge", "--base", BASE, "--add", str(CHINESE_SP), "--out", str(tmp_path / "bpe")]) == 2
     assert capsys.readouterr().err.startswith("error: tokenizer.merge_tokenizer: the base tokenizer")
+    assert vocab.main(["merge", "--base", str(tmp_path / "none"), "--add", str(CHINESE_SP), "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == f"error: --base {tmp_path / 'none'}: no such tokenizer folder\n"
 
 
 @pytest.mark.parametrize("base, add, reason", [("tiny", str(CHINESE_SP), "a byte-level BPE cannot"),
