@@ -2,13 +2,14 @@
 
     python make_delta.py --base-model-path llama-7b --target-model-path my-7b-sft --delta-path my-7b-delta
 
-How the arithmetic keeps the round trip exact, and what the delta records: see models/delta.py.
+How the arithmetic keeps the round trip exact (every weight is checked; one line says how many are not),
+and what the delta records: see models/delta.py.
 """
 import argparse
 import sys
 
-from models.delta import make_delta
-from models.weights_io import DEFAULT_MAX_SHARD_SIZE, DTYPES, run_cli
+from models.delta import DELTA_DTYPES, make_delta
+from models.weights_io import DEFAULT_MAX_SHARD_SIZE, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -16,9 +17,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-model-path", required=True, help="the original model folder")
     parser.add_argument("--target-model-path", required=True, help="the fine-tuned model folder")
     parser.add_argument("--delta-path", required=True, help="output folder (must not exist, see --overwrite)")
-    parser.add_argument("--delta-dtype", choices=sorted(DTYPES),
+    parser.add_argument("--delta-dtype", choices=sorted(DELTA_DTYPES),
                         help="store the delta in this dtype (default: each tensor's own; fp32 makes a bf16/fp16 "
-                             "round trip bit-exact)")
+                             "round trip bit-exact, fp64 an fp32 one; otherwise one line says how many weights "
+                             "do not round-trip)")
     parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="e.g. 5GB, 200MB, 1000 (bytes)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --delta-path")
     return parser.parse_args(argv)

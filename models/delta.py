@@ -5,16 +5,19 @@ written straight into safetensors shards, so memory stays near one block (`.bin`
 a shard, see models/weights_io.py) whatever the model size.
 
 Precision. Each block is converted to float64, subtracted (make) or added (apply), and rounded once
-to the output dtype: the delta's dtype (default: each tensor's own dtype; `--delta-dtype` overrides)
-or the target's recorded dtype. float64 holds T − B and B + D exactly for bf16/fp16/fp32 operands of
-similar magnitude, so those two final roundings are the only ones. Writing ulp_X(v) for the spacing
-of dtype X at |v|, T for the target, B for the base, D for the stored delta, T' for apply(make(T)):
+to the output dtype: the delta's dtype (default: each tensor's own dtype; `--delta-dtype` overrides,
+`fp64` included) or the target's recorded dtype. Writing ulp_X(v) for the spacing of dtype X at |v|, T
+for the target, B for the base, D for the stored delta, T' for apply(make(T)):
 - always |T' − T| ≤ ulp_D(T − B): two roundings of at most half a delta ulp each;
-- delta wider than the model (an fp32 delta of a bf16/fp16 model): T' == T bit for bit wherever
-  |T − B| < 2^14·|T| (bf16) or 2^11·|T| (fp16), i.e. for every weight of a fine-tuned model except
-  ones that nearly vanished;
-- delta in the model's dtype: |T' − T| ≤ ulp_T(T) wherever |T − B| ≤ |T| (the change is no larger
-  than the weight); elsewhere the first bound applies.
+- delta wider than the model (fp32 delta of bf16/fp16, fp64 delta of fp32/bf16/fp16): T − B is exact in
+  the delta's dtype whenever the exponents of T and B differ by at most 14 (bf16), 11 (fp16) or 28 (fp32
+  in fp64), so then B + D = T exactly and T' == T bit for bit; that covers every weight of a fine-tuned
+  model except ones that nearly vanished (|T| ≪ |B|) and signed zeros (T = −0.0 comes back +0.0);
+- delta in the model's dtype: |T' − T| ≤ ulp_T(T) wherever |T − B| ≤ |T|, but not bit for bit: an fp32
+  model with an fp32 delta loses the low bits of about a third of its changed weights.
+make_delta does not rely on these bounds: it checks every weight by apply's own arithmetic as it writes,
+records the count in `delta_meta.json` (`inexact_weights`) and, when it is not 0, says so in one line
+(and apply_delta repeats it).
 
 Vocabulary growth. `embed_tokens` / `lm_head` may have more rows in the target (an added [PAD], a
 Chinese-extended vocabulary): rows the base has are stored as deltas, the extra rows as-is. Any other
@@ -61,6 +64,7 @@ from models.weights_io import (DEFAULT_MAX_SHARD_SIZE, DTYPES, ShardedWriter, Te
 META_FILE = "delta_meta.json"
 META_FORMAT = "llama-delta/1"
 VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight")
+DELTA_DTYPES = {**DTYPES, "fp64": torch.float64}  # fp64: exact for fp32 weights (see the module docstring)
 CHUNK_ELEMENTS = 2**21  # rows per block ≈ this many elements: 16 MB as float64
 FULL_HASH_BYTES = 2**20
 SAMPLE_ROWS = 16
@@ -111,32 +115,70 @@ def check_floating(reader: WeightsReader) -> None:
                                f"only floating-point weights can be diffed")
 
 
-def combined_blocks(x: WeightsReader, base: WeightsReader, name: str, base_rows: int, sign: int,
-                    dtype: torch.dtype) -> Iterator[torch.Tensor]:
-    """`x + sign·base` over the rows the base has and `x` alone over the rest, in blocks of rows, each
-    computed in float64 and rounded once to `dtype`."""
+def paired_blocks(x: WeightsReader, base: WeightsReader, name: str, base_rows: int
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(block of `x`, the base's same rows or None past `base_rows`), in blocks of rows as read."""
     shape = x.specs[name].shape
     if not shape:
-        yield (x.read(name).double() + sign * base.read(name).double()).to(dtype)
+        yield x.read(name), base.read(name)
         return
     step = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
     bounds = sorted({*range(0, base_rows, step), *range(base_rows, shape[0], step), shape[0]})
     for start, stop in itertools.pairwise(bounds):
-        block = x.read(name, start, stop).double()
-        if start < base_rows:
-            block.add_(base.read(name, start, stop).double(), alpha=sign)
-        yield block.to(dtype)
+        yield x.read(name, start, stop), base.read(name, start, stop) if start < base_rows else None
 
+
+def combined(block: torch.Tensor, base_block: torch.Tensor | None, sign: int, dtype: torch.dtype) -> torch.Tensor:
+    """`block + sign·base_block` (or `block` alone), computed in float64 and rounded once to `dtype`."""
+    result = block.double()
+    if base_block is not None:
+        result.add_(base_block.double(), alpha=sign)
+    return result.to(dtype)
+
+
+def combined_blocks(x: WeightsReader, base: WeightsReader, name: str, base_rows: int, sign: int,
+                    dtype: torch.dtype) -> Iterator[torch.Tensor]:
+    """`x + sign·base` over the rows the base has and `x` alone over the rest, in blocks of rows, each
+    computed in float64 and rounded once to `dtype`."""
+    for block, base_block in paired_blocks(x, base, name, base_rows):
+        yield combined(block, base_block, sign, dtype)
+
+
+def differing_bits(first: torch.Tensor, second: torch.Tensor) -> int:
+    """How many elements of two tensors of one dtype differ in their bits (-0.0 vs 0.0, NaN payloads included)."""
+    as_int = {8: torch.int64, 4: torch.int32, 2: torch.int16}[first.element_size()]
+    return int((first.reshape(-1).view(as_int) != second.reshape(-1).view(as_int)).sum())
+
+
+def checked_delta_blocks(target: WeightsReader, base: WeightsReader, name: str, base_rows: int, dtype: torch.dtype,
+                         inexact: dict[str, int]) -> Iterator[torch.Tensor]:
+    """The delta's blocks (what `combined_blocks` gives with sign −1), each checked on the spot by apply_delta's
+    arithmetic (delta + base in float64, rounded once): `inexact[name]`
+    counts the weights that would not come back bit for bit. The two float64 buffers serve both directions,
+    so the check costs no more memory than the subtraction."""
+    for block, base_block in paired_blocks(target, base, name, base_rows):
+        if base_block is None:
+            delta = block.to(dtype)
+            inexact[name] += differing_bits(delta.to(block.dtype), block)
+        else:
+            work, base64 = block.to(torch.float64, copy=True), base_block.to(torch.float64)
+            delta = work.sub_(base64).to(dtype, copy=True)
+            inexact[name] += differing_bits(work.copy_(delta).add_(base64).to(block.dtype), block)
+            del work, base64  # not held while the writer takes the block
+        del block, base_block
+        yield delta
 
 
 def make_delta(base_path, target_path, delta_path, delta_dtype: str | None = None,
                max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False) -> Path:
-    """Write target − base (plus the target's config and tokenizer) to `delta_path`."""
+    """Write target − base (plus the target's config and tokenizer) to `delta_path`. Every weight is checked
+    to come back bit for bit through apply_delta; where some do not, one line says how many (and
+    `delta_meta.json` records it)."""
     started = time.perf_counter()
     base_path, target_path, delta_path = Path(base_path), Path(target_path), Path(delta_path)
     max_shard_bytes = parse_size(max_shard_size)
-    if delta_dtype is not None and delta_dtype not in DTYPES:
-        raise WeightsError(f"delta dtype {delta_dtype!r}: use one of {', '.join(DTYPES)}")
+    if delta_dtype is not None and delta_dtype not in DELTA_DTYPES:
+        raise WeightsError(f"delta dtype {delta_dtype!r}: use one of {', '.join(DELTA_DTYPES)}")
     base, target = WeightsReader(base_path), WeightsReader(target_path)
     check_same_names(base.specs, "base", target.specs, "target")
     check_floating(base)
@@ -147,21 +189,34 @@ def make_delta(base_path, target_path, delta_path, delta_dtype: str | None = Non
     tensors = {name: {"base_shape": list(base.specs[name].shape), "target_shape": list(spec.shape),
                       "target_dtype": dtype_name(spec.dtype), "base_fingerprint": base_fingerprint(base, name)}
                for name, spec in tqdm(target.specs.items(), desc="fingerprint base", unit="tensor")}
-    specs = {name: TensorSpec(spec.shape, DTYPES[delta_dtype] if delta_dtype else spec.dtype)
+    specs = {name: TensorSpec(spec.shape, DELTA_DTYPES[delta_dtype] if delta_dtype else spec.dtype)
              for name, spec in target.specs.items()}
+    inexact = dict.fromkeys(specs, 0)
     with staged_folder(delta_path) as staging:
         writer = ShardedWriter(staging, specs, max_shard_bytes)
         for name, spec in tqdm(specs.items(), desc="make delta", unit="tensor"):
-            writer.add(name, combined_blocks(target, base, name, rows[name], -1, spec.dtype))
+            writer.add(name, checked_delta_blocks(target, base, name, rows[name], spec.dtype, inexact))
         shards = writer.close()
         meta = {"format": META_FORMAT, "arithmetic": "float64, rounded once to the output dtype",
                 "fingerprint": f"sha256 of dtype, shape and bytes (all if <= {FULL_HASH_BYTES} bytes, "
                                f"else {SAMPLE_ROWS} evenly spaced rows)",
+                "inexact_weights": sum(inexact.values()),  # weights apply_delta does not restore bit for bit
                 "tensors": tensors}
         (staging / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         copy_side_files(target_path, staging)
     print_summary("delta", delta_path, specs, len(shards), started, base=base, target=target)
+    if meta["inexact_weights"]:
+        print(inexact_note(meta["inexact_weights"], sum(math.prod(s.shape) for s in specs.values()),
+                           next(name for name, count in inexact.items() if count), delta_dtype), file=sys.stderr)
     return delta_path
+
+
+def inexact_note(count: int, total: int, first: str, delta_dtype: str | None) -> str:
+    """The one line saying that a delta does not round-trip bit for bit, and what would."""
+    fix = ("no floating-point delta can (a weight that nearly vanished, or a -0.0)" if delta_dtype == "fp64"
+           else "--delta-dtype fp64 stores the difference of fp32, bf16 or fp16 weights exactly")
+    return (f"note: {count} of {total} weights do not round-trip bit for bit through this delta (within one ulp "
+            f"of the delta; first in '{first}'): {fix}")
 
 
 def read_meta(delta_path: Path, legacy: str | None = None) -> dict | None:
@@ -251,6 +306,9 @@ def apply_delta(base_path, delta_path, target_path, max_shard_size: int | str = 
     plan, notes = (legacy_plan(base, delta, legacy, extra_rows_as_is=not verify) if legacy
                    else (meta_plan(base, delta, meta["tensors"]), []))
     check_output_folder(target_path, overwrite, [base_path, delta_path])
+    if meta and meta.get("inexact_weights"):
+        notes.append(f"note: {meta['inexact_weights']} weights of this delta do not come back bit for bit "
+                     f"(make_delta.py said so; --delta-dtype fp64 makes fp32 weights exact)")
     for note in notes:
         print(note, file=sys.stderr)
     if verify and not legacy:

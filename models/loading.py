@@ -20,13 +20,13 @@ def load_tokenizer(name_or_path: str, pad_token: str | None = None, trust_remote
     if chat_template:
         path = resolve_path(chat_template)
         tokenizer.chat_template = path.read_text(encoding="utf-8") if path.is_file() else chat_template
+    if extra_tokens_file or merge_tokenizer:  # before a new pad token: merged pieces follow the old ones
+        tokenizer = extend_vocabulary(tokenizer, extra_tokens_file, merge_tokenizer)
     if tokenizer.pad_token is None and pad_token:
         if pad_token in tokenizer.get_vocab():
             tokenizer.pad_token = pad_token
         else:
             tokenizer.add_special_tokens({"pad_token": pad_token})
-    if extra_tokens_file or merge_tokenizer:
-        extend_vocabulary(tokenizer, extra_tokens_file, merge_tokenizer)
     return tokenizer
 
 

@@ -90,6 +90,40 @@ def test_fp32_delta_of_half_precision_model_is_bit_exact(tmp_path, dtype):
         assert bytes(tensor_bytes(restored[name])) == bytes(tensor_bytes(expected)), name
 
 
+@pytest.mark.parametrize("seed", [1, None], ids=["fine-tuned", "unrelated"])
+def test_fp64_delta_of_fp32_model_is_bit_exact(tmp_path, capsys, seed):
+    target_model = fine_tuned(tiny_model()) if seed else tiny_model(seed=7)
+    _, target, delta, restored = round_trip(tmp_path, tiny_model(), target_model, delta_dtype="fp64")
+    assert all(d.dtype == torch.float64 for d in delta.values())
+    for name, expected in target.items():
+        assert restored[name].dtype == torch.float32
+        assert bytes(tensor_bytes(restored[name])) == bytes(tensor_bytes(expected)), name
+    assert json.loads((tmp_path / "delta" / META_FILE).read_text())["inexact_weights"] == 0
+    assert "round-trip" not in capsys.readouterr().err
+
+
+def inexact_weights(target: dict, restored: dict) -> int:
+    return sum(delta_module.differing_bits(restored[name], expected) for name, expected in target.items())
+
+
+@pytest.mark.parametrize("delta_dtype", [None, "fp64"], ids=["fp32-delta", "fp64-delta"])
+def test_a_delta_that_cannot_round_trip_says_so_in_one_line(tmp_path, capsys, delta_dtype):
+    """An fp32 delta of fp32 weights loses low bits; an fp64 one only where a weight nearly vanished (here
+    1e-30 over a base of 1.0) or is -0.0: the count make_delta reports is the count apply_delta gets wrong."""
+    target_model = fine_tuned(tiny_model())
+    base_model = tiny_model()
+    with torch.no_grad():
+        base_model.model.norm.weight[:2] = torch.tensor([1.0, 0.0])
+        target_model.model.norm.weight[:2] = torch.tensor([1e-30, -0.0])
+    _, target, _, restored = round_trip(tmp_path, base_model, target_model, delta_dtype=delta_dtype)
+    wrong = inexact_weights(target, restored)
+    assert wrong == (2 if delta_dtype else wrong) and wrong > 0
+    assert json.loads((tmp_path / "delta" / META_FILE).read_text())["inexact_weights"] == wrong
+    notes = [line for line in capsys.readouterr().err.splitlines() if "round-trip bit for bit" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {wrong} of ")
+    assert ("no floating-point delta can" in notes[0]) == (delta_dtype == "fp64")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_delta_in_model_dtype_is_within_one_ulp(tmp_path, dtype):
     base, target, delta, restored = round_trip(tmp_path, tiny_model(dtype), fine_tuned(tiny_model(dtype)))

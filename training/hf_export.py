@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from general_util.dist import DistContext
+from models.vocab import save_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def write_hf_weights(module, state_dict: dict, directory: Path, export: HFExport
     if export.save_merged:
         from models.lora import merged_copy
         merged_copy(module, state_dict).save_pretrained(directory / "merged")
-        export.tokenizer.save_pretrained(directory / "merged")
-    export.tokenizer.save_pretrained(directory)
+        save_tokenizer(export.tokenizer, directory / "merged")
+    save_tokenizer(export.tokenizer, directory)
     (directory / "training_config.yaml").write_text(export.config_yaml, encoding="utf-8")
     logger.info("wrote Hugging Face weights to %s", directory)
