@@ -86,9 +86,16 @@ atexit.register(shutil.rmtree, _FOLDERS, True)
 
 @functools.lru_cache(maxsize=None)
 def folder(kind: str) -> Path:
-    """The tokenizer of `kind` saved as a Hugging Face folder (once per session)."""
+    """The tokenizer of `kind` saved as a Hugging Face folder (once per session), with a config.json (a
+    1-layer LLaMA of its vocabulary) so that the project's loaders take the folder as a model folder."""
+    from transformers import LlamaConfig
+
     path = _FOLDERS / kind
-    _built(kind).save_pretrained(str(path))
+    built = _built(kind)
+    built.save_pretrained(str(path))
+    LlamaConfig(vocab_size=len(built), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, bos_token_id=built.bos_token_id, eos_token_id=built.eos_token_id
+                ).to_json_file(str(path / "config.json"))
     return path
 
 
