@@ -42,7 +42,7 @@ def test_llama3_multiple_choice_loglikelihoods_equal_lm_eval(tmp_path):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     from bench.eval_vs_lm_eval import agreement, lm_eval_tasks, run_lm_eval, run_ours
-    from bench.eval_speed import LOSS, logiqa_evaluators
+    from bench.eval_speed import logiqa_evaluators
     from data.benchmarks import C3Reader, MultipleChoicePrompt
     from post_processors.multiple_choice import MultipleChoiceEvaluator
 
