@@ -25,7 +25,7 @@ def training_prompt(tokenizer, template: str, record: dict) -> list[int]:
     return [int(t) for t in segment.input_ids[:list(segment.trained).index(True)]]
 
 
-@pytest.mark.parametrize("kind", ["llama2", "llama3", "tiny_bpe"])
+@pytest.mark.parametrize("kind", ["llama2", "llama3", "qwen2", "tiny_bpe"])
 @pytest.mark.parametrize("template", ["zh", "en", "panda", "chat"])
 def test_the_prompt_is_the_training_samples_context(kind, template):
     tokenizer = tokenizer_kinds.tokenizer(kind)

@@ -15,7 +15,7 @@ from tests import tokenizer_kinds
 from tests.tokenizer_kinds import FOLDER_KINDS, REPO
 
 EXPECTED_PAD = {"tiny_bpe": "<unk>", "llama2": "<unk>", "chinese_llama2": "<pad>",  # its tokenizer_config's own
-                "llama3": "<|reserved_special_token_0|>"}
+                "llama3": "<|reserved_special_token_0|>", "qwen2": "<|endoftext|>"}
 
 
 @pytest.mark.parametrize("kind", FOLDER_KINDS)

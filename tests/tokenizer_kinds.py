@@ -7,6 +7,8 @@ tests/fixtures/tokenizers/ (see the README there for sources), once per test ses
     chinese_llama2        Chinese-LLaMA-2's 55,296-piece SentencePiece model with its own tokenizer_config.json
     llama3                Llama-3's tiktoken ranks converted by transformers' TikTokenConverter, with the special
                           tokens, BOS post-processor and chat template of Meta-Llama-3-8B-Instruct
+    qwen2                 Qwen's byte-level BPE (Qwen2/2.5/3) with Qwen3's specials and ChatML template: no BOS,
+                          EOS <|im_end|>, its own pad <|endoftext|>
 
 Adding a kind is one entry of KINDS (a function returning the tokenizer); `folder(kind)` saves it for
 code that loads from a folder (lm-eval's HFLM, generate.py).
@@ -64,6 +66,7 @@ KINDS = {
     "llama2": lambda: _llama2(legacy=False),
     "chinese_llama2": lambda: AutoTokenizer.from_pretrained(str(TOKENIZERS / "chinese_llama2")),
     "llama3": _llama3,
+    "qwen2": lambda: AutoTokenizer.from_pretrained(str(TOKENIZERS / "qwen2")),
 }
 # kinds whose saved folder reloads with the same encoding (transformers 5.24 drops legacy=True on saving)
 FOLDER_KINDS = [kind for kind in KINDS if kind != "llama2_legacy"]
