@@ -53,17 +53,19 @@ def assistant_spans(tokenizer, messages, tools) -> tuple[str, list[tuple[int, in
         if len(through) == len(before):
             raise DataError("", None, f"the chat template writes nothing for assistant message {index + 1}",
                             kind="empty response")
-        dropped = [name for name in tool_call_names(message) if name not in through[len(before):]]
-        if dropped:
-            raise DataError("", None, f"the chat template drops the tool_calls of assistant message {index + 1} "
-                            f"({dropped[0]!r} is not rendered): use a template that renders tool_calls, or a text "
-                            "template", kind="chat template drops tool_calls")
+        check_tool_calls_rendered(message, index, through[len(before):])
         spans.append((len(before), len(through)))
     return text, spans
 
 
-def tool_call_names(message: dict) -> list[str]:
-    return [(call.get("function") or call).get("name", "") for call in message.get("tool_calls") or ()]
+def check_tool_calls_rendered(message: dict, index: int, rendered: str) -> None:
+    """Refuse a template that leaves an assistant message's tool calls out of `rendered` (its turn)."""
+    names = [(call.get("function") or call).get("name", "") for call in message.get("tool_calls") or ()]
+    dropped = [name for name in names if name not in rendered]
+    if dropped:
+        raise DataError("", None, f"the chat template drops the tool_calls of assistant message {index + 1} "
+                        f"({dropped[0]!r} is not rendered): use a template that renders tool_calls, or a text "
+                        "template", kind="chat template drops tool_calls")
 
 
 def trained_tokens(offsets, spans) -> list[bool]:
@@ -79,6 +81,9 @@ def render_chat(tokenizer, messages: tuple[dict, ...], tools: list | None) -> tu
     """Token ids of the rendered conversation and, per token, whether it is trained."""
     template = check_chat_template(tokenizer)
     if GENERATION_MARKER.search(template):
+        text = _render(tokenizer, messages, tools)
+        for index, message in enumerate(messages):
+            check_tool_calls_rendered(message, index, text)
         encoded = tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=True, return_dict=True,
                                                 return_assistant_tokens_mask=True)
         return list(encoded["input_ids"]), [bool(m) for m in encoded["assistant_masks"]]

@@ -257,3 +257,6 @@ def test_a_chat_template_that_drops_tool_calls_is_refused_in_one_line():
     [result] = ExampleTokenizer(tokenizer, 512)([example])
     assert result.dropped and "drops the tool_calls of assistant message 3 ('get_weather' is not rendered)" \
         in str(result.error)
+    tokenizer.chat_template = (CHAT_TEMPLATES / "llama3_generation_markers.jinja").read_text(encoding="utf-8")
+    [result] = ExampleTokenizer(tokenizer, 512)([example])  # the {% generation %} path checks it too
+    assert result.dropped and "drops the tool_calls of assistant message 3" in str(result.error)
