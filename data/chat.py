@@ -12,6 +12,8 @@ An assistant message with `tool_calls` whose rendered turn does not contain ever
 """
 import re
 
+import numpy as np
+
 from data.records import DataError
 from general_util.errors import ConfigError
 
@@ -73,8 +75,11 @@ def trained_tokens(offsets, spans) -> list[bool]:
     characters lies in a trained span [start, end). A token straddling a prompt/response boundary therefore
     belongs to the response: every response character is predicted, and the prompt the model conditions on
     is made of prompt characters only. A zero-width token is trained when it sits inside a span."""
-    return [any(begin < end and finish > start if finish > begin else start <= begin < end for start, end in spans)
-            for begin, finish in offsets]
+    begin, finish = np.asarray(offsets, dtype=np.int64).reshape(-1, 2).T
+    trained = np.zeros(len(begin), dtype=bool)
+    for start, end in spans:
+        trained |= np.where(finish > begin, (begin < end) & (finish > start), (start <= begin) & (begin < end))
+    return trained.tolist()
 
 
 def render_chat(tokenizer, messages: tuple[dict, ...], tools: list | None) -> tuple[list[int], list[bool]]:
@@ -94,12 +99,10 @@ def render_chat(tokenizer, messages: tuple[dict, ...], tools: list | None) -> tu
 
 def token_pieces(ids: list[int], trained: list[bool]) -> list[tuple[list[int], bool]]:
     """Runs of equally-trained tokens, without the untrained tail after the last trained token."""
-    pieces: list[tuple[list[int], bool]] = []
-    for token, flag in zip(ids, trained):
-        if pieces and pieces[-1][1] == flag:
-            pieces[-1][0].append(token)
-        else:
-            pieces.append(([token], flag))
-    while pieces and not pieces[-1][1]:
-        pieces.pop()
-    return pieces
+    flags = np.asarray(trained, dtype=bool)
+    if not flags.any():
+        return []
+    end = int(np.flatnonzero(flags)[-1]) + 1
+    cuts = [0, *(np.flatnonzero(flags[1:end] != flags[:end - 1]) + 1).tolist(), end]
+    ids = list(ids)
+    return [(ids[a:b], bool(flags[a])) for a, b in zip(cuts, cuts[1:])]

@@ -76,10 +76,12 @@ class ExampleTokenizer:
         # verbose=False: documents longer than the model's window are expected here (they are chunked below)
         encode = functools.partial(self.tokenizer, add_special_tokens=False, verbose=False)
         documents = iter(encode(documents)["input_ids"] if documents else ())
-        wholes = encode([text for text, _, _ in dialogues], return_offsets_mapping=True) if dialogues else None
+        # the fast tokenizer's own backend: the same ids and offsets as tokenizer(...), without converting them
+        backend = functools.partial(self.tokenizer.backend_tokenizer.encode_batch, add_special_tokens=False)
+        wholes = backend([text for text, _, _ in dialogues]) if dialogues else []
         prompts = [text[:start].removesuffix(" ") for (text, spans, boundary) in dialogues if boundary == "prompt_length"
                    for start, _ in spans]  # the original recipes' prompt: the text before a response, less the " "
-        prompt_lengths = iter(len(ids) for ids in encode(prompts)["input_ids"]) if prompts else iter(())
+        prompt_lengths = iter(len(encoding.ids) for encoding in backend(prompts)) if prompts else iter(())
         results, number = [], 0
         for example in examples:
             if example.messages:
@@ -92,7 +94,7 @@ class ExampleTokenizer:
                 results.append(Tokenized([self._segment(e.input_ids, e.labels) for e in built]))
             else:
                 _, spans, boundary = dialogues[number]
-                ids, offsets = wholes["input_ids"][number], wholes["offset_mapping"][number]
+                ids, offsets = wholes[number].ids, wholes[number].offsets
                 trained = trained_tokens(offsets, spans)
                 if boundary == "prompt_length":
                     trained = positional_mask(trained, offsets, spans, [len(self.head) + next(prompt_lengths)
