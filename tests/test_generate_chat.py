@@ -2,7 +2,9 @@
 prefix of the training sample (text templates, panda's original N, the chat template), `--template chat`
 renders with the checkpoint's own chat template and keeps the history in interactive mode, and a checkpoint
 without a chat template is refused in one line."""
+import io
 import shutil
+import sys
 
 import pytest
 import torch
@@ -12,9 +14,9 @@ from data.formats import to_examples
 from data.records import Record
 from data.templates import get_template
 from data.tokenization import ExampleTokenizer
+import generate
 from generate import end_of_turn_ids, prompt_ids
 from tests import tokenizer_kinds
-from tests.forked_ranks import run_script
 from tests.tokenizer_kinds import CHAT_TEMPLATES, REPO
 
 
@@ -56,9 +58,9 @@ def greedy(model, input_ids: torch.Tensor, stops: list[int]) -> list[int]:
     return output[0, input_ids.shape[1]:].tolist()
 
 
-def test_interactive_chat_keeps_the_history(tmp_path):
+def test_interactive_chat_keeps_the_history(tmp_path, monkeypatch, capsys):
     """A checkpoint folder whose tokenizer carries Llama-2-chat's template: the second answer is generated
-    after the first exchange, rendered by that template."""
+    after the first exchange, rendered by that template (generate.main in process, stdin replaced)."""
     folder = tmp_path / "checkpoint"
     shutil.copytree(REPO / "models" / "tiny_llama", folder)
     tokenizer = tokenizer_kinds.tokenizer("tiny_bpe")
@@ -72,14 +74,13 @@ def test_interactive_chat_keeps_the_history(tmp_path):
                               skip_special_tokens=True)
     fresh = tokenizer.decode(greedy(model, prompt_ids(tokenizer, "2+2?", "chat"), stops), skip_special_tokens=True)
     assert second != fresh  # the history changes the answer
-    result = run_script("generate.py", ["--model", str(folder), "--template", "chat", "--temperature", "0",
-                                        "--max-new-tokens", "8"], stdin="你好\n2+2?\nreset\n2+2?\nexit\n", timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout == f"{first}\n{second}\n{fresh}\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("你好\n2+2?\nreset\n2+2?\nexit\n"))
+    assert generate.main(["--model", str(folder), "--template", "chat", "--temperature", "0",
+                          "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out == f"{first}\n{second}\n{fresh}\n"
 
 
-def test_chat_without_a_chat_template_is_one_line():
-    result = run_script("generate.py", ["--model", "models/tiny_llama", "--template", "chat", "--prompt", "hi"],
-                        timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: template=chat: the tokenizer has no chat_template")
+def test_chat_without_a_chat_template_is_one_line(capsys):
+    assert generate.main(["--model", "models/tiny_llama", "--template", "chat", "--prompt", "hi"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: template=chat: the tokenizer has no chat_template")

@@ -6,6 +6,7 @@ Llama-3's 128,256-token vocabulary. Needs requirements-bench.txt (lm-eval, tikto
 import functools
 import importlib.util
 import os
+import shutil
 
 import pytest
 from omegaconf import OmegaConf
@@ -54,8 +55,8 @@ def test_llama3_multiple_choice_loglikelihoods_equal_lm_eval(tmp_path):
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     model_dir = tmp_path / "llama3_tiny"
+    shutil.copytree(tokenizer_kinds.folder("llama3"), model_dir)  # the tokenizer files, as saved once per session
     LlamaForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     evaluators = logiqa_evaluators(limit=3, batch_size=3) + [
         MultipleChoiceEvaluator(f"c3_{subset}", functools.partial(C3Reader, subset=subset), MultipleChoicePrompt("zh"),
