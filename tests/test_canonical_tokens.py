@@ -32,6 +32,7 @@ LAYOUTS = {  # layout -> (files, record options)
     "tool_calls": ([FIXTURES / "glaive_toolcall_zh_demo.json"], RecordOptions()),
     "coig_rounds": ([SAMPLES / "coig_sample.json", FIXTURES / "panda_mixed" / "coig" / "coig_data.json"],
                     RecordOptions(coig_rounds="per_round")),
+    "coig_dialogue": ([FIXTURES / "panda_mixed" / "coig" / "coig_data.json"], RecordOptions(coig_rounds="dialogue")),
 }
 CUSTOM = {"preset": "none", "system": "You are helpful.", "user": "<|user|>\n{message}\n<|assistant|>\n",
           "assistant_suffix": "\n", "separator": "\n"}
