@@ -66,6 +66,9 @@ class ExampleTokenizer:
         if not tokenizer.is_fast:
             raise ConfigError(f"{type(tokenizer).__name__} is a slow tokenizer: the labels need the character offsets "
                               "of a fast one (models.loading.load_tokenizer builds it, also from a tokenizer.model)")
+        if tokenizer.backend_tokenizer.encode(tokenizer.eos_token, add_special_tokens=False).ids != [self.eos_id]:
+            raise ConfigError(f"the tokenizer does not read its EOS text {tokenizer.eos_token!r} as the one EOS token "
+                              "(it is not a special token of its vocabulary); responses are closed by that text")
         self.head = bos_head(tokenizer)
         self.dtype = token_dtype(tokenizer)
 

@@ -261,3 +261,13 @@ def test_a_chat_template_that_drops_tool_calls_is_refused_in_one_line():
     tokenizer.chat_template = (CHAT_TEMPLATES / "llama3_generation_markers.jinja").read_text(encoding="utf-8")
     [result] = ExampleTokenizer(tokenizer, 512)([example])  # the {% generation %} path checks it too
     assert result.dropped and "drops the tool_calls of assistant message 3" in str(result.error)
+
+
+def test_a_tokenizer_that_splits_its_eos_text_is_refused():
+    from general_util.errors import ConfigError
+
+    tokenizer = tokenizer_kinds.tokenizer("tiny_bpe")
+    ExampleTokenizer(tokenizer, 64)  # `</s>` is one special token: accepted
+    tokenizer.eos_token = "<s>x"  # read as two tokens
+    with pytest.raises(ConfigError, match="does not read its EOS text '<s>x' as the one EOS token"):
+        ExampleTokenizer(tokenizer, 64)
