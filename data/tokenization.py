@@ -93,15 +93,15 @@ class ExampleTokenizer:
                 except DataError as error:
                     results.append(Tokenized([], error=error))
             elif example.document:
-                built = chunk_document(next(documents), self.bos_id, self.eos_id, self.max_seq_length)
+                built = chunk_document(next(documents), self.head[0] if self.head else None, self.eos_id,
+                                       self.max_seq_length)
                 results.append(Tokenized([self._segment(e.input_ids, e.labels) for e in built]))
             else:
                 _, spans, boundary = dialogues[number]
                 ids, offsets = wholes[number].ids, wholes[number].offsets
                 trained = trained_tokens(offsets, spans)
-                if boundary == "prompt_length":
-                    trained = positional_mask(trained, offsets, spans, [len(self.head) + next(prompt_lengths)
-                                                                        for _ in spans], len(self.head))
+                if boundary == "prompt_length":  # positions counted after the head, as `ids` are
+                    trained = positional_mask(trained, offsets, spans, [next(prompt_lengths) for _ in spans])
                 number += 1
                 results.append(self._dialogue(token_pieces(list(ids), trained), self.head))
         return results
@@ -148,17 +148,16 @@ def render_dialogue(pieces, eos_text: str) -> tuple[str, list[tuple[int, int]]]:
     return text, spans
 
 
-def positional_mask(trained: list[bool], offsets, spans, starts: list[int], head: int) -> list[bool]:
-    """The panda rule: each response's trained run starts at position `starts[k]` (counted with the head) and
-    ends where its characters end."""
+def positional_mask(trained: list[bool], offsets, spans, starts: list[int]) -> list[bool]:
+    """The panda rule: response k's trained run starts at position `starts[k]` (at the latest at its last token,
+    so its EOS is always trained) and ends with the last token holding its characters."""
     trained = list(trained)
     for (begin, end), start in zip(spans, starts):
         inside = [i for i, (a, b) in enumerate(offsets) if a < end and b > begin]
-        last = inside[-1]
-        for i in range(min(start - head, last), last + 1):
-            trained[i] = True
-        for i in range(inside[0], min(start - head, last)):
-            trained[i] = False
+        first, last = inside[0], inside[-1]
+        start = min(start, last)
+        trained[start:last + 1] = [True] * (last + 1 - start)
+        trained[first:start] = [False] * max(0, start - first)
     return trained
 
 

@@ -271,3 +271,12 @@ def test_a_tokenizer_that_splits_its_eos_text_is_refused():
     tokenizer.eos_token = "<s>x"  # read as two tokens
     with pytest.raises(ConfigError, match="does not read its EOS text '<s>x' as the one EOS token"):
         ExampleTokenizer(tokenizer, 64)
+
+
+def test_documents_are_the_whole_text_encoding_with_the_tokenizers_bos(kind):
+    kind_name, tokenizer = kind
+    text = "长江是中国最长的河流。 The Yangtze is 6,300 km long.\n\n黄河第二。"
+    [example] = to_examples(records_of({"text": text})[0], get_template("none"))
+    [segment] = ExampleTokenizer(tokenizer, 4096)([example])[0].segments
+    assert list(segment.input_ids) == tokenizer(text)["input_ids"] + [tokenizer.eos_token_id], kind_name
+    assert segment.trained[1:].all() and not segment.trained[0]
