@@ -27,12 +27,17 @@ def training_prompt(tokenizer, template: str, record: dict) -> list[int]:
     return [int(t) for t in segment.input_ids[:list(segment.trained).index(True)]]
 
 
-@pytest.mark.parametrize("kind", ["llama2", "llama3", "qwen2", "tiny_bpe"])
-@pytest.mark.parametrize("template", ["zh", "en", "panda", "chat"])
-def test_the_prompt_is_the_training_samples_context(kind, template):
-    tokenizer = tokenizer_kinds.tokenizer(kind)
+@pytest.fixture(scope="module", params=["llama2", "llama3", "qwen2", "tiny_bpe"])
+def kind_tokenizer(request):
+    tokenizer = tokenizer_kinds.tokenizer(request.param)
     if not tokenizer.chat_template:
         tokenizer.chat_template = (CHAT_TEMPLATES / "llama2_chat.jinja").read_text(encoding="utf-8")
+    return tokenizer
+
+
+@pytest.mark.parametrize("template", ["zh", "en", "panda", "chat"])
+def test_the_prompt_is_the_training_samples_context(kind_tokenizer, template):
+    tokenizer = kind_tokenizer
     for question, answer in (("What is 30 plus 34?", "30 plus 34 is 64."), ("长城有多长？", "两万多公里。")):
         record = {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]} \
             if template == "chat" else {"instruction": question, "output": answer}
