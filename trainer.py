@@ -45,7 +45,7 @@ from training.engine import build_engine, load_model
 from training.hf_export import HFExport, save_hf_weights
 from training.rng_state import restore_rng_state
 from training.run_folder import OutputDirError, OutputDirLock, check_fresh_start
-from training.saving import check_free_space, save_checkpoint
+from training.saving import check_free_space, save_checkpoint, write_failure
 
 OmegaConf.register_new_resolver("eq", lambda a, b: a == b, replace=True)
 logger = logging.getLogger("trainer")
@@ -231,10 +231,18 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self) -> None:
         """Train, then (do_eval) evaluate the final weights once more unless that step was just evaluated,
-        writing `eval_results.json`."""
-        self.train()
-        if not self.cfg.do_eval:
-            return
+        writing `eval_results.json`. The trackers close after that evaluation (its scalars go to the same
+        runs), and also on errors (the bar must not print after the error line)."""
+        try:
+            self.train_loop()
+            self.close_data()
+            if self.cfg.do_eval:
+                self.final_evaluation()
+        finally:
+            self.close_data()
+            self.metrics.close()
+
+    def final_evaluation(self) -> None:
         if self.cfg.evaluate_during_training and self.step % self.cfg.eval_steps == 0:
             metrics = self.last_eval
         else:
@@ -243,11 +251,12 @@ class Trainer:
             write_json_atomic(self.output_dir / "eval_results.json", {"step": self.step, **metrics})
 
     def train(self) -> None:
+        """Train only, then close the trackers (the benchmarks: no final evaluation)."""
         try:
             self.train_loop()
         finally:
-            self.metrics.close()  # also on errors: the bar must not print after the error line
             self.close_data()
+            self.metrics.close()
 
     def close_data(self) -> None:
         """Stop the data-loader workers (closing the generator drops its loader iterator); idempotent."""
@@ -332,7 +341,7 @@ class Trainer:
             postfix["mfu"] = f"{values['train/mfu']:.1%}"
         self.metrics.advance(0, postfix)
         logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
-                    " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()))
+                    " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()), extra={"step": self.step})
         self.window = LogWindow(row_shards=self.parallel.sp_size)
         self.last_log_time = time.perf_counter()
 
@@ -466,8 +475,13 @@ def run(cfg: DictConfig, keep_process_group: bool = False) -> None:
     try:
         run_job(cfg, ctx, built)
         finished = True
-    except RuntimeError as error:  # a peer that died is named in one line (general_util.dist.lost_peer_error)
-        lost = lost_peer_error(error)
+    except Exception as error:  # noqa: BLE001 - re-raised unless it is one of the two below
+        # a write the disk refused outside a save (logs, TensorBoard, trackers, data report, lock): one line, exit 2
+        failure = write_failure(error, Path(cfg.output_dir)) if find_user_error(error) is None else None
+        if failure is not None:
+            raise failure from error
+        # a peer that died is named in one line (general_util.dist.lost_peer_error)
+        lost = lost_peer_error(error) if isinstance(error, RuntimeError) else None
         if lost is None:
             raise
         logger.error("%s", lost)
@@ -488,7 +502,13 @@ def claim_output_dir(cfg: DictConfig, built: dict) -> None:
 
     def decide() -> None:
         built["lock"] = OutputDirLock(output_dir)
-        built["lock"].acquire()
+        try:
+            built["lock"].acquire()
+        except OSError as error:  # the lock cannot be written: every rank stops with the same line
+            failure = write_failure(error, output_dir)
+            if failure is None:
+                raise
+            raise failure from error
         if not cfg.do_train:
             return  # the evaluation sweep reads the run's checkpoints; it only needs the folder to itself
         resume_from = ckpt.resolve_resume(cfg.resume, output_dir)

@@ -1,4 +1,5 @@
 """Writing a checkpoint so that it appears whole or not at all, and what happens when the disk says no."""
+import errno
 import logging
 import os
 import shutil
@@ -38,6 +39,35 @@ class RecordedWrites:
             if not is_write_failure(error):
                 raise
             self.failure = error
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}  # the disk (or its owner) says no
+
+
+def write_failure(error: BaseException, output_dir: Path) -> CheckpointError | None:
+    """A write that failed outside a checkpoint save (the rank logs, TensorBoard, a tracker's files,
+    data_<name>.json, the lock: disk full, quota, permission, read-only) as the one-line error to stop with:
+    the file, the cause, the free space and the resume point; None for any other error. Looked for along the
+    chain of causes (Hydra's instantiate wraps what a dataset raises)."""
+    seen = set()
+    while error is not None and id(error) not in seen and not (
+            isinstance(error, OSError) and error.errno in WRITE_ERRNOS):
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    if error is None or id(error) in seen:
+        return None
+    checkpoints = list_checkpoints(output_dir) if os.access(output_dir, os.R_OK | os.X_OK) else []
+    filename = f" {error.filename}" if error.filename else ""
+    return CheckpointError(f"could not write{filename} ({error.strerror or error}; {free_space(output_dir)} free on "
+                           f"{output_dir}); {checkpoints[-1].name if checkpoints else 'no checkpoint'} stays the resume "
+                           f"point: free space or fix the permissions, then continue with resume=auto")
+
+
+def free_space(path: Path) -> str:
+    """The free space of the filesystem holding `path` (or its nearest existing parent)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return human_size(shutil.disk_usage(path).free)
 
 
 def describe_failure(error: BaseException) -> str:
@@ -101,7 +131,7 @@ def save_checkpoint(engine, output_dir: Path, step: int, trainer_state: dict, ex
     if failures:
         if ctx.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        free = human_size(shutil.disk_usage(output_dir).free)
+        free = free_space(output_dir)
         previous = list_checkpoints(output_dir)
         raise CheckpointError(f"could not save checkpoint {final} ({'; '.join(failures)}; {free} free on "
                               f"{output_dir}); the partial {tmp.name} was removed and "
