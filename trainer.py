@@ -27,7 +27,7 @@ from general_util import faults
 from general_util.cli import convert_legacy_arguments
 from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, decided_by_rank0, exit_process,
                                gather_objects, init_distributed, lost_peer_error, teardown)
-from general_util.errors import UserError, find_user_error, one_line
+from general_util.errors import ConfigError, UserError, find_user_error, one_line
 from general_util.files import write_json_atomic
 from general_util.fingerprints import data_fingerprint, tokenizer_fingerprint
 from general_util.logging import MetricsWriter, setup_logging
@@ -39,7 +39,7 @@ from modules.loss_impl import LossSettings, causal_lm_loss_sum
 from post_processors.run import run_evaluators
 from post_processors.summary import write_summary
 from training import checkpoints as ckpt
-from training.best import BestTracker
+from training.best import BestTracker, match_metric, metric_problem
 from training.config import human_bytes, memory_estimate_bytes, optimizer_steps, validate, zero_stage
 from training.engine import build_engine, load_model
 from training.hf_export import HFExport, save_hf_weights
@@ -416,10 +416,36 @@ def build_trainer(cfg: DictConfig, ctx: DistContext, *, tokenizer=None, train_da
         tokenizer = instantiate(cfg.tokenizer)
     if train_data is None:
         train_data = instantiate(cfg.train_dataset, tokenizer=tokenizer)
-    evaluators = instantiate(cfg.evaluators) if cfg.do_eval else {}
+    evaluators = build_evaluators(cfg, sweep=False)
     trainer = Trainer(cfg, ctx, tokenizer, train_data, evaluators, hooks)
     trainer.setup(load_model(cfg, tokenizer))
     return trainer
+
+
+def build_evaluators(cfg: DictConfig, sweep: bool) -> dict:
+    """The configured evaluators (do_eval), each reading its data (lm-eval: its task index and datasets), and
+    `prediction_cfg.metric` checked against what they will report (training/best.metric_problem), all before a
+    model is loaded; every problem found is reported at once, in one line."""
+    if not cfg.do_eval:
+        return {}
+    evaluators, problems = {}, []
+    for name, node in cfg.evaluators.items():
+        try:
+            evaluators[name] = instantiate(node)
+        except Exception as error:  # noqa: BLE001 - a user error is collected, anything else re-raised
+            if find_user_error(error) is None:
+                raise
+            message = one_line(error).removeprefix("error: ")
+            problems.append(message if message.startswith(f"evaluators.{name}") else f"evaluators.{name}: {message}")
+    if not problems:
+        reported = [f"{name}/{metric}" for name, evaluator in evaluators.items() for metric in evaluator.metric_names()]
+        problem, warning = metric_problem(cfg, reported, sweep)
+        problems += [problem] if problem else []
+        if warning:
+            logger.warning("%s", warning)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return evaluators
 
 
 def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
@@ -448,20 +474,22 @@ def evaluate_checkpoints(cfg: DictConfig, ctx: DistContext, tokenizer, evaluator
     output_dir = Path(cfg.output_dir)
     targets = [(ckpt.step_of(p), p) for p in ckpt.list_checkpoints(output_dir, cfg.eval_sub_path)]
     targets = targets or [(0, Path(cfg.model_name_or_path))]
-    best = BestTracker(output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
+    reported = [f"{name}/{metric}" for name, evaluator in evaluators.items() for metric in evaluator.metric_names()]
+    metric, _ = match_metric(cfg.prediction_cfg.metric, reported)  # none: no best is tracked (build_evaluators warned)
+    best = BestTracker(output_dir, metric, cfg.prediction_cfg.measure) if metric else None
     loss_settings = LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens)
     rows = []
     for step, path in targets:
         model = instantiate(cfg.model, name_or_path=str(path), tokenizer=tokenizer).to(ctx.device).eval()
         metrics = run_evaluators(evaluators, model, tokenizer, output_dir / "eval" / path.name, str(path), loss_settings)
         rows.append((step, metrics))
-        if best.update(metrics, step, path.name) and ctx.is_main:
+        if best and best.update(metrics, step, path.name) and ctx.is_main:
             best.write()
         del model
     if ctx.is_main:
-        paths = write_summary(rows, output_dir, metric=best.key(rows[-1][1]))
-        print(f"evaluated {len(rows)} model(s); summary in {paths['md']}, {paths['csv']}, {paths['png']}; "
-              f"best: {best.record}")
+        paths = write_summary(rows, output_dir, metric=metric)
+        print(f"evaluated {len(rows)} model(s); summary in {', '.join(map(str, paths.values()))}; "
+              f"best: {best.record if best else f'none (prediction_cfg.metric={cfg.prediction_cfg.metric!r} is not reported)'}")
 
 
 def run(cfg: DictConfig, keep_process_group: bool = False) -> None:
@@ -536,7 +564,7 @@ def run_job(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
     if cfg.dry_run:
         return dry_run(cfg, ctx, tokenizer, train_data)
     if not cfg.do_train:
-        return evaluate_checkpoints(cfg, ctx, tokenizer, instantiate(cfg.evaluators) if cfg.do_eval else {})
+        return evaluate_checkpoints(cfg, ctx, tokenizer, build_evaluators(cfg, sweep=True))
     trainer = built["trainer"] = build_trainer(cfg, ctx, tokenizer=tokenizer, train_data=train_data)
     trainer.run()
     if ctx.is_main:
