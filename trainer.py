@@ -113,6 +113,7 @@ class Trainer:
         self.step, self.epoch, self.samples_in_epoch = 0, 0, 0  # data position: global samples the epoch consumed
         self.fingerprints = {"data": data_fingerprint(train_data), "tokenizer": tokenizer_fingerprint(tokenizer)}
         self.stop_requested = False
+        self.stopped = False  # the loop ended on a stop request (SIGTERM on any rank), not at total_steps
         self.tracker_runs: dict[str, str] = {}  # W&B / MLflow run ids to continue (kept in every checkpoint)
         self.stream = None  # the micro-batch generator (holds the data-loader workers) while training
         self.nan_skips = 0
@@ -230,13 +231,13 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self) -> None:
-        """Train, then (do_eval) evaluate the final weights once more unless that step was just evaluated,
-        writing `eval_results.json`. The trackers close after that evaluation (its scalars go to the same
+        """Train, then (do_eval) evaluate the final weights once more unless that step was just evaluated or the
+        run was stopped on request (SIGTERM: it saves and leaves), writing `eval_results.json`. The trackers close after that evaluation (its scalars go to the same
         runs), and also on errors (the bar must not print after the error line)."""
         try:
             self.train_loop()
             self.close_data()
-            if self.cfg.do_eval:
+            if self.cfg.do_eval and not self.stopped:  # a stop on request (preemption) leaves at once
                 self.final_evaluation()
         finally:
             self.close_data()
@@ -279,6 +280,7 @@ class Trainer:
                 self.log()
             if stop:
                 logger.warning("stopping at step %d on request; continue with resume=auto", self.step)
+                self.stopped = True
                 break
             self.maybe_evaluate()
             self.maybe_save()

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from general_util import faults
-from general_util.dist import DistContext, barrier, decided_by_rank0, gather_objects
+from general_util.dist import DistContext, barrier, broadcast_object, decided_by_rank0, gather_objects
 from general_util.files import write_json_atomic
 from training.checkpoints import TRAINER_STATE, CheckpointError, checkpoint_dir, list_checkpoints
 from training.hf_export import HFExport, write_hf_weights
@@ -121,25 +121,42 @@ def save_checkpoint(engine, output_dir: Path, step: int, trainer_state: dict, ex
     engine.save(tmp, writes)
     writes.run(save_rng_state, tmp, ctx.rank)
     # test-only: LLAMA_TRAINER_FAULT=kill@save=N / enospc@save=N, a crash or full disk mid-save (general_util/faults.py)
-    writes.run(faults.fire, "save", step)
+    writes.run(faults.fire, "save", step, str(tmp))
     state_dict = engine.consolidated_state_dict()  # a collective when the weights are sharded: every rank takes part
     if ctx.is_main:
         writes.run(write_hf_weights, engine.module, state_dict, tmp, export)
         writes.run(write_json_atomic, tmp / TRAINER_STATE, trainer_state)
     failures = [f"rank {rank}: {text}" for rank, text in
                 enumerate(gather_objects(describe_failure(writes.failure) if writes.failure else None)) if text]
+    if not failures:
+        renamed = None
+        if ctx.is_main:
+            try:
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)  # the checkpoint appears whole, or not at all
+                logger.info("saved %s", final)
+            except OSError as error:
+                renamed = f"rank 0: {describe_failure(error)}"
+        failures = [text for text in [broadcast_object(renamed)] if text]  # every rank learns how the rename went
     if failures:
         if ctx.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_partial(tmp)
         free = free_space(output_dir)
         previous = list_checkpoints(output_dir)
         raise CheckpointError(f"could not save checkpoint {final} ({'; '.join(failures)}; {free} free on "
                               f"{output_dir}); the partial {tmp.name} was removed and "
                               f"{previous[-1].name if previous else 'no earlier checkpoint'} stays the resume point")
-    if ctx.is_main:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)  # the checkpoint appears whole, or not at all
-        logger.info("saved %s", final)
     barrier()
     return final
+
+
+def remove_partial(folder: Path) -> None:
+    """Remove a partly written checkpoint, also one whose folders were left read-only."""
+    def writable_again(function, path, _):
+        os.chmod(os.path.dirname(path), 0o755)
+        function(path)
+
+    if folder.exists():
+        os.chmod(folder, 0o755)
+        shutil.rmtree(folder, onerror=writable_again)
