@@ -13,7 +13,8 @@ the next. The endings x report_to x ranks product is covered, not multiplied out
 all three together appears with both rank counts, and every ending is met by each tracker's store (all three
 logged at once in one run and each checked on its own: `report_to` lists more than one). The table of every
 run (ending, trackers, ranks -> per-rank exit codes, last line, steps per tracker, leftovers) is printed at the
-end of the module and written to $ENDING_MATRIX_TABLE when set.
+end of each module (this one: 1 rank; tests/test_ending_matrix_two_ranks.py: 2 ranks, so that pytest-xdist's two
+workers run the halves side by side) and written into the folder $ENDING_MATRIX_TABLE when set.
 """
 import importlib.util
 import json
@@ -144,15 +145,23 @@ def error_lines(stderr: str) -> list[str]:
     return re.findall(r"error: [^\n]*", stderr)
 
 
+def write_table(rows: list[str], nproc: int) -> None:
+    """Print this module's part of the table and, when $ENDING_MATRIX_TABLE names a folder, write it there as
+    ending_matrix_<n>rank.md."""
+    header = ["| ending | report_to | ranks | exit codes | last line | train/loss steps per tracker | leftovers |",
+              "|---|---|---|---|---|---|---|"]
+    text = "\n".join(header + rows) + "\n"
+    print("\n" + text)
+    if os.environ.get("ENDING_MATRIX_TABLE"):
+        folder = Path(os.environ["ENDING_MATRIX_TABLE"])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"ending_matrix_{nproc}rank.md").write_text(text)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def matrix_table():
     yield
-    header = ["| ending | report_to | ranks | exit codes | last line | train/loss steps per tracker | leftovers |",
-              "|---|---|---|---|---|---|---|"]
-    text = "\n".join(header + TABLE) + "\n"
-    print("\n" + text)
-    if os.environ.get("ENDING_MATRIX_TABLE"):
-        Path(os.environ["ENDING_MATRIX_TABLE"]).write_text(text)
+    write_table(TABLE, 1)
 
 
 def compact(steps: list[int]) -> str:
@@ -166,9 +175,20 @@ def compact(steps: list[int]) -> str:
 KEYS = {id(leg): name.lower() for name, leg in globals().items() if isinstance(leg, Leg)}
 
 
-@pytest.mark.parametrize("nproc,report_to,legs", CASES,
-                         ids=[f"{n}rank-{'+'.join(KEYS[id(leg)] for leg in legs)}-{t.replace(',', '+')}" for n, t, legs in CASES])
+def cases(nproc: int) -> dict:
+    """pytest.mark.parametrize's arguments for the cases of `nproc` ranks."""
+    chosen = [case for case in CASES if case[0] == nproc]
+    return {"argnames": "nproc,report_to,legs", "argvalues": chosen,
+            "ids": [f"{n}rank-{'+'.join(KEYS[id(leg)] for leg in legs)}-{t.replace(',', '+')}" for n, t, legs in chosen]}
+
+
+@pytest.mark.parametrize(**cases(1))
 def test_ending(tmp_path, nproc, report_to, legs):
+    run_case(tmp_path, nproc, report_to, legs, TABLE)
+
+
+def run_case(tmp_path, nproc: int, report_to: str, legs: list[Leg], table: list[str]) -> None:
+    """Run the chain `legs` on one output folder and check each run's ending; a row per run into `table`."""
     missing = [name for name in ("wandb", "mlflow", "lm_eval") if importlib.util.find_spec(name) is None]
     if missing and not os.environ.get("LLAMA_TRAINER_REQUIRE_OPTIONAL_DEPS"):
         pytest.skip(f"{', '.join(missing)} absent: pip install -r requirements-loggers.txt -r requirements-lm-eval.txt")
@@ -225,7 +245,7 @@ def test_ending(tmp_path, nproc, report_to, legs):
                 or ["(none)"])[-1]
         trackers = "; ".join(f"{name} {compact(logged)}" for name, logged in steps.items()) or "-"
         states = "".join(f" ({name} {'closed' if done else 'resumable'})" for name, done in closed.items())
-        TABLE.append(f"| {leg.ending} | {','.join(report_to) if not leg.sweep else '-'} | {nproc} | "
+        table.append(f"| {leg.ending} | {','.join(report_to) if not leg.sweep else '-'} | {nproc} | "
                      f"{','.join(map(str, codes))} | {shorten(last, out)} | {trackers}{states} | {', '.join(left) or 'none'} |")
 
 
