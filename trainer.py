@@ -36,7 +36,7 @@ from modules.flops import device_peak_flops, training_flops_per_token
 from modules import sequence_parallel
 from modules.loss import batch_targets, count_targets
 from modules.loss_impl import LossSettings, causal_lm_loss_sum
-from post_processors.run import run_evaluators
+from post_processors.run import reported_metrics, run_evaluators
 from post_processors.summary import write_summary
 from training import checkpoints as ckpt
 from training.best import BestTracker, match_metric, metric_problem
@@ -232,8 +232,9 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self) -> None:
         """Train, then (do_eval) evaluate the final weights once more unless that step was just evaluated or the
-        run was stopped on request (SIGTERM: it saves and leaves), writing `eval_results.json`. The trackers close after that evaluation (its scalars go to the same
-        runs), and also on errors (the bar must not print after the error line)."""
+        run was stopped on request (SIGTERM: it saves and leaves), writing `eval_results.json`. The trackers close
+        after that evaluation (its scalars go to the same runs), and also on errors (the bar must not print after
+        the error line)."""
         try:
             self.train_loop()
             self.close_data()
@@ -440,8 +441,7 @@ def build_evaluators(cfg: DictConfig, sweep: bool) -> dict:
             message = one_line(error).removeprefix("error: ")
             problems.append(message if message.startswith(f"evaluators.{name}") else f"evaluators.{name}: {message}")
     if not problems:
-        reported = [f"{name}/{metric}" for name, evaluator in evaluators.items() for metric in evaluator.metric_names()]
-        problem, warning = metric_problem(cfg, reported, sweep)
+        problem, warning = metric_problem(cfg, reported_metrics(evaluators), sweep)
         problems += [problem] if problem else []
         if warning:
             logger.warning("%s", warning)
@@ -476,8 +476,7 @@ def evaluate_checkpoints(cfg: DictConfig, ctx: DistContext, tokenizer, evaluator
     output_dir = Path(cfg.output_dir)
     targets = [(ckpt.step_of(p), p) for p in ckpt.list_checkpoints(output_dir, cfg.eval_sub_path)]
     targets = targets or [(0, Path(cfg.model_name_or_path))]
-    reported = [f"{name}/{metric}" for name, evaluator in evaluators.items() for metric in evaluator.metric_names()]
-    metric, _ = match_metric(cfg.prediction_cfg.metric, reported)  # none: no best is tracked (build_evaluators warned)
+    metric, _ = match_metric(cfg.prediction_cfg.metric, reported_metrics(evaluators))  # none: no best is tracked (build_evaluators warned)
     best = BestTracker(output_dir, metric, cfg.prediction_cfg.measure) if metric else None
     loss_settings = LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens)
     rows = []
