@@ -431,22 +431,25 @@ def build_evaluators(cfg: DictConfig, sweep: bool) -> dict:
     model is loaded; every problem found is reported at once, in one line."""
     if not cfg.do_eval:
         return {}
-    evaluators, problems = {}, []
+    evaluators, failures = {}, []
     for name, node in cfg.evaluators.items():
         try:
             evaluators[name] = instantiate(node)
         except Exception as error:  # noqa: BLE001 - a user error is collected, anything else re-raised
             if find_user_error(error) is None:
                 raise
-            message = one_line(error).removeprefix("error: ")
-            problems.append(message if message.startswith(f"evaluators.{name}") else f"evaluators.{name}: {message}")
-    if not problems:
-        problem, warning = metric_problem(cfg, reported_metrics(evaluators), sweep)
-        problems += [problem] if problem else []
-        if warning:
-            logger.warning("%s", warning)
-    if problems:
-        raise ConfigError("; ".join(problems))
+            failures.append((name, error))
+    if len(failures) == 1:
+        raise failures[0][1]  # as it was raised (its type and exit code)
+    if failures:
+        messages = [(name, one_line(error).removeprefix("error: ")) for name, error in failures]
+        raise ConfigError("; ".join(text if text.startswith(f"evaluators.{name}") else f"evaluators.{name}: {text}"
+                                    for name, text in messages))
+    problem, warning = metric_problem(cfg, reported_metrics(evaluators), sweep)
+    if problem:
+        raise ConfigError(problem)
+    if warning:
+        logger.warning("%s", warning)
     return evaluators
 
 
