@@ -27,7 +27,7 @@ from general_util import faults
 from general_util.cli import convert_legacy_arguments
 from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, decided_by_rank0, exit_process,
                                gather_objects, init_distributed, lost_peer_error, teardown)
-from general_util.errors import UserError, find_user_error, one_line
+from general_util.errors import ConfigError, UserError, find_user_error, one_line
 from general_util.files import write_json_atomic
 from general_util.fingerprints import data_fingerprint, tokenizer_fingerprint
 from general_util.logging import MetricsWriter, setup_logging
@@ -36,16 +36,16 @@ from modules.flops import device_peak_flops, training_flops_per_token
 from modules import sequence_parallel
 from modules.loss import batch_targets, count_targets
 from modules.loss_impl import LossSettings, causal_lm_loss_sum
-from post_processors.run import run_evaluators
+from post_processors.run import reported_metrics, run_evaluators
 from post_processors.summary import write_summary
 from training import checkpoints as ckpt
-from training.best import BestTracker
+from training.best import BestTracker, match_metric, metric_problem
 from training.config import human_bytes, memory_estimate_bytes, optimizer_steps, validate, zero_stage
 from training.engine import build_engine, load_model
 from training.hf_export import HFExport, save_hf_weights
 from training.rng_state import restore_rng_state
 from training.run_folder import OutputDirError, OutputDirLock, check_fresh_start
-from training.saving import check_free_space, save_checkpoint
+from training.saving import check_free_space, save_checkpoint, write_failure
 
 OmegaConf.register_new_resolver("eq", lambda a, b: a == b, replace=True)
 logger = logging.getLogger("trainer")
@@ -113,6 +113,7 @@ class Trainer:
         self.step, self.epoch, self.samples_in_epoch = 0, 0, 0  # data position: global samples the epoch consumed
         self.fingerprints = {"data": data_fingerprint(train_data), "tokenizer": tokenizer_fingerprint(tokenizer)}
         self.stop_requested = False
+        self.stopped = False  # the loop ended on a stop request (SIGTERM on any rank), not at total_steps
         self.tracker_runs: dict[str, str] = {}  # W&B / MLflow run ids to continue (kept in every checkpoint)
         self.stream = None  # the micro-batch generator (holds the data-loader workers) while training
         self.nan_skips = 0
@@ -230,11 +231,20 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self) -> None:
-        """Train, then (do_eval) evaluate the final weights once more unless that step was just evaluated,
-        writing `eval_results.json`."""
-        self.train()
-        if not self.cfg.do_eval:
-            return
+        """Train, then (do_eval) evaluate the final weights once more unless that step was just evaluated or the
+        run was stopped on request (SIGTERM: it saves and leaves), writing `eval_results.json`. The trackers close
+        after that evaluation (its scalars go to the same runs), and also on errors (the bar must not print after
+        the error line)."""
+        try:
+            self.train_loop()
+            self.close_data()
+            if self.cfg.do_eval and not self.stopped:  # a stop on request (preemption) leaves at once
+                self.final_evaluation()
+        finally:
+            self.close_data()
+            self.metrics.close()
+
+    def final_evaluation(self) -> None:
         if self.cfg.evaluate_during_training and self.step % self.cfg.eval_steps == 0:
             metrics = self.last_eval
         else:
@@ -243,11 +253,12 @@ class Trainer:
             write_json_atomic(self.output_dir / "eval_results.json", {"step": self.step, **metrics})
 
     def train(self) -> None:
+        """Train only, then close the trackers (the benchmarks: no final evaluation)."""
         try:
             self.train_loop()
         finally:
-            self.metrics.close()  # also on errors: the bar must not print after the error line
             self.close_data()
+            self.metrics.close()
 
     def close_data(self) -> None:
         """Stop the data-loader workers (closing the generator drops its loader iterator); idempotent."""
@@ -270,6 +281,7 @@ class Trainer:
                 self.log()
             if stop:
                 logger.warning("stopping at step %d on request; continue with resume=auto", self.step)
+                self.stopped = True
                 break
             self.maybe_evaluate()
             self.maybe_save()
@@ -332,7 +344,7 @@ class Trainer:
             postfix["mfu"] = f"{values['train/mfu']:.1%}"
         self.metrics.advance(0, postfix)
         logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
-                    " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()))
+                    " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()), extra={"step": self.step})
         self.window = LogWindow(row_shards=self.parallel.sp_size)
         self.last_log_time = time.perf_counter()
 
@@ -407,10 +419,38 @@ def build_trainer(cfg: DictConfig, ctx: DistContext, *, tokenizer=None, train_da
         tokenizer = instantiate(cfg.tokenizer)
     if train_data is None:
         train_data = instantiate(cfg.train_dataset, tokenizer=tokenizer)
-    evaluators = instantiate(cfg.evaluators) if cfg.do_eval else {}
+    evaluators = build_evaluators(cfg, sweep=False)
     trainer = Trainer(cfg, ctx, tokenizer, train_data, evaluators, hooks)
     trainer.setup(load_model(cfg, tokenizer))
     return trainer
+
+
+def build_evaluators(cfg: DictConfig, sweep: bool) -> dict:
+    """The configured evaluators (do_eval), each reading its data (lm-eval: its task index and datasets), and
+    `prediction_cfg.metric` checked against what they will report (training/best.metric_problem), all before a
+    model is loaded; every problem found is reported at once, in one line."""
+    if not cfg.do_eval:
+        return {}
+    evaluators, failures = {}, []
+    for name, node in cfg.evaluators.items():
+        try:
+            evaluators[name] = instantiate(node)
+        except Exception as error:  # noqa: BLE001 - a user error is collected, anything else re-raised
+            if find_user_error(error) is None:
+                raise
+            failures.append((name, error))
+    if len(failures) == 1:
+        raise failures[0][1]  # as it was raised (its type and exit code)
+    if failures:
+        messages = [(name, one_line(error).removeprefix("error: ")) for name, error in failures]
+        raise ConfigError("; ".join(text if text.startswith(f"evaluators.{name}") else f"evaluators.{name}: {text}"
+                                    for name, text in messages))
+    problem, warning = metric_problem(cfg, reported_metrics(evaluators), sweep)
+    if problem:
+        raise ConfigError(problem)
+    if warning:
+        logger.warning("%s", warning)
+    return evaluators
 
 
 def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
@@ -439,20 +479,21 @@ def evaluate_checkpoints(cfg: DictConfig, ctx: DistContext, tokenizer, evaluator
     output_dir = Path(cfg.output_dir)
     targets = [(ckpt.step_of(p), p) for p in ckpt.list_checkpoints(output_dir, cfg.eval_sub_path)]
     targets = targets or [(0, Path(cfg.model_name_or_path))]
-    best = BestTracker(output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
+    metric, _ = match_metric(cfg.prediction_cfg.metric, reported_metrics(evaluators))  # none: no best is tracked (build_evaluators warned)
+    best = BestTracker(output_dir, metric, cfg.prediction_cfg.measure) if metric else None
     loss_settings = LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens)
     rows = []
     for step, path in targets:
         model = instantiate(cfg.model, name_or_path=str(path), tokenizer=tokenizer).to(ctx.device).eval()
         metrics = run_evaluators(evaluators, model, tokenizer, output_dir / "eval" / path.name, str(path), loss_settings)
         rows.append((step, metrics))
-        if best.update(metrics, step, path.name) and ctx.is_main:
+        if best and best.update(metrics, step, path.name) and ctx.is_main:
             best.write()
         del model
     if ctx.is_main:
-        paths = write_summary(rows, output_dir, metric=best.key(rows[-1][1]))
-        print(f"evaluated {len(rows)} model(s); summary in {paths['md']}, {paths['csv']}, {paths['png']}; "
-              f"best: {best.record}")
+        paths = write_summary(rows, output_dir, metric=metric)
+        print(f"evaluated {len(rows)} model(s); summary in {', '.join(map(str, paths.values()))}; "
+              f"best: {best.record if best else f'none (prediction_cfg.metric={cfg.prediction_cfg.metric!r} is not reported)'}")
 
 
 def run(cfg: DictConfig, keep_process_group: bool = False) -> None:
@@ -466,8 +507,13 @@ def run(cfg: DictConfig, keep_process_group: bool = False) -> None:
     try:
         run_job(cfg, ctx, built)
         finished = True
-    except RuntimeError as error:  # a peer that died is named in one line (general_util.dist.lost_peer_error)
-        lost = lost_peer_error(error)
+    except Exception as error:  # noqa: BLE001 - re-raised unless it is one of the two below
+        # a write the disk refused outside a save (logs, TensorBoard, trackers, data report, lock): one line, exit 2
+        failure = write_failure(error, Path(cfg.output_dir)) if find_user_error(error) is None else None
+        if failure is not None:
+            raise failure from error
+        # a peer that died is named in one line (general_util.dist.lost_peer_error)
+        lost = lost_peer_error(error) if isinstance(error, RuntimeError) else None
         if lost is None:
             raise
         logger.error("%s", lost)
@@ -488,7 +534,13 @@ def claim_output_dir(cfg: DictConfig, built: dict) -> None:
 
     def decide() -> None:
         built["lock"] = OutputDirLock(output_dir)
-        built["lock"].acquire()
+        try:
+            built["lock"].acquire()
+        except OSError as error:  # the lock cannot be written: every rank stops with the same line
+            failure = write_failure(error, output_dir)
+            if failure is None:
+                raise
+            raise failure from error
         if not cfg.do_train:
             return  # the evaluation sweep reads the run's checkpoints; it only needs the folder to itself
         resume_from = ckpt.resolve_resume(cfg.resume, output_dir)
@@ -518,7 +570,7 @@ def run_job(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
     if cfg.dry_run:
         return dry_run(cfg, ctx, tokenizer, train_data)
     if not cfg.do_train:
-        return evaluate_checkpoints(cfg, ctx, tokenizer, instantiate(cfg.evaluators) if cfg.do_eval else {})
+        return evaluate_checkpoints(cfg, ctx, tokenizer, build_evaluators(cfg, sweep=True))
     trainer = built["trainer"] = build_trainer(cfg, ctx, tokenizer=tokenizer, train_data=train_data)
     trainer.run()
     if ctx.is_main:

@@ -44,7 +44,7 @@ def assistant_spans(tokenizer, messages, tools) -> tuple[str, list[tuple[int, in
     text = _render(tokenizer, messages, tools)
     spans = []
     for index, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or message.get("trained") is False:  # loss_weight 0: context
             continue
         before = _render(tokenizer, messages[:index], tools, add_generation_prompt=True) if index else ""
         through = _render(tokenizer, messages[:index + 1], tools)
@@ -85,7 +85,7 @@ def trained_tokens(offsets, spans) -> list[bool]:
 def render_chat(tokenizer, messages: tuple[dict, ...], tools: list | None) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation and, per token, whether it is trained."""
     template = check_chat_template(tokenizer)
-    if GENERATION_MARKER.search(template):
+    if GENERATION_MARKER.search(template) and all(m.get("trained", True) for m in messages):
         text = _render(tokenizer, messages, tools)
         for index, message in enumerate(messages):
             check_tool_calls_rendered(message, index, text)

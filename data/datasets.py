@@ -19,7 +19,6 @@ Rows are the unit: a sample, a chunk of a long document, or with packing a packe
 Every record is accounted for: the number read, skipped (by reason, with the first locations) and
 trained on, per source, is logged and written to `<report_dir>/data_<name>.json`.
 """
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,8 +33,10 @@ from data.labels import TRUNCATION
 from data.readers import DATA_SUFFIXES, TEXT_DOCUMENTS, expand_source
 from data.records import BAD_RECORD_POLICIES
 from data.templates import ChatTemplate, get_template
+from general_util import faults
 from general_util.dist import current
 from general_util.errors import ConfigError
+from general_util.files import write_json_atomic
 from general_util.paths import resolve_path
 
 SOURCE_KEYS = {"files", "weight", "exclude", "skip_wudao", "wudao_sample_list"}
@@ -75,8 +76,9 @@ class TokenizedDataset(Dataset):
         self._log()
         if report_dir is not None and current().is_main:
             Path(report_dir).mkdir(parents=True, exist_ok=True)
-            (Path(report_dir) / f"data_{name}.json").write_text(json.dumps(self.report, indent=1, ensure_ascii=False),
-                                                                 encoding="utf-8")
+            report = Path(report_dir) / f"data_{name}.json"
+            faults.fire("data_stats", 0, str(report))  # test-only: LLAMA_TRAINER_FAULT=enospc@data_stats=0
+            write_json_atomic(report, self.report, indent=1, ensure_ascii=False)
 
     def __len__(self) -> int:
         return int(self.block_ends[-1])

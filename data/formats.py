@@ -8,7 +8,9 @@ The format is recognised per record: the first layout whose required fields are 
     ShareGPT         {"conversations": [{"from": "system"|"human"|"gpt"|"function_call"|"observation",
                       "value": str}, ...], "system": str (optional), "tools": str | list (optional)}
     messages         {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str | [parts] | null,
-                      "tool_calls": [...] (assistant, optional)}, ...], "tools": [...] (optional)}
+                      "tool_calls": [...] (assistant, optional), "loss_weight": 0 | 1 (optional)}, ...],
+                      "tools": [...] (optional); a part is {"type": "text", "text" | "value": str}
+                      (OpenAI; LLaMA-Factory's v1 layout, data/v1_sft_demo.jsonl)
     MOSS             {"meta_instruction": str, "chat": {"turn_1": {"Human": str, "Inner Thoughts": str,
                       "Commands": str, "Tool Responses": str, "MOSS": str}, ...}}  (plugin fields optional)
     WuDao            {"title": str (optional), "content": str}  → a document "title\\ncontent"
@@ -16,7 +18,8 @@ The format is recognised per record: the first layout whose required fields are 
                       document of a .txt file)
 
 Instruction records and conversations become dialogues: prompt pieces untrained, every assistant turn
-trained and closed by EOS. Tool calls (ShareGPT `function_call`, OpenAI `tool_calls`, MOSS `Inner
+trained and closed by EOS (but an assistant message of LLaMA-Factory's v1 layout with `loss_weight: 0`, which
+is context). Tool calls (ShareGPT `function_call`, OpenAI `tool_calls`, MOSS `Inner
 Thoughts` + `Commands`) are assistant output, so trained; tool results (`observation`, role `tool`, MOSS
 `Tool Responses`) are context. WuDao and raw text become documents (every token trained).
 """
@@ -38,6 +41,7 @@ MOSS_MARKUP = re.compile(r"^<\|(Human|MOSS)\|>:\s?|<(eoh|eom)>\s*$")
 MOSS_TOOL_CALL_FIELDS = ("Inner Thoughts", "Commands")  # what MOSS writes before a plugin runs
 MOSS_TOOL_RESULT_FIELD = "Tool Responses"
 COIG_ROUNDS = ("dialogue", "per_round")
+TEXT_PART_KEYS = ("text", "value")  # a text part's string: OpenAI's key, LLaMA-Factory's
 META_INSTRUCTION = ("keep", "drop")
 
 
@@ -183,17 +187,22 @@ def _coig_rounds(record: Record, rounds: list, template, options: RecordOptions)
 
 
 def _text_of(record: Record, value, where: str) -> str:
-    """A message's content: a string, or a list of parts of which the text ones are joined by newlines."""
+    """A message's content: a string, or a list of text parts joined by newlines, each `{"type": "text", "text":
+    str}` (OpenAI) or `{"type": "text", "value": str}` (LLaMA-Factory's v1 messages)."""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
         texts = []
         for number, part in enumerate(value, start=1):
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            if kind != "text" or not isinstance(part.get("text"), str):
+            if kind != "text":
                 raise DataError(record.source, record.line, f"{where} part {number} is of type {kind!r}; only text "
                                 "parts can be trained", kind="non-text content part")
-            texts.append(part["text"])
+            text = next((part[key] for key in TEXT_PART_KEYS if isinstance(part.get(key), str)), None)
+            if text is None:
+                raise DataError(record.source, record.line, f"{where} part {number} is a text part without a "
+                                f"string {' or '.join(map(repr, TEXT_PART_KEYS))}", kind="missing field")
+            texts.append(text)
         return "\n".join(texts)
     raise DataError(record.source, record.line, f"{where} is {type(value).__name__}, expected str or a list of "
                     "text parts", kind="wrong type")
@@ -268,6 +277,10 @@ def _messages(record: Record, template, options: RecordOptions) -> list[Example]
         calls = message.get("tool_calls") or ([message["function_call"]] if message.get("function_call") else None)
         content = message.get("content")
         text = _text_of(record, content, f"{where}.content") if content not in (None, "") else ""
+        if _context_answer(record, message, role, where):
+            turns.append(("assistant_context", "\n".join(filter(None, [text] + (
+                [_tool_calls_text(record, calls, where)] if calls else [])))))
+            continue
         if role == "assistant" and calls:
             if text.strip():
                 turns.append(("assistant_text", text))
@@ -277,6 +290,23 @@ def _messages(record: Record, template, options: RecordOptions) -> list[Example]
             raise DataError(record.source, record.line, f"missing field '{where}.content'", kind="missing field")
         turns.append((role, text))
     return [_dialogue(record, Conversation(turns, tools=_tools_text(record, record.data.get("tools"))), template)]
+
+
+def _context_answer(record: Record, message: dict, role: str, where: str) -> bool:
+    """Whether an assistant message is context, not trained: LLaMA-Factory's per-message `loss_weight` (its v1
+    messages: 0.0 on the prompt's messages, 1.0 on the answers; an assistant message weighted 0 is context, as
+    its renderer treats a weight ≤ 1e-6). Absent, an assistant message is trained. Only 0 and 1 are taken: no
+    loss is scaled per message here."""
+    weight = message.get("loss_weight")
+    if weight is None:
+        return False
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1):
+        raise DataError(record.source, record.line, f"{where}.loss_weight={weight!r}: use 0 (context) or 1 (trained); "
+                        "other weights are not supported", kind="unsupported loss_weight")
+    if weight == 1 and role != "assistant":
+        raise DataError(record.source, record.line, f"{where}.loss_weight=1 on a {role} message: only assistant "
+                        "messages are trained", kind="unsupported loss_weight")
+    return role == "assistant" and weight == 0
 
 
 def _moss(record: Record, template, options: RecordOptions) -> list[Example]:
@@ -319,6 +349,8 @@ def _dialogue(record: Record, conversation: Conversation, template) -> Example:
             prompt = template.separator if pieces else system_text
         if role == "system":
             prompt += text
+        elif role == "assistant_context":  # an answer given as context (loss_weight 0): written as answers are, untrained
+            prompt += text + template.assistant_suffix + template.separator
         elif role == "user":
             prompt += template.user_turn(text)
         elif role == "tool":
@@ -347,9 +379,11 @@ def _chat_example(record: Record, conversation: Conversation, system: str | None
                 messages.append({"role": "assistant", "content": "", "tool_calls": calls})
         elif role == "assistant_text":
             messages.append({"role": "assistant", "content": text, "said": True})
+        elif role == "assistant_context":  # rendered by the template as any answer, not trained (data/chat.py)
+            messages.append({"role": "assistant", "content": text, "trained": False})
         else:
             messages.append({"role": role, "content": text})
-    if not any(m["role"] == "assistant" for m in messages):
+    if not any(m["role"] == "assistant" and m.get("trained", True) for m in messages):
         raise DataError(record.source, record.line, "empty response (no assistant turn)", kind="empty response")
     tools = None
     if conversation.tools:

@@ -6,10 +6,35 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from general_util import faults
 from general_util.dist import DistContext
 from general_util.trackers import Trackers
 
 LOG_FORMAT = "%(asctime)s [rank %(rank)s] %(levelname)s %(name)s: %(message)s"
+
+
+class RankFileHandler(logging.FileHandler):
+    """A rank's log file. A write that fails (disk full, quota, permission) is raised to the code that logged,
+    so that the run stops with the one-line write failure instead of printing logging's own traceback for every
+    later line and going on without its log."""
+
+    failed = False
+
+    def emit(self, record):
+        if self.failed:
+            return  # the first failure was raised; the lines after it cannot be kept either
+        # test-only: LLAMA_TRAINER_FAULT=enospc@log=N, the line of step N's training log (general_util/faults.py)
+        step = getattr(record, "step", None)
+        if step is not None:
+            faults.fire("log", step, self.baseFilename)
+        super().emit(record)
+
+    def handleError(self, record):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            self.failed = True
+            raise error
+        super().handleError(record)
 
 
 class TqdmHandler(logging.StreamHandler):
@@ -32,7 +57,7 @@ def setup_logging(output_dir: Path, ctx: DistContext) -> logging.Logger:
             record.rank = ctx.rank
             return True
 
-    handlers = [logging.FileHandler(log_dir / f"rank{ctx.rank}.log", encoding="utf-8")]
+    handlers = [RankFileHandler(log_dir / f"rank{ctx.rank}.log", encoding="utf-8")]
     if ctx.is_main:
         handlers.append(TqdmHandler())
     for handler in handlers:

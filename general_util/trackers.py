@@ -17,6 +17,7 @@ import secrets
 import time
 from pathlib import Path
 
+from general_util import faults
 from general_util.errors import ConfigError
 
 REPORTERS = ("tensorboard", "wandb", "mlflow")
@@ -58,6 +59,8 @@ class TensorBoardTracker:
                                     purge_step=initial_step + 1 if initial_step else None)
 
     def log(self, values: dict[str, float], step: int) -> None:
+        # test-only: LLAMA_TRAINER_FAULT=enospc@tensorboard=N (general_util/faults.py)
+        faults.fire("tensorboard", step, self.writer.file_writer.get_logdir())
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
@@ -82,6 +85,7 @@ class WandbTracker:
         else:
             self.run = wandb.init(id=secrets.token_hex(4), **self.common)
         self.run_id = self.run.id
+        self.store = str(output_dir / "wandb")
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
@@ -107,6 +111,7 @@ class MLflowTracker:
         if uri.startswith("file:"):  # MLflow 3 keeps the file store working behind this documented opt-in
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
+        self.store = uri
         self.resumed_at = initial_step if run_id else None
         self.logged: dict[str, set[int]] = {}  # after a resume: the steps each metric already has
         if run_id is None:
@@ -172,6 +177,8 @@ class Trackers:
 
     def log(self, values: dict[str, float], step: int) -> None:
         for tracker in self.trackers:
+            if tracker.name != "tensorboard":  # test-only: LLAMA_TRAINER_FAULT=enospc@tracker=N (general_util/faults.py)
+                faults.fire("tracker", step, tracker.store)
             tracker.log(values, step)
 
     def checkpoint(self) -> None:
@@ -180,5 +187,12 @@ class Trackers:
             tracker.checkpoint()
 
     def close(self) -> None:
+        """Close every tracker, also when one fails (the first failure is raised after)."""
+        failures = []
         for tracker in self.trackers:
-            tracker.close()
+            try:
+                tracker.close()
+            except Exception as error:  # noqa: BLE001 - raised below, after the others are closed
+                failures.append(error)
+        if failures:
+            raise failures[0]

@@ -71,6 +71,26 @@ class LMEvalHarnessEvaluator:
         self.task_dict = load_tasks(manager, specs, name)
         configure_tasks(self.task_dict["tasks"].values(), num_fewshot, dict(gen_kwargs or {}))
 
+    def metric_names(self) -> list[str]:
+        """What each call reports, as `flat_metrics` names them, from the loaded tasks (before any model is
+        loaded): each task's metrics under each of its filters, each group's aggregated metrics (under the filters
+        its members have, where the group names none), and their `_stderr` when bootstrap_iters > 0."""
+        tasks = self.task_dict["tasks"].values()
+        metrics = {}
+        for task in tasks:
+            filters = [f.name for f in task._filters] or ["none"]
+            metrics[task.config.task] = [(m, f) for m in task._metric_fn_list for f in filters]
+        for group_name, group in self.task_dict.get("groups", {}).items():
+            members = [getattr(t, "task_name", None) or t.config.task for t in group.get_all_tasks()]
+            for aggregate in group.aggregate_metric_list or []:
+                filters = aggregate.filter_list or sorted({f for member in members for m, f in metrics.get(member, [])
+                                                           if m == aggregate.metric})
+                metrics[getattr(group, "name", group_name)] = [(aggregate.metric, f) for f in filters or ["none"]]
+        stderr = self.options["bootstrap_iters"] > 0
+        return [name for task, pairs in metrics.items() for metric, filter_name in pairs
+                for name in flat_metrics({task: {f"{metric},{filter_name}": 0.0,
+                                                 **({f"{metric}_stderr,{filter_name}": 0.0} if stderr else {})}})]
+
     def __call__(self, model, tokenizer, output_dir: str | Path, loss: LossSettings) -> dict[str, float]:
         from lm_eval.defaults import DEFAULT_OTHER_SEED
         from lm_eval.evaluator import evaluate

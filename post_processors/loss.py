@@ -26,6 +26,10 @@ class LossEvaluator:
         self.batch_size = batch_size
         self._dataset = None
 
+    def metric_names(self) -> list[str]:
+        """What each call reports (known before any model is loaded)."""
+        return ["loss", "perplexity", "tokens"]
+
     def __call__(self, model, tokenizer, output_dir, loss: LossSettings) -> dict[str, float]:
         ctx = current()
         if self._dataset is None:

@@ -85,6 +85,20 @@ class MultipleChoiceEvaluator:
             raise ConfigError(f"evaluator {name}: no items in {data_dir}")
         self.prompts = prompt.render(self.items, source.exemplars() if prompt.num_shots else [])
 
+    def metric_names(self) -> list[str]:
+        """What each call reports, from the items alone (before any model is loaded): the metrics of predictions
+        of the right shape, so that an unlabelled split (a leaderboard's test set) reports no accuracy here
+        either."""
+        placeholders = []
+        for i, item in enumerate(self.items):
+            record = {**self._record(i, False), "prediction": 0, "correct": None if item.gold is None else False}
+            if self.scoring == "loglikelihood":
+                record["correct_norm"] = record["correct"]
+            else:
+                record["generation"] = ""
+            placeholders.append(record)
+        return list(multiple_choice_metrics(placeholders))
+
     def __call__(self, model, tokenizer, output_dir: str | Path, loss: LossSettings) -> dict[str, float]:
         ctx = current()
         if self.max_seq_length is None:  # the model's context length

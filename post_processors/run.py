@@ -18,3 +18,9 @@ def run_evaluators(evaluators: dict, model, tokenizer, output_dir: Path, tag: st
         metrics.update({f"{name}/{key}": value for key, value in result.items()})
     logger.info("eval %s: %s", tag, " ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
     return metrics
+
+
+def reported_metrics(evaluators: dict) -> list[str]:
+    """The names `run_evaluators` will return (`<evaluator>/<metric>`), known before any model is loaded: each
+    evaluator's `metric_names()`."""
+    return [f"{name}/{metric}" for name, evaluator in evaluators.items() for metric in evaluator.metric_names()]

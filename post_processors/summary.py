@@ -10,24 +10,27 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def write_summary(rows: list[tuple[int, dict[str, float]]], output_dir: str | Path, metric: str,
+def write_summary(rows: list[tuple[int, dict[str, float]]], output_dir: str | Path, metric: str | None,
                   columns: list[str] | None = None, name: str = "eval_summary") -> dict[str, Path]:
     """`<name>.md`, `<name>.csv` (one row per step, in step order; `columns` or every metric seen) and
-    `<name>.png` (`metric` vs step). A metric a row lacks is left empty. Returns the paths by suffix."""
+    `<name>.png` (`metric` vs step; none when `metric` is None). A metric a row lacks is left empty. Returns the
+    paths by suffix."""
     rows = sorted(rows, key=lambda row: row[0])
     seen = sorted({key for _, metrics in rows for key in metrics})
-    if metric not in seen:
+    if metric is not None and metric not in seen:
         raise ConfigError(f"metric {metric!r} is in none of the {len(rows)} rows; they hold {seen}")
     columns = list(columns) if columns is not None else seen
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"md": output_dir / f"{name}.md", "csv": output_dir / f"{name}.csv", "png": output_dir / f"{name}.png"}
+    paths = {"md": output_dir / f"{name}.md", "csv": output_dir / f"{name}.csv"}
     paths["md"].write_text(markdown_table(rows, columns))
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", *columns])
         writer.writerows([step, *(metrics.get(c, "") for c in columns)] for step, metrics in rows)
-    plot_metric(rows, metric).savefig(paths["png"], dpi=100)
+    if metric is not None:
+        paths["png"] = output_dir / f"{name}.png"
+        plot_metric(rows, metric).savefig(paths["png"], dpi=100)
     return paths
 
 

@@ -3,6 +3,7 @@ each rank runs trainer.py as `python trainer.py <args>` does (the same argument 
 one-line errors and exit codes) without the ~10 s of start-up a fresh interpreter costs. Tests of the launchers
 (deepspeed, torchrun, the DeepSpeed runner) and of what they do with a rank's exit start them for real
 (tests/trainer_runs.py)."""
+import importlib.util
 import os
 from pathlib import Path
 
@@ -12,10 +13,15 @@ from general_util import forked
 REPO = Path(__file__).resolve().parents[1]
 
 
+OPTIONAL_TRACKERS = ("wandb", "mlflow.tracking")  # ~3 s of imports each that the tracker tests' ranks would pay per run
+
+
 def use_warm_fork_server() -> None:
     """Make this process's fork server (started on first use, by these ranks or by any forkserver pool) import
-    the trainer's stack; call it before anything starts the server."""
-    forked.use_warm_fork_server([TRAINER_STACK])
+    the trainer's stack, and the optional trackers' packages where installed; call it before anything starts
+    the server."""
+    trackers = [name for name in OPTIONAL_TRACKERS if importlib.util.find_spec(name.split(".")[0])]
+    forked.use_warm_fork_server([TRAINER_STACK, *trackers])
 
 
 def run_ranks(args: list[str], nproc: int, env: dict[str, str], timeout: float,

@@ -98,3 +98,15 @@ def test_a_tokenizer_without_chat_template_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="template=chat: the tokenizer has no chat_template"):
         TokenizedDataset({"main": {"files": "data/samples/sharegpt_sample.json"}}, tokenizer, template="chat",
                          cache_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_TRAINED))
+def test_an_answer_weighted_0_is_rendered_but_not_trained(name):
+    """LLaMA-Factory's v1 `loss_weight: 0.0` on an assistant message (data/formats.py marks it trained=False): the
+    template writes it as any answer, the mask leaves it out, with and without generation markers."""
+    tokenizer = tokenizer_with(name)
+    messages = ({"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！", "trained": False},
+                {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"})
+    ids, trained = render_chat(tokenizer, messages, None)
+    assert trained_runs(tokenizer, ids, trained) == EXPECTED_TRAINED[name][1:]
+    assert "你好！" in tokenizer.decode(ids)

@@ -164,3 +164,46 @@ def test_format_detection_needs_the_required_fields():
         to_examples(Record({"instruction": "i", "input": "x"}, "a.jsonl", 3), NONE)
     with pytest.raises(DataError, match=r"unrecognised record with keys \['question'\]"):
         to_examples(Record({"question": "q"}, "a.jsonl", 3), NONE)
+
+
+def test_llamafactory_v1_messages_with_value_parts_and_loss_weight(tmp_path, tokenizer):
+    """LLaMA-Factory's v1 layout (its data/v1_sft_demo.jsonl, tests/fixtures/data/llamafactory_v1/SOURCE.md): content
+    parts {"type": "text", "value": ...} and loss_weight 0.0 (context) / 1.0 (trained) per message."""
+    path = FIXTURES / "llamafactory_v1" / "v1_sft_demo.jsonl"
+    records = list(read_records(path))
+    assert [to_examples(r, NONE)[0].pieces[0] for r in records] == [
+        ("hi\n", False), ("Who are you?\n", False), ("你好\n", False), ("你是谁\n", False)]
+    assert to_examples(records[0], NONE)[0].pieces[1] == (
+        "Hello! I am {{name}}, an AI assistant developed by {{author}}. How can I assist you today?", True)
+    data = build(tmp_path, tokenizer, str(path))
+    assert data.report["records"] == 4 and data.report["skipped"] == 0
+    trained, context = spans(tokenizer, data[2])
+    assert trained == ["您好，我是 {{name}}，一个由 {{author}} 开发的 AI 助手，很高兴认识您。请问我能为您做些什么？</s>"]
+    assert context == ["<s>你好\n"]
+
+    def message(role, text, weight, key="value"):
+        return {"role": role, "content": [{"type": "text", key: text}], "loss_weight": weight}
+
+    # an answer weighted 0 is context, written as answers are; only the one weighted 1 is trained
+    dialogue = {"messages": [message("system", "Be brief.", 0.0), message("user", "Hi", 0.0),
+                             message("assistant", "Hello.", 0.0, key="text"), message("user", "Name?", 0.0),
+                             message("assistant", "Panda.", 1.0)]}
+    zh = get_template("zh")
+    [example] = to_examples(Record(dialogue, "v1.jsonl", 7), zh)
+    assert [trained for _, trained in example.pieces] == [False, True] and example.pieces[1][0].startswith("Panda.")
+    prompt = example.pieces[0][0]
+    assert prompt.index("Be brief.") < prompt.index("Hi") < prompt.index("Hello." + zh.assistant_suffix) < prompt.index("Name?")
+    [chat] = to_examples(Record(dialogue, "v1.jsonl", 7), get_template("chat"))
+    assert [m.get("trained", True) for m in chat.messages if m["role"] == "assistant"] == [False, True]
+    for weight, role, reason in [(0.5, "assistant", r"loss_weight=0\.5: use 0 \(context\) or 1"),
+                                 (1.0, "user", "loss_weight=1 on a user message: only assistant messages are trained")]:
+        bad = {"messages": [message("user", "Hi", 0.0), message("assistant", "Hello.", 1.0)]}
+        bad["messages"][0 if role == "user" else 1]["loss_weight"] = weight
+        with pytest.raises(DataError, match=rf"^v1.jsonl:7: messages\[\d\]\.{reason}"):
+            to_examples(Record(bad, "v1.jsonl", 7), zh)
+    only_context = {"messages": [message("user", "Hi", 0.0), message("assistant", "Hello.", 0.0)]}
+    with pytest.raises(DataError, match="empty response"):
+        to_examples(Record(only_context, "v1.jsonl", 7), zh)
+    no_string = {"messages": [{"role": "user", "content": [{"type": "text"}]}, message("assistant", "Hello.", 1.0)]}
+    with pytest.raises(DataError, match=r"messages\[1\]\.content part 1 is a text part without a string 'text' or 'value'"):
+        to_examples(Record(no_string, "v1.jsonl", 7), zh)

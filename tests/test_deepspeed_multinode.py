@@ -1,10 +1,19 @@
 """Two "nodes" on this machine through DeepSpeed's own multi-node runner: a hostfile, and each node started by
 hand with `deepspeed --hostfile F --no_ssh --node_rank N --master_addr ... --master_port ...` (what a SLURM
-step does per node; the README shows the commands). The pdsh/ssh path is not tested: it needs an ssh server on
-localhost, which a test cannot start without root and host keys. Training and a stop with a checkpoint (SIGTERM,
+step does per node; the README shows the commands). Training and a stop with a checkpoint (SIGTERM,
 as a scheduler sends it) through the runner, then the resume in forked ranks with the same two-node environment
-(a rank per node, LOCAL_RANK 0 on both: tests/forked_ranks.py); only global rank 0 writes the shared outputs."""
+(a rank per node, LOCAL_RANK 0 on both: tests/forked_ranks.py); only global rank 0 writes the shared outputs.
+
+The pdsh/ssh path (`deepspeed --hostfile` without --no_ssh) runs too, where Debian's openssh-server and pdsh are
+installed (.ci/run installs them as root): the test starts an sshd of its own on a loopback port with throwaway
+keys, and DeepSpeed's runner reaches both "nodes" (localhost, 127.0.0.1) through pdsh and that sshd: train, stop
+(SIGTERM), resume. Without them it skips, saying why (and warning, so that the skip is seen)."""
+import os
+import shutil
 import subprocess
+import time
+import warnings
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +55,89 @@ def test_two_nodes_through_the_deepspeed_runner_train_stop_and_resume(tmp_path):
     # one events file per run (the stopped one and the resumed one), both from global rank 0: node 1 wrote none
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2
     assert "done: 6 optimizer steps" in second.stdout and second.stdout.count("done:") == 1  # rank 0's line only
+
+
+def ssh_path_missing() -> str | None:
+    """Why the pdsh/ssh path cannot run here (None: it can): Debian's openssh-server and pdsh (apt-get install
+    openssh-server pdsh; .ci/run installs them), and root, which sshd needs for its privilege separation."""
+    missing = [tool for tool, path in (("sshd", "/usr/sbin/sshd"), ("pdsh", shutil.which("pdsh")),
+                                       ("ssh-keygen", shutil.which("ssh-keygen"))) if not path or not os.path.exists(path)]
+    if missing:
+        return f"{', '.join(missing)} not installed (apt-get install openssh-server pdsh)"
+    if os.geteuid() != 0:
+        return "sshd on a loopback port needs root here (CI runs as root)"
+    return None
+
+
+@pytest.fixture
+def loopback_sshd(tmp_path):
+    """An sshd of this test's own on 127.0.0.1:<free port> with throwaway host and user keys; yields (port, the
+    ssh options pdsh needs to use the key)."""
+    reason = ssh_path_missing()
+    if reason:
+        warnings.warn(f"pdsh/ssh two-node test skipped: {reason}")
+        pytest.skip(reason)
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    (keys / "authorized_keys").write_text((keys / "user_key.pub").read_text())
+    port = free_port()
+    config = keys / "sshd_config"
+    config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host_key'}\n"
+                      f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile {keys / 'sshd.pid'}\n"
+                      "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+                      "PermitRootLogin prohibit-password\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+    options = (f"-i {keys / 'user_key'} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes "
+               f"-o LogLevel=ERROR")
+    try:
+        ready = False
+        for _ in range(100):  # until sshd listens (at most ~10 s); the outcome never depends on how long it took
+            probe = subprocess.run(["ssh", *options.split(), "-p", str(port), "127.0.0.1", "true"], capture_output=True)
+            if probe.returncode == 0:
+                ready = True
+                break
+            if sshd.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready, f"sshd did not accept the key: {probe.stderr.decode()[-2000:]}"
+        yield port, options
+    finally:
+        sshd.terminate()
+        sshd.wait(timeout=30)
+
+
+def pdsh_nodes(tmp_path, port: int, options: str, output_dir, overrides, fault: str | None = None):
+    """`deepspeed --hostfile` over pdsh/ssh: two one-slot "nodes" (localhost and 127.0.0.1, both this machine
+    through the test's sshd). The ranks' environment reaches them through DeepSpeed's DS_ENV_FILE exports."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    exports = tmp_path / "ds_env"
+    exports.write_text("OMP_NUM_THREADS=1\nPYTHONUNBUFFERED=1\n" + (f"LLAMA_TRAINER_FAULT={fault}\n" if fault else ""))
+    env = child_env(DS_ENV_FILE=str(exports), PDSH_SSH_ARGS_APPEND=options)
+    return subprocess.run(["deepspeed", "--hostfile", str(hostfile), "--ssh_port", str(port), "--no_ssh_check",
+                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "trainer.py",
+                           "-cp", "conf/demo", "-cn", "sft", f"output_dir={output_dir}", *overrides],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_nodes_over_ssh_through_pdsh_train_stop_and_resume(tmp_path, loopback_sshd):
+    port, options = loopback_sshd
+    out = tmp_path / "run"
+    run = FAST + ["max_steps=6", "per_gpu_train_batch_size=2"]
+    first = pdsh_nodes(tmp_path, port, options, out, run, fault="sigterm@step=2")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "cmd = pdsh -S -f 1024 -w localhost,127.0.0.1" in first.stdout + first.stderr  # DeepSpeed's pdsh runner
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    second = pdsh_nodes(tmp_path, port, options, out, run + ["resume=auto"])
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["rank0.log", "rank1.log"], sorted(map(str, out.rglob("*")))
+    rank0, rank1 = ((out / "logs" / f"rank{r}.log").read_text() for r in (0, 1))
+    assert f"resumed from {out / 'checkpoint-3'} at step 3" in rank0 and "data-parallel ranks 2 × micro batch 2" in rank0
+    assert "wrote Hugging Face weights" in rank0 and "wrote Hugging Face weights" not in rank1  # only global rank 0
+    final = out / "checkpoint-6"
+    assert len(list(final.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt"))) == 2  # both nodes' shards
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2  # rank 0's, once per run
+    assert (second.stdout + second.stderr).count("done: 6 optimizer steps") == 1

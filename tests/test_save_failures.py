@@ -51,7 +51,7 @@ def test_full_disk_in_a_save_stops_with_one_line_and_keeps_the_previous_checkpoi
                          env={"LLAMA_TRAINER_FAULT": "enospc@save=4"})
     assert result.returncode == 2, result.stderr[-3000:]
     assert re.fullmatch(rf"error: could not save checkpoint {tmp_path}/checkpoint-4 \(rank 0: No space left on device "
-                        rf"\(injected by LLAMA_TRAINER_FAULT\); [\d.]+ [MG]iB free on {tmp_path}\); the partial "
+                        rf"\(injected by LLAMA_TRAINER_FAULT\): {tmp_path}/\.tmp-checkpoint-4; [\d.]+ [MG]iB free on {tmp_path}\); the partial "
                         rf"\.tmp-checkpoint-4 was removed and checkpoint-2 stays the resume point",
                         error_lines(result)[-1]), result.stderr[-3000:]
     assert "Traceback" not in result.stderr

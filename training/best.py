@@ -6,6 +6,32 @@ from general_util.files import write_json_atomic
 from training.checkpoints import BEST_RECORD
 
 
+def match_metric(metric: str, names) -> tuple[str | None, str | None]:
+    """(the full name `<evaluator>/<metric>` that `metric`, full or bare, designates among `names`, None) or (None,
+    why it designates none: no name, or several)."""
+    if metric in names:
+        return metric, None
+    matches = [name for name in names if name.endswith("/" + metric)]
+    if len(matches) == 1:
+        return matches[0], None
+    return None, f"prediction_cfg.metric={metric!r} matches {matches or 'nothing'} in {sorted(names)}"
+
+
+def metric_problem(cfg, reported: list[str], sweep: bool) -> tuple[str | None, str | None]:
+    """Before any model is loaded: (a problem, a warning) of `prediction_cfg.metric` against the metrics the
+    configured evaluators will `reported` (an unlabelled split reports no accuracy). Training that evaluates
+    needs it to rank its evaluations: a problem. A sweep without a match still evaluates every checkpoint and
+    writes its summary, tracking no best (a warning), unless a best checkpoint is asked for (`save_best`)."""
+    _, mismatch = match_metric(cfg.prediction_cfg.metric, reported)
+    if mismatch is None or not reported or not (sweep or cfg.evaluate_during_training):
+        return None, None
+    if sweep and not cfg.save_best:
+        return None, (f"{mismatch}; the sweep evaluates every model and writes its summary, but tracks no best "
+                      f"checkpoint (set prediction_cfg.metric to one of them to have one)")
+    return f"{mismatch}; set prediction_cfg.metric to one of them (and prediction_cfg.measure: 1 higher is better, " \
+           f"-1 lower)", None
+
+
 class BestTracker:
     """Tracks the best evaluation by `metric` (`measure` +1: higher is better, −1: lower) in
     `output_dir/best_checkpoint.json`."""
@@ -17,12 +43,10 @@ class BestTracker:
 
     def key(self, metrics: dict[str, float]) -> str:
         """The full name (`<evaluator>/<metric>`) that `prediction_cfg.metric` designates in `metrics`."""
-        if self.metric in metrics:
-            return self.metric
-        matches = [k for k in metrics if k.endswith("/" + self.metric)]
-        if len(matches) != 1:
-            raise KeyError(f"prediction_cfg.metric={self.metric!r} matches {matches or 'nothing'} in {sorted(metrics)}")
-        return matches[0]
+        key, problem = match_metric(self.metric, metrics)
+        if problem:
+            raise KeyError(problem)
+        return key
 
     def lookup(self, metrics: dict[str, float]) -> float:
         return metrics[self.key(metrics)]

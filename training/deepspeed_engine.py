@@ -5,6 +5,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from general_util import faults
 from general_util.dist import DistContext
 from modules import sequence_parallel
 from modules.sequence_parallel import ParallelLayout
@@ -84,12 +85,27 @@ class DeepSpeedEngine:
         return self.model.get_lr()[0]
 
     def save(self, directory: Path, writes: RecordedWrites) -> None:
-        original = self.model.checkpoint_engine
-        self.model.checkpoint_engine = RecordingCheckpointEngine(original, writes)
+        """DeepSpeed's save into `directory`, every write of it through `writes`: the checkpoint engine's (each
+        rank's shards) and the recovery scripts (`zero_to_fp32.py`, `zero_to_torch.py`), which DeepSpeed copies
+        into the save folder's parent (output_dir, 0.19.8 `_copy_recovery_script`): here they go into the
+        checkpoint folder, beside the shards they convert. Any other write failure inside DeepSpeed's save is
+        recorded too, so that it becomes the save's one-line failure rather than a traceback."""
+        model = self.model
+        original, copy_scripts = model.checkpoint_engine, type(model)._copy_recovery_script
+        model.checkpoint_engine = RecordingCheckpointEngine(original, writes)
+        step = int(directory.name.rsplit("-", 1)[1])  # .tmp-checkpoint-<step>
+
+        def copy_into_checkpoint(_output_dir) -> None:
+            # test-only: LLAMA_TRAINER_FAULT=enospc@copy=N, DeepSpeed's own copy finding the disk full
+            faults.fire("copy", step, str(directory / "zero_to_fp32.py"))
+            copy_scripts(model, str(directory))
+
+        model._copy_recovery_script = lambda output_dir: writes.run(copy_into_checkpoint, output_dir)
         try:
-            self.model.save_checkpoint(str(directory.parent), tag=directory.name, save_latest=False)
+            writes.run(model.save_checkpoint, str(directory.parent), tag=directory.name, save_latest=False)
         finally:
-            self.model.checkpoint_engine = original
+            model.checkpoint_engine = original
+            del model._copy_recovery_script
 
     def load(self, directory: Path, saved_world_size: int, weights_only: bool) -> None:
         if weights_only:

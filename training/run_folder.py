@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from training.checkpoints import BEST_RECORD, PREFIX
+from general_util import faults
 from general_util.dist import pid_alive
 from general_util.errors import UserError
 
@@ -81,8 +82,15 @@ class OutputDirLock:
             self.fd = fd
             self.record = {"host": socket.gethostname(), "pid": os.getpid(),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "flock": try_flock(fd)}
-            os.write(fd, json.dumps(self.record).encode())
-            os.fsync(fd)
+            try:
+                faults.fire("lock", 0, str(self.path))  # test-only: LLAMA_TRAINER_FAULT=enospc@lock=0
+                os.write(fd, json.dumps(self.record).encode())
+                os.fsync(fd)
+            except OSError:  # disk full, quota: no half-written lock is left behind
+                os.close(fd)
+                self.fd = None
+                self.path.unlink(missing_ok=True)
+                raise
             return
         raise OutputDirError(f"output_dir={self.path.parent}: could not take the lock {self.path}; "
                              f"another job is starting in it")

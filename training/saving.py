@@ -1,11 +1,12 @@
 """Writing a checkpoint so that it appears whole or not at all, and what happens when the disk says no."""
+import errno
 import logging
 import os
 import shutil
 from pathlib import Path
 
 from general_util import faults
-from general_util.dist import DistContext, barrier, decided_by_rank0, gather_objects
+from general_util.dist import DistContext, barrier, broadcast_object, decided_by_rank0, gather_objects
 from general_util.files import write_json_atomic
 from training.checkpoints import TRAINER_STATE, CheckpointError, checkpoint_dir, list_checkpoints
 from training.hf_export import HFExport, write_hf_weights
@@ -38,6 +39,35 @@ class RecordedWrites:
             if not is_write_failure(error):
                 raise
             self.failure = error
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}  # the disk (or its owner) says no
+
+
+def write_failure(error: BaseException, output_dir: Path) -> CheckpointError | None:
+    """A write that failed outside a checkpoint save (the rank logs, TensorBoard, a tracker's files,
+    data_<name>.json, the lock: disk full, quota, permission, read-only) as the one-line error to stop with:
+    the file, the cause, the free space and the resume point; None for any other error. Looked for along the
+    chain of causes (Hydra's instantiate wraps what a dataset raises)."""
+    seen = set()
+    while error is not None and id(error) not in seen and not (
+            isinstance(error, OSError) and error.errno in WRITE_ERRNOS):
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    if error is None or id(error) in seen:
+        return None
+    checkpoints = list_checkpoints(output_dir) if os.access(output_dir, os.R_OK | os.X_OK) else []
+    filename = f" {error.filename}" if error.filename else ""
+    return CheckpointError(f"could not write{filename} ({error.strerror or error}; {free_space(output_dir)} free on "
+                           f"{output_dir}); {checkpoints[-1].name if checkpoints else 'no checkpoint'} stays the resume "
+                           f"point: free space or fix the permissions, then continue with resume=auto")
+
+
+def free_space(path: Path) -> str:
+    """The free space of the filesystem holding `path` (or its nearest existing parent)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return human_size(shutil.disk_usage(path).free)
 
 
 def describe_failure(error: BaseException) -> str:
@@ -91,25 +121,42 @@ def save_checkpoint(engine, output_dir: Path, step: int, trainer_state: dict, ex
     engine.save(tmp, writes)
     writes.run(save_rng_state, tmp, ctx.rank)
     # test-only: LLAMA_TRAINER_FAULT=kill@save=N / enospc@save=N, a crash or full disk mid-save (general_util/faults.py)
-    writes.run(faults.fire, "save", step)
+    writes.run(faults.fire, "save", step, str(tmp))
     state_dict = engine.consolidated_state_dict()  # a collective when the weights are sharded: every rank takes part
     if ctx.is_main:
         writes.run(write_hf_weights, engine.module, state_dict, tmp, export)
         writes.run(write_json_atomic, tmp / TRAINER_STATE, trainer_state)
     failures = [f"rank {rank}: {text}" for rank, text in
                 enumerate(gather_objects(describe_failure(writes.failure) if writes.failure else None)) if text]
+    if not failures:
+        renamed = None
+        if ctx.is_main:
+            try:
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)  # the checkpoint appears whole, or not at all
+                logger.info("saved %s", final)
+            except OSError as error:
+                renamed = f"rank 0: {describe_failure(error)}"
+        failures = [text for text in [broadcast_object(renamed)] if text]  # every rank learns how the rename went
     if failures:
         if ctx.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        free = human_size(shutil.disk_usage(output_dir).free)
+            remove_partial(tmp)
+        free = free_space(output_dir)
         previous = list_checkpoints(output_dir)
         raise CheckpointError(f"could not save checkpoint {final} ({'; '.join(failures)}; {free} free on "
                               f"{output_dir}); the partial {tmp.name} was removed and "
                               f"{previous[-1].name if previous else 'no earlier checkpoint'} stays the resume point")
-    if ctx.is_main:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)  # the checkpoint appears whole, or not at all
-        logger.info("saved %s", final)
     barrier()
     return final
+
+
+def remove_partial(folder: Path) -> None:
+    """Remove a partly written checkpoint, also one whose folders were left read-only."""
+    def writable_again(function, path, _):
+        os.chmod(os.path.dirname(path), 0o755)
+        function(path)
+
+    if folder.exists():
+        os.chmod(folder, 0o755)
+        shutil.rmtree(folder, onerror=writable_again)
