@@ -19,6 +19,7 @@ Rows are the unit: a sample, a chunk of a long document, or with packing a packe
 Every record is accounted for: the number read, skipped (by reason, with the first locations) and
 trained on, per source, is logged and written to `<report_dir>/data_<name>.json`.
 """
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
