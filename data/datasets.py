@@ -6,6 +6,7 @@
         belle: {files: /data/belle/*.json, weight: 1.0}
         coig: {files: /data/coig, weight: 3.0}
         mixed: {files: "/data/panda/**/*.json", exclude: [valid, test]}   # paths below the folder with these left out
+        hub: {files: /data/clones/some_dataset, split: train}   # a hub dataset repository's data/<split>-*.parquet
       template: zh                  # prompt template of instruction records (data/templates.py)
       max_seq_length: 2048
       truncation: proportional      # too long: proportional | context_first | drop (data/labels.py)
@@ -36,7 +37,7 @@ from data.templates import ChatTemplate, get_template
 from general_util.dist import current
 from general_util.errors import ConfigError
 
-SOURCE_KEYS = {"files", "weight", "exclude"}
+SOURCE_KEYS = {"files", "weight", "exclude", "split"}
 logger = logging.getLogger(__name__)
 
 
@@ -47,7 +48,8 @@ class TokenizedDataset(Dataset):
                  template: str | Mapping = "zh", truncation: str = "proportional", packing: bool = False,
                  cache_dir: str | None = None, num_proc: int = 1, on_bad_record: str = "error",
                  report_dir: str | None = None, seed: int = 0, name: str = "train", shard_tokens: int = 1 << 24,
-                 coig_rounds: str = "dialogue", moss_meta_instruction: str = "keep", text_documents: str = "auto"):
+                 coig_rounds: str = "dialogue", moss_meta_instruction: str = "keep", text_documents: str = "auto",
+                 piece_bytes: int = 1 << 26):
         check_settings(sources, max_seq_length, on_bad_record, truncation, text_documents)
         prompt_template = get_template(template)
         if isinstance(prompt_template, ChatTemplate):
@@ -59,10 +61,12 @@ class TokenizedDataset(Dataset):
         self.files_left_out = {}
         for source_name, source in sources.items():
             files, self.files_left_out[source_name] = expand_source(source["files"], DATA_SUFFIXES,
-                                                                    list(source.get("exclude") or ()))
+                                                                    list(source.get("exclude") or ()),
+                                                                    source.get("split", "train"))
             settings = BuildSettings(files, tokenizer, prompt_template,
                                      max_seq_length, packing, on_bad_record, shard_tokens, num_proc, truncation,
-                                     record_options, text_documents, name=f"{name}/{source_name}")
+                                     record_options, text_documents, name=f"{name}/{source_name}",
+                                     piece_bytes=piece_bytes)
             self.caches.append(load_or_build(settings, cache_dir))
         self.blocks = mixture_blocks([len(cache) for cache in self.caches], weights, seed)
         if not self.blocks:

@@ -12,6 +12,8 @@ fault-tolerance tests do not depend on timing.
                      and before the Hugging Face weights and trainer_state.json: a crash mid-save, which
                      leaves `.tmp-checkpoint-6` half written
     enospc@save=6    at the same point, raise OSError(ENOSPC) as a write that found the disk full would
+    kill@piece=2     SIGKILL in a token-cache build once piece 2's shards are written, before its marker
+                     (data/cache.py): a build killed with a piece half done
     ...@rank=1       only on global rank 1 (RANK); without it, on every rank
 
 Unset (always, outside tests), `fire()` does nothing. A malformed value raises at the first fault point
@@ -23,7 +25,7 @@ import signal
 
 VARIABLE = "LLAMA_TRAINER_FAULT"
 ACTIONS = {"kill": signal.SIGKILL, "sigterm": signal.SIGTERM, "enospc": errno.ENOSPC}
-POINTS = ("step", "save")
+POINTS = ("step", "save", "piece")
 
 
 def parse(spec: str | None) -> tuple[signal.Signals | int, str, int, int | None] | None:
