@@ -140,6 +140,11 @@ class TokenCache:
         (token_start, segment_start), (token_end, segment_end) = shard["rows"][local], shard["rows"][local + 1]
         return shard, slice(token_start, token_end), slice(segment_start, segment_end)
 
+    def row_tokens(self) -> np.ndarray:
+        """The number of tokens of every row (from the shards' row tables; no token is read)."""
+        return np.concatenate([np.diff(self._shard(number)["rows"]["token_start"])
+                               for number in range(len(self.meta["shards"]))])
+
     def row(self, index: int) -> dict:
         """`input_ids`, `labels` (-100 where untrained) and `seq_lens` (lengths of the samples in the row)."""
         shard, tokens, segments = self._span(index)
