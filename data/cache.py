@@ -441,7 +441,7 @@ def assemble(settings: BuildSettings, markers: list[dict], seconds: float) -> di
 def build_pieces(directory: Path, settings: BuildSettings, rank: int, world_size: int, published: Path | None) -> int:
     """Build the unfinished pieces of global rank `rank` (piece i is rank i mod world_size's) into `directory`,
     stopping if the cache appears at `published` (finished by a build that resumed); returns the number of
-    pieces of the build. A DataError is recorded in `failed.json` for the waiting ranks."""
+    pieces of the build. A DataError is recorded (`piece-<number>.failed.json`) for the waiting ranks."""
     pieces = plan_pieces(settings)
     mine = [number for number in range(rank, len(pieces), world_size)
             if not (directory / f"piece-{number:05d}.json").is_file()]
@@ -470,8 +470,9 @@ def build_pieces(directory: Path, settings: BuildSettings, rank: int, world_size
                 started.popleft().finish()
             progress.refresh()
     except DataError as error:
-        number = next(piece.number for piece in started if piece.failed)
-        _record_failure(directory / f"piece-{number:05d}.failed.json", error, rank)
+        number = next((piece.number for piece in started if piece.failed), None)
+        _record_failure(directory / (f"piece-{number:05d}.failed.json" if number is not None else "failed.json"),
+                        error, rank)
         raise
     finally:
         progress.close()
