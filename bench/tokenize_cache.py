@@ -52,13 +52,15 @@ def generate_corpus(path: Path, megabytes: float, seed: int = 0) -> int:
     return documents
 
 
-def open_dataset(corpus: Path, cache_dir: Path, tokenizer, num_proc: int, piece_bytes: int = 1 << 26):
+def open_dataset(corpus: Path, cache_dir: Path, tokenizer, num_proc: int, piece_bytes: int = 1 << 26,
+                 shard_tokens: int = 1 << 24):
     from data.datasets import TokenizedDataset
     return TokenizedDataset({"corpus": {"files": str(corpus)}}, tokenizer, max_seq_length=2048, template="none",
-                            packing=True, cache_dir=str(cache_dir), num_proc=num_proc, piece_bytes=piece_bytes)
+                            packing=True, cache_dir=str(cache_dir), num_proc=num_proc, piece_bytes=piece_bytes,
+                            shard_tokens=shard_tokens)
 
 
-def child(corpus: str, cache_dir: str, num_proc: str, piece_bytes: str, tokenizer_path: str) -> None:
+def child(corpus: str, cache_dir: str, num_proc: str, piece_bytes: str, tokenizer_path: str, shard_tokens: str) -> None:
     """One building process (a rank of WORLD_SIZE when set): builds, prints its build seconds and peak RSS."""
     if "WORLD_SIZE" in os.environ:
         import torch.distributed as dist
@@ -67,7 +69,7 @@ def child(corpus: str, cache_dir: str, num_proc: str, piece_bytes: str, tokenize
     tokenizer = load_tokenizer(tokenizer_path, pad_token="<unk>")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    dataset = open_dataset(Path(corpus), Path(cache_dir), tokenizer, int(num_proc), int(piece_bytes))
+    dataset = open_dataset(Path(corpus), Path(cache_dir), tokenizer, int(num_proc), int(piece_bytes), int(shard_tokens))
     seconds = time.perf_counter() - started
     stats = dataset.report["sources"]["corpus"]
     print(json.dumps({"seconds": seconds, "tokens": stats["tokens"], "documents": stats["records"], "rows": len(dataset),
@@ -76,12 +78,12 @@ def child(corpus: str, cache_dir: str, num_proc: str, piece_bytes: str, tokenize
 
 
 def build_in_children(corpus: Path, cache_dir: Path, tokenizer_path: str, num_proc: int, ranks: int,
-                      piece_bytes: int) -> dict:
+                      piece_bytes: int, shard_tokens: int = 1 << 24) -> dict:
     """Build with `ranks` child processes (each with `num_proc` tokenizer processes); the slowest rank's time."""
     from general_util.dist import free_port
     world = {"WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())} if ranks > 1 else {}
     children = [subprocess.Popen([sys.executable, __file__, "--child", str(corpus), str(cache_dir), str(num_proc),
-                                  str(piece_bytes), tokenizer_path], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                                  str(piece_bytes), tokenizer_path, str(shard_tokens)], cwd=REPO, stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, **world, "RANK": str(rank), "LOCAL_RANK": str(rank)})
                  for rank in range(ranks)]
     results = []
@@ -141,6 +143,8 @@ def main() -> None:
     parser.add_argument("--memory-gb", type=float, nargs="*", default=[],
                         help="corpus sizes (GB) whose build's peak RSS is measured (the README's figures: 0.1 1 2)")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-RSS builds of --memory-gb")
+    parser.add_argument("--shard-tokens", type=int, default=1 << 24,
+                        help="shard size of the peak-RSS builds (a build holds one shard: below it RSS grows with the corpus)")
     parser.add_argument("--tokenizer", default="models/tiny_llama", help="a local tokenizer folder")
     args = parser.parse_args()
     from models.loading import load_tokenizer
@@ -159,8 +163,9 @@ def main() -> None:
         for gigabytes in args.memory_gb:
             corpus = workdir / f"memory-{gigabytes:g}gb.jsonl"
             generate_corpus(corpus, gigabytes * 1024)
-            built = build_in_children(corpus, workdir / f"cache-memory-{gigabytes:g}", args.tokenizer, 1, 1, 1 << 26)
-            memory.append({"gigabytes": gigabytes, "tokens": built["tokens"], "build_seconds": round(built["seconds"], 1),
+            built = build_in_children(corpus, workdir / f"cache-memory-{gigabytes:g}", args.tokenizer, 1, 1, 1 << 26,
+                                      args.shard_tokens)
+            memory.append({"gigabytes": gigabytes, "shard_tokens": args.shard_tokens, "tokens": built["tokens"], "build_seconds": round(built["seconds"], 1),
                            "rss_before_mib": round(built["rss_before_mib"]), "peak_rss_mib": round(built["peak_rss_mib"])})
             corpus.unlink()
     print(json.dumps({"machine": machine(), "tokenizer": args.tokenizer, "runs": runs, "memory": memory}, indent=2))
