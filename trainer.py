@@ -71,6 +71,7 @@ class LogWindow:
     rows: int = 0
     samples: int = 0
     row_shards: int = 1  # sequence_parallel_size: each rank holds 1/row_shards of every row
+    source_tokens: list[int] = field(default_factory=list)  # per source of a mixed dataset (train/tokens/<source>)
 
     def add_step(self, loss_sum: torch.Tensor, label_tokens: torch.Tensor) -> None:
         self.losses.append((loss_sum, label_tokens))
@@ -119,7 +120,11 @@ class Trainer:
         self.nan_skips = 0
         self.last_eval: dict[str, float] = {}
         self.best = BestTracker(self.output_dir, cfg.prediction_cfg.metric, cfg.prediction_cfg.measure)
-        self.window = LogWindow(row_shards=self.parallel.sp_size)
+        # a dataset of several sources logs the tokens each gave (data/datasets.py); ranks of a sequence-parallel
+        # group share each row, so only its first rank counts them
+        sources = getattr(train_data, "source_names", [])
+        self.sources = sources if len(sources) > 1 and hasattr(train_data, "tokens_by_source") else []
+        self.window = self.new_window()
         self.last_log_time = time.perf_counter()
         self.peak_flops = device_peak_flops(cfg.peak_flops_per_gpu)
         self.resume_point = self.checked_resume_point()
@@ -306,6 +311,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         for batch, batch_target in zip(window, targets):
             self.window.add_batch(batch)
+            self.count_sources(batch)
             micro_loss = causal_lm_loss_sum(self.engine.model, model_inputs(batch, self.ctx.device), batch_target,
                                             self.loss_settings)
             self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
@@ -314,14 +320,24 @@ class Trainer:
         self.window.add_step(loss_sum, label_tokens)
         return bool(agreed[1].item())
 
+    def new_window(self) -> LogWindow:
+        return LogWindow(row_shards=self.parallel.sp_size, source_tokens=[0] * len(self.sources))
+
+    def count_sources(self, batch: dict) -> None:
+        if self.sources and self.parallel.sp_rank == 0:
+            given = self.train_data.tokens_by_source(batch["index"].tolist())
+            self.window.source_tokens = [a + int(b) for a, b in zip(self.window.source_tokens, given)]
+
     def log(self) -> None:
         """Mean loss over the steps since the last log (exact global token mean per step), lr, grad norm,
         throughput; one collective per logging step."""
         window = self.window
+        counts = window.source_tokens + [window.tokens, window.slots, window.samples]
         local = torch.stack([loss for loss, _ in window.losses]
-                            + [torch.tensor(float(n), dtype=torch.float64, device=self.ctx.device)
-                               for n in (window.tokens, window.slots, window.samples)])
+                            + [torch.tensor(float(n), dtype=torch.float64, device=self.ctx.device) for n in counts])
         totals = all_reduce(local)
+        by_source = totals[len(window.losses):-3].tolist()
+        totals = torch.cat([totals[:len(window.losses)], totals[-3:]])
         losses = totals[:-3] / torch.stack([tokens for _, tokens in window.losses])
         elapsed = time.perf_counter() - self.last_log_time
         grad_norm = self.engine.grad_norm()
@@ -329,7 +345,8 @@ class Trainer:
                   "train/grad_norm": grad_norm if grad_norm is not None else float("nan"),
                   "train/tokens_per_second": totals[-3].item() / elapsed,
                   "train/samples_per_second": totals[-1].item() / elapsed,
-                  "train/non_pad_fraction": totals[-3].item() / totals[-2].item()}
+                  "train/non_pad_fraction": totals[-3].item() / totals[-2].item(),
+                  **{f"train/tokens/{name}": tokens for name, tokens in zip(self.sources, by_source)}}
         if self.peak_flops:
             config = self.engine.module.config
             flops_per_token = training_flops_per_token(self.num_params, config.num_hidden_layers, config.hidden_size,
@@ -344,8 +361,9 @@ class Trainer:
             postfix["mfu"] = f"{values['train/mfu']:.1%}"
         self.metrics.advance(0, postfix)
         logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
-                    " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()), extra={"step": self.step})
-        self.window = LogWindow(row_shards=self.parallel.sp_size)
+                    " ".join(f"{k.removeprefix('train/')}={v:.6g}" for k, v in values.items()),
+                    extra={"step": self.step})
+        self.window = self.new_window()
         self.last_log_time = time.perf_counter()
 
     def non_finite_step(self, window: list[dict]) -> None:
@@ -467,6 +485,8 @@ def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
     memory = memory_estimate_bytes(num_params, cfg, ctx.world_size)
     print(f"samples: {len(train_data)}; micro-batches per rank per epoch: {micro_per_epoch}; "
           f"optimizer steps: {total_steps}")
+    for line in getattr(train_data, "mixture_lines", lambda: [])():
+        print(line)
     engine = "FSDP2" if cfg.engine == "fsdp2" else f"ZeRO-{zero_stage(cfg)}"
     print(f"per-GPU memory estimate ({engine}, {cfg.precision}, world {ctx.world_size}, "
           f"activations excluded): " + ", ".join(f"{k} {human_bytes(v)}" for k, v in memory.items())

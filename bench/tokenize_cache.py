@@ -1,18 +1,24 @@
-"""Token cache: build throughput (tokens/s, 1 vs N tokenizer processes) and the time to open an existing
-cache, on generated Chinese/English JSON-lines corpora of two sizes.
+"""Token cache: build throughput (tokens/s) of 1 vs 2 building processes (ranks, as on two GPUs or nodes) and 1 vs
+N tokenizer processes per rank, of Parquet vs JSON lines, the time to open an existing cache, and the peak
+memory of a build against the corpus size (the goal: flat), on generated Chinese/English corpora.
 
-Opening should take well under a second whatever the corpus size: it reads meta.json and memory-maps
-shards on first use. The corpus is random text (CJK characters and pseudo-words), so the tokenizer's
-word cache does not flatter the throughput.
+Every build runs in a fresh child process (`--child`), which reports its build time and peak RSS; two ranks
+are two children joined in a gloo process group, sharing the cache folder. Opening should take well under a
+second whatever the corpus size: it reads meta.json and memory-maps shards on first use. The corpus is random
+text (CJK characters and pseudo-words), so the tokenizer's word cache does not flatter the throughput.
 
-    python bench/tokenize_cache.py            # 4 MB and 16 MB corpora (a few minutes on 2 cores)
-    python bench/tokenize_cache.py --quick    # 0.25 MB and 1 MB: checks the measuring code (CI)
+    python bench/tokenize_cache.py                          # 4 MB and 16 MB corpora (a few minutes on 2 cores)
+    python bench/tokenize_cache.py --memory-gb 0.1 1 2      # + peak RSS of a build of 0.1, 1 and 2 GB corpora
+    python bench/tokenize_cache.py --memory-only --memory-gb 0.1 1 2   # the peak RSS builds alone
+    python bench/tokenize_cache.py --quick                  # 0.25 MB and 1 MB: checks the measuring code (CI)
 """
 import argparse
 import json
 import os
 import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,28 +52,82 @@ def generate_corpus(path: Path, megabytes: float, seed: int = 0) -> int:
     return documents
 
 
-def open_dataset(corpus: Path, cache_dir: Path, tokenizer, num_proc: int):
+def open_dataset(corpus: Path, cache_dir: Path, tokenizer, num_proc: int, piece_bytes: int = 1 << 26,
+                 shard_tokens: int = 1 << 24):
     from data.datasets import TokenizedDataset
     return TokenizedDataset({"corpus": {"files": str(corpus)}}, tokenizer, max_seq_length=2048, template="none",
-                            packing=True, cache_dir=str(cache_dir), num_proc=num_proc)
+                            packing=True, cache_dir=str(cache_dir), num_proc=num_proc, piece_bytes=piece_bytes,
+                            shard_tokens=shard_tokens)
 
 
-def measure(corpus: Path, workdir: Path, tokenizer, num_proc: int) -> dict:
-    cache_dir = workdir / f"cache-{corpus.stem}-{num_proc}"
+def child(corpus: str, cache_dir: str, num_proc: str, piece_bytes: str, tokenizer_path: str, shard_tokens: str) -> None:
+    """One building process (a rank of WORLD_SIZE when set): builds, prints its build seconds and peak RSS."""
+    if "WORLD_SIZE" in os.environ:
+        import torch.distributed as dist
+        dist.init_process_group("gloo")
+    from models.loading import load_tokenizer
+    tokenizer = load_tokenizer(tokenizer_path, pad_token="<unk>")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    dataset = open_dataset(corpus, cache_dir, tokenizer, num_proc)
-    build_seconds = time.perf_counter() - started
+    dataset = open_dataset(Path(corpus), Path(cache_dir), tokenizer, int(num_proc), int(piece_bytes), int(shard_tokens))
+    seconds = time.perf_counter() - started
     stats = dataset.report["sources"]["corpus"]
+    print(json.dumps({"seconds": seconds, "tokens": stats["tokens"], "documents": stats["records"], "rows": len(dataset),
+                      "rss_before_mib": before / 1024,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def build_in_children(corpus: Path, cache_dir: Path, tokenizer_path: str, num_proc: int, ranks: int,
+                      piece_bytes: int, shard_tokens: int = 1 << 24) -> dict:
+    """Build with `ranks` child processes (each with `num_proc` tokenizer processes); the slowest rank's time."""
+    from general_util.dist import free_port
+    world = {"WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())} if ranks > 1 else {}
+    children = [subprocess.Popen([sys.executable, __file__, "--child", str(corpus), str(cache_dir), str(num_proc),
+                                  str(piece_bytes), tokenizer_path, str(shard_tokens)], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                                 env={**os.environ, **world, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+                 for rank in range(ranks)]
+    results = []
+    for process in children:
+        out, _ = process.communicate()
+        if process.returncode:
+            raise SystemExit(f"a building process failed ({process.returncode})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return {**results[0], "seconds": max(r["seconds"] for r in results),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in results)}
+
+
+def to_parquet(corpus: Path) -> Path:
+    """The JSON-lines corpus as a Parquet file (row groups of 4,096 documents), streamed through pyarrow."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path = corpus.with_suffix(".parquet")
+    with open(corpus, encoding="utf-8") as f, pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as writer:
+        batch = []
+        for line in f:
+            batch.append(json.loads(line)["text"])
+            if len(batch) == 4096:
+                writer.write_table(pa.table({"text": batch}))
+                batch = []
+        if batch:
+            writer.write_table(pa.table({"text": batch}))
+    return path
+
+
+def measure(corpus: Path, workdir: Path, tokenizer, tokenizer_path: str, num_proc: int, ranks: int,
+            piece_bytes: int) -> dict:
+    cache_dir = workdir / f"cache-{corpus.name}-{ranks}x{num_proc}"
+    built = build_in_children(corpus, cache_dir, tokenizer_path, num_proc, ranks, piece_bytes)
     opens = []
     for _ in range(5):
         started = time.perf_counter()
-        reopened = open_dataset(corpus, cache_dir, tokenizer, num_proc)
+        reopened = open_dataset(corpus, cache_dir, tokenizer, num_proc, piece_bytes)
         reopened[len(reopened) // 2]  # the first row read maps its shard
         opens.append(time.perf_counter() - started)
     assert not reopened.caches[0].built
-    return {"megabytes": round(corpus.stat().st_size / 2**20, 2), "documents": stats["records"], "num_proc": num_proc,
-            "tokens": stats["tokens"], "rows": len(dataset), "build_seconds": round(build_seconds, 3),
-            "tokens_per_second": round(stats["tokens"] / build_seconds), "open_seconds": round(statistics.median(opens), 4)}
+    return {"format": corpus.suffix[1:], "megabytes": round(corpus.stat().st_size / 2**20, 2),
+            "documents": built["documents"], "ranks": ranks, "num_proc": num_proc, "tokens": built["tokens"],
+            "rows": built["rows"], "build_seconds": round(built["seconds"], 3),
+            "tokens_per_second": round(built["tokens"] / built["seconds"]), "open_seconds": round(statistics.median(opens), 4)}
 
 
 def machine() -> dict:
@@ -75,27 +135,51 @@ def machine() -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        return child(*sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small corpora: checks the code, not the speed")
     parser.add_argument("--num-proc", type=int, default=2, help="tokenizer processes of the parallel builds")
+    parser.add_argument("--memory-gb", type=float, nargs="*", default=[],
+                        help="corpus sizes (GB) whose build's peak RSS is measured (the README's figures: 0.1 1 2)")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-RSS builds of --memory-gb")
+    parser.add_argument("--shard-tokens", type=int, default=1 << 24,
+                        help="shard size of the peak-RSS builds (a build holds one shard: below it RSS grows with the corpus)")
     parser.add_argument("--tokenizer", default="models/tiny_llama", help="a local tokenizer folder")
     args = parser.parse_args()
     from models.loading import load_tokenizer
     tokenizer = load_tokenizer(args.tokenizer, pad_token="<unk>")
     sizes = (0.25, 1.0) if args.quick else (4.0, 16.0)
-    runs = []
+    piece_bytes = 1 << 18 if args.quick else 1 << 22  # pieces enough for two ranks to share
+    runs, memory = [], []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for megabytes in sizes:
+        for megabytes in () if args.memory_only else sizes:
             corpus = workdir / f"corpus-{megabytes:g}mb.jsonl"
             generate_corpus(corpus, megabytes)
-            for num_proc in sorted({1, args.num_proc}):
-                runs.append(measure(corpus, workdir, tokenizer, num_proc))
-    print(json.dumps({"machine": machine(), "tokenizer": args.tokenizer, "runs": runs}, indent=2))
-    print("\n| corpus | documents | tokens | processes | build s | tokens/s | open s |\n|---|---|---|---|---|---|---|")
+            for ranks, num_proc in sorted({(1, 1), (1, args.num_proc), (2, 1)}):
+                runs.append(measure(corpus, workdir, tokenizer, args.tokenizer, num_proc, ranks, piece_bytes))
+            runs.append(measure(to_parquet(corpus), workdir, tokenizer, args.tokenizer, 1, 1, piece_bytes))
+        for gigabytes in args.memory_gb:
+            corpus = workdir / f"memory-{gigabytes:g}gb.jsonl"
+            generate_corpus(corpus, gigabytes * 1024)
+            built = build_in_children(corpus, workdir / f"cache-memory-{gigabytes:g}", args.tokenizer, 1, 1, 1 << 26,
+                                      args.shard_tokens)
+            memory.append({"gigabytes": gigabytes, "shard_tokens": args.shard_tokens, "tokens": built["tokens"], "build_seconds": round(built["seconds"], 1),
+                           "rss_before_mib": round(built["rss_before_mib"]), "peak_rss_mib": round(built["peak_rss_mib"])})
+            corpus.unlink()
+    print(json.dumps({"machine": machine(), "tokenizer": args.tokenizer, "runs": runs, "memory": memory}, indent=2))
+    if runs:
+        print("\n| corpus | format | documents | tokens | ranks × tokenizer processes | build s | tokens/s | open s |\n"
+              "|---|---|---|---|---|---|---|---|")
     for r in runs:
-        print(f"| {r['megabytes']} MB | {r['documents']:,} | {r['tokens']:,} | {r['num_proc']} | {r['build_seconds']:.2f} "
-              f"| {r['tokens_per_second']:,} | {r['open_seconds']:.4f} |")
+        print(f"| {r['megabytes']} MB | {r['format']} | {r['documents']:,} | {r['tokens']:,} | {r['ranks']} × {r['num_proc']} "
+              f"| {r['build_seconds']:.2f} | {r['tokens_per_second']:,} | {r['open_seconds']:.4f} |")
+    if memory:
+        print("\n| corpus | tokens | build s | RSS before the build | peak RSS |\n|---|---|---|---|---|")
+        for m in memory:
+            print(f"| {m['gigabytes']:g} GB | {m['tokens']:,} | {m['build_seconds']} | {m['rss_before_mib']} MiB "
+                  f"| {m['peak_rss_mib']} MiB |")
 
 
 if __name__ == "__main__":

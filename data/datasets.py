@@ -7,6 +7,8 @@
         coig: {files: /data/coig, weight: 3.0}
         mixed: {files: "/data/panda/**/*.json", exclude: [valid, test]}   # paths below the folder with these left out
         panda: {files: ..., skip_wudao: true, wudao_sample_list: null}  # WuDaoCorpus* files only if listed (original)
+        hub: {files: /data/clones/some_dataset, split: train}   # a hub dataset repository's data/<split>-*.parquet
+        lf: {dataset: alpaca_zh_demo}   # an entry of the LLaMA-Factory dataset_info.json given as `dataset_info`
       template: zh                  # prompt template of instruction records (data/templates.py)
       max_seq_length: 2048
       truncation: proportional      # too long: proportional | context_first | drop (data/labels.py)
@@ -16,12 +18,24 @@ A weight w repeats a source's rows floor(w) times and adds a random subset (seed
 source's position) of round(frac(w) × rows) more: 3.0 triples a source, 0.25 keeps a quarter of it.
 Rows are the unit: a sample, a chunk of a long document, or with packing a packed row.
 
+A mixture by token share instead (pretraining recipes: "70 % zh web, 20 % en, 10 % code over 100 B tokens"):
+
+      mixture: {zh_web: 0.7, en: 0.2, code: 0.1}   # every source named, shares summing to 1
+      mixture_tokens: 100_000_000_000               # the tokens one epoch of the dataset holds
+
+Each source gives share × mixture_tokens tokens (rows' tokens, padding excluded; with raw text every one is
+trained): whole passes over its rows, then the first rows of a permutation seeded by (`seed`, the source's
+position, the pass) until the share is reached (over by less than one row). The sampler shuffles the whole,
+so the order is seeded and an exact, elastic resume works as for any dataset. `dry_run` prints each source's
+tokens, share and passes (epochs); the trainer logs `train/tokens/<source>`.
+
 Every record is accounted for: the number read, skipped (by reason, with the first locations) and
 trained on, per source, is logged and written to `<report_dir>/data_<name>.json`.
 """
 import json
 import logging
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +45,7 @@ from data.cache import BuildSettings, TokenCache, load_or_build
 from data.chat import check_chat_template
 from data.formats import RecordOptions
 from data.labels import TRUNCATION
+from data.llamafactory import load_entry
 from data.readers import DATA_SUFFIXES, TEXT_DOCUMENTS, expand_source
 from data.records import BAD_RECORD_POLICIES
 from data.templates import ChatTemplate, get_template
@@ -40,7 +55,8 @@ from general_util.errors import ConfigError
 from general_util.files import write_json_atomic
 from general_util.paths import resolve_path
 
-SOURCE_KEYS = {"files", "weight", "exclude", "skip_wudao", "wudao_sample_list"}
+SOURCE_KEYS = {"files", "dataset", "weight", "exclude", "split", "skip_wudao", "wudao_sample_list"}
+SHARE_TOLERANCE = 1e-6  # how far from 1 the shares of a mixture may sum
 logger = logging.getLogger(__name__)
 
 
@@ -51,8 +67,11 @@ class TokenizedDataset(Dataset):
                  template: str | Mapping = "zh", truncation: str = "proportional", packing: bool = False,
                  cache_dir: str | None = None, num_proc: int = 1, on_bad_record: str = "error",
                  report_dir: str | None = None, seed: int = 0, name: str = "train", shard_tokens: int = 1 << 24,
-                 coig_rounds: str = "dialogue", moss_meta_instruction: str = "keep", text_documents: str = "auto"):
+                 coig_rounds: str = "dialogue", moss_meta_instruction: str = "keep", text_documents: str = "auto",
+                 piece_bytes: int = 1 << 26, mixture: Mapping[str, float] | None = None,
+                 mixture_tokens: int | None = None, dataset_info: str | None = None):
         check_settings(sources, max_seq_length, on_bad_record, truncation, text_documents)
+        check_mixture(sources, mixture, mixture_tokens)
         prompt_template = get_template(template)
         if isinstance(prompt_template, ChatTemplate):
             check_chat_template(tokenizer)
@@ -62,14 +81,27 @@ class TokenizedDataset(Dataset):
         weights = [float(source.get("weight", 1.0)) for source in sources.values()]
         self.files_left_out = {}
         for source_name, source in sources.items():
+            options, documents = record_options, text_documents
+            if "dataset" in source:  # an entry of LLaMA-Factory's registry (data/llamafactory.py)
+                if dataset_info is None:
+                    raise ConfigError(f"sources.{source_name}.dataset={source['dataset']}: set dataset_info to the "
+                                      "dataset_info.json that defines it")
+                source = {**load_entry(dataset_info, source["dataset"]), **source}
+                options = RecordOptions(coig_rounds, moss_meta_instruction, source["layout"])
+                documents = source["text_documents"]
             files, self.files_left_out[source_name] = expand_source(source["files"], DATA_SUFFIXES,
                                                                     list(source.get("exclude") or ()),
-                                                                    wudao_listed(source))
+                                                                    wudao_listed(source), source.get("split", "train"))
             settings = BuildSettings(files, tokenizer, prompt_template,
                                      max_seq_length, packing, on_bad_record, shard_tokens, num_proc, truncation,
-                                     record_options, text_documents, name=f"{name}/{source_name}")
+                                     options, documents, name=f"{name}/{source_name}", piece_bytes=piece_bytes)
             self.caches.append(load_or_build(settings, cache_dir))
-        self.blocks = mixture_blocks([len(cache) for cache in self.caches], weights, seed)
+        self.mixture = None
+        if mixture:
+            shares = [float(mixture[source_name]) for source_name in sources]
+            self.blocks, self.mixture = token_share_blocks(self.row_tokens, shares, int(mixture_tokens), seed)
+        else:
+            self.blocks = mixture_blocks([len(cache) for cache in self.caches], weights, seed)
         if not self.blocks:
             raise ConfigError(f"weights={weights}: no rows left to train on")
         self.block_ends = np.cumsum([count for _, _, count in self.blocks])
@@ -94,6 +126,31 @@ class TokenizedDataset(Dataset):
         cache, row = self._locate(index)
         return {**cache.row(row), "index": index}
 
+    @cached_property
+    def row_tokens(self) -> list[np.ndarray]:
+        """Every source's tokens per row (read from the caches' row tables when first needed)."""
+        return [cache.row_tokens() for cache in self.caches]
+
+    def tokens_by_source(self, indices) -> np.ndarray:
+        """Tokens of the rows at dataset `indices`, summed per source (in `source_names` order)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        blocks = np.searchsorted(self.block_ends, indices, side="right")
+        totals = np.zeros(len(self.caches), dtype=np.int64)
+        for index, block in zip(indices.tolist(), blocks.tolist()):
+            source, rows, _ = self.blocks[block]
+            local = index - (int(self.block_ends[block - 1]) if block else 0)
+            totals[source] += self.row_tokens[source][local if rows is None else int(rows[local])]
+        return totals
+
+    def mixture_lines(self) -> list[str]:
+        """What `dry_run` prints of the mixture by token share: each source's tokens, share and passes."""
+        if self.mixture is None:
+            return []
+        total = sum(m["tokens"] for m in self.mixture)
+        return [f"mixture {name}: {m['tokens']:,} tokens, share {m['tokens'] / total:.4f} (asked {m['share']:g}), "
+                f"{m['epochs']:.3f} epochs of its {m['source_tokens']:,} tokens"
+                for name, m in zip(self.source_names, self.mixture)]
+
     def locations(self, index: int) -> list[str]:
         """Where the samples of row `index` come from ("file:line" each)."""
         cache, row = self._locate(index)
@@ -107,6 +164,8 @@ class TokenizedDataset(Dataset):
                           "weight": weight, "rows_in_mix": int(rows),
                           "cache": str(cache.directory), "cache_built_now": cache.built, **cache.meta["stats"]}
                    for name, cache, weight, rows in zip(self.source_names, self.caches, weights, rows_in_mix)}
+        for name, mixed in zip(self.source_names, self.mixture or ()):
+            sources[name]["mixture"] = mixed
         totals = {key: sum(s.get(key, 0) for s in sources.values())
                   for key in ("records", "skipped", "examples", "truncated", "prompt_lost", "dropped_too_long")}
         return {"dataset": self.name, "rows": len(self), **totals, "sources": sources}
@@ -129,6 +188,8 @@ class TokenizedDataset(Dataset):
             if s["skipped"]:
                 logger.warning("data %s/%s: skipped %s; first: %s", self.name, name,
                                ", ".join(f"{reason} ×{n}" for reason, n in s["by_reason"].items()), "; ".join(s["first"]))
+        for line in self.mixture_lines():
+            logger.info("data %s: %s", self.name, line)
         r = self.report
         logger.info("data %s: %d records read, %d skipped, %d trained on → %d rows", self.name, r["records"],
                     r["skipped"], r["examples"], r["rows"])
@@ -159,8 +220,9 @@ def check_settings(sources: Mapping[str, Mapping], max_seq_length: int, on_bad_r
     if not sources:
         raise ConfigError("sources={}: give at least one source: {name: {files: ..., weight: ...}}")
     for name, source in sources.items():
-        if set(source) - SOURCE_KEYS or "files" not in source:
-            raise ConfigError(f"sources.{name}={dict(source)}: use the keys {sorted(SOURCE_KEYS)} (files required)")
+        if set(source) - SOURCE_KEYS or ("files" in source) == ("dataset" in source):
+            raise ConfigError(f"sources.{name}={dict(source)}: use the keys {sorted(SOURCE_KEYS)} (files, or dataset: "
+                              "a dataset_info.json entry)")
         if float(source.get("weight", 1.0)) < 0:
             raise ConfigError(f"sources.{name}.weight={source['weight']}: must be ≥ 0")
     if max_seq_length < 2:
@@ -183,3 +245,42 @@ def mixture_blocks(sizes: list[int], weights: list[float], seed: int) -> list[tu
             rows = np.sort(np.random.default_rng([seed, source]).choice(size, extra, replace=False))
             blocks.append((source, rows, extra))
     return blocks
+
+
+def check_mixture(sources: Mapping[str, Mapping], mixture: Mapping[str, float] | None, mixture_tokens) -> None:
+    """A mixture by token share names every source once, with shares > 0 summing to 1, and a token budget;
+    its sources keep the default weight (the two ways of mixing do not combine)."""
+    if not mixture:
+        if mixture_tokens is not None:
+            raise ConfigError(f"mixture_tokens={mixture_tokens}: give `mixture: {{source: share, ...}}` too")
+        return
+    if set(mixture) != set(sources):
+        raise ConfigError(f"mixture={dict(mixture)}: name every source once ({', '.join(sources)})")
+    if any(float(share) <= 0 for share in mixture.values()) or \
+            abs(sum(float(share) for share in mixture.values()) - 1) > SHARE_TOLERANCE:
+        raise ConfigError(f"mixture={dict(mixture)}: shares must be > 0 and sum to 1")
+    if mixture_tokens is None or int(mixture_tokens) <= 0:
+        raise ConfigError(f"mixture_tokens={mixture_tokens}: a mixture needs its total of tokens (> 0)")
+    weighted = [name for name, source in sources.items() if float(source.get("weight", 1.0)) != 1.0]
+    if weighted:
+        raise ConfigError(f"sources {weighted} have a weight and the dataset a mixture by token share: use one of them")
+
+
+def token_share_blocks(row_tokens: list[np.ndarray], shares: list[float], total: int,
+                       seed: int) -> tuple[list[tuple[int, np.ndarray | None, int]], list[dict]]:
+    """Blocks (as `mixture_blocks`) giving source s share_s × total tokens: whole passes over its rows, then rows
+    of a permutation seeded by (seed, s, pass) until the tokens are reached; and what each source gives."""
+    blocks, drawn = [], []
+    for source, (tokens, share) in enumerate(zip(row_tokens, shares)):
+        target, source_tokens = round(share * total), int(tokens.sum())
+        passes, left = divmod(target, source_tokens)
+        blocks += [(source, None, len(tokens))] * passes
+        given = passes * source_tokens
+        if left:
+            order = np.random.default_rng([seed, source, passes]).permutation(len(tokens))
+            count = int(np.searchsorted(np.cumsum(tokens[order]), left)) + 1  # the first rows reaching `left`
+            blocks.append((source, np.sort(order[:count]), count))
+            given += int(tokens[order[:count]].sum())
+        drawn.append({"share": share, "target_tokens": target, "tokens": given, "source_tokens": source_tokens,
+                      "epochs": given / source_tokens})
+    return blocks, drawn

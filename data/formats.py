@@ -28,6 +28,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from data import llamafactory
 from data.records import DataError, Record
 from data.templates import ChatTemplate, PromptTemplate
 from general_util.errors import ConfigError
@@ -50,9 +51,12 @@ class RecordOptions:
     """How records map to examples where a layout allows a choice (dataset settings).
     `coig_rounds`: a multi-round COIG record is one dialogue, or one sample per round (the original
     recipes: the earlier rounds joined with blank lines, then the round's inputs).
-    `moss_meta_instruction`: MOSS's meta instruction opens the context (keep) or is left out (drop)."""
+    `moss_meta_instruction`: MOSS's meta instruction opens the context (keep) or is left out (drop).
+    `layout`: a LLaMA-Factory dataset_info.json entry's formatting, columns and tags (data/llamafactory.py):
+    each record is first converted as LLaMA-Factory converts it."""
     coig_rounds: str = "dialogue"
     moss_meta_instruction: str = "keep"
+    layout: dict | None = None
 
     def __post_init__(self):
         if self.coig_rounds not in COIG_ROUNDS:
@@ -85,6 +89,8 @@ class Conversation:
 
 def to_examples(record: Record, template: PromptTemplate | ChatTemplate,
                 options: RecordOptions = RecordOptions()) -> list[Example]:
+    if options.layout is not None:
+        record = llamafactory.convert(record, options.layout)
     data = record.data
     if isinstance(data, list):
         return _coig_rounds(record, data, template, options)

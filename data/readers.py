@@ -6,12 +6,23 @@
     wiki_00 ...   wikiextractor's `--json` output (JSON lines, no suffix)
     .txt          plain text: documents separated by blank lines or, in a file without any blank line
                   between two lines of text, one document per line (`text_documents` forces either)
-    any of them + .gz
+    any of them + .gz or .zst (zstd: RedPajama, SlimPajama, Dolma and many Chinese web corpora ship .jsonl.zst)
+    .parquet      one record per row, its columns the fields (the hub's format); `line` is the 1-based row
+    .arrow        the same for Arrow IPC files (`datasets`' save_to_disk folders and cache)
 
-Readers stream: memory is bounded by one line (JSON lines, text) or one file (a JSON list is parsed item
-by item from the file's text). A bad record is passed to `on_error` (see `records.BadRecords`): the
-default raises; a callback that returns makes the reader go on with the next record.
+A folder is searched recursively, except a `save_to_disk` folder (its state.json lists its files) and a folder
+of hub-named shards (`data/train-00000-of-00002.parquet`, a clone of a hub dataset repository): only the
+shards of the requested split are kept (data/columnar.py).
+
+Readers stream: memory is bounded by one line (JSON lines, text), one list item (a JSON list is decoded item
+by item from a sliding window of the file), one record batch (Parquet, Arrow), or one file for a file that
+holds one JSON object. A bad record is passed to `on_error` (see `records.BadRecords`): the default raises;
+a callback that returns makes the reader go on with the next record.
+
+An uncompressed JSON-lines file can be read by byte range (a `Span`): the records whose line starts in
+[start, end), numbered from the span's first byte (the cache's parallel build adds the lines before it).
 """
+import codecs
 import glob
 import gzip
 import io
@@ -19,32 +30,50 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from general_util.paths import resolve_path
+from data.columnar import read_arrow, read_parquet, save_to_disk_files, split_of
 from data.records import DataError, Record
 from general_util.errors import ConfigError
 
-SUFFIXES = (".jsonl", ".json", ".txt")
-DATA_SUFFIXES = SUFFIXES + tuple(s + ".gz" for s in SUFFIXES)
+TEXT_SUFFIXES = (".jsonl", ".json", ".txt")
+COMPRESSIONS = (".gz", ".zst")
+COLUMNAR_SUFFIXES = (".parquet", ".arrow")
+SUFFIXES = TEXT_SUFFIXES + COLUMNAR_SUFFIXES
+DATA_SUFFIXES = SUFFIXES + tuple(s + c for s in TEXT_SUFFIXES for c in COMPRESSIONS)
 WIKIEXTRACTOR_NAME = re.compile(r"wiki_\d+")  # wikiextractor --json writes AA/wiki_00, AA/wiki_01, ... (JSON lines)
+CHUNK_CHARS = 1 << 20  # characters of a JSON list decoded at a time
 OnError = Callable[[DataError], None]
+
+
+@dataclass
+class Span:
+    """A part of a file: bytes [start, end) of an uncompressed JSON-lines file (`bytes`), or row groups
+    [start, end) of a Parquet file (`row_groups`). A byte span's reader sets `newlines` to the number of line
+    breaks in [start, end): the sum over the spans before one is its first line's number less one."""
+    unit: str
+    start: int
+    end: int
+    newlines: int = 0
 
 
 def raise_error(error: DataError) -> None:
     raise error
 
 
-def expand_files(spec: str | list[str], suffixes: tuple[str, ...] = ()) -> list[Path]:
+def expand_files(spec: str | list[str], suffixes: tuple[str, ...] = (), split: str = "train") -> list[Path]:
     """A file, a directory (its files with one of `suffixes`, recursively), a glob, or a list of any of
-    these → a sorted, de-duplicated list of files. A spec matching nothing is an error."""
+    these → a sorted, de-duplicated list of files. A directory saved by `datasets` gives the files its
+    state.json lists, and one of hub-named shards (`train-00000-of-00002.parquet`) those of `split`. A spec
+    matching nothing is an error."""
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
     files: list[Path] = []
     for item in specs:
         path = resolve_path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and (
-                not suffixes or p.name.endswith(suffixes) or WIKIEXTRACTOR_NAME.fullmatch(p.name)))
+            found = save_to_disk_files(path, split) or _folder_files(path, suffixes, split)
         elif path.is_file():
             found = [path]
         else:
@@ -55,8 +84,20 @@ def expand_files(spec: str | list[str], suffixes: tuple[str, ...] = ()) -> list[
     return list(dict.fromkeys(files))
 
 
+def _folder_files(folder: Path, suffixes: tuple[str, ...], split: str) -> list[Path]:
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.relative_to(folder).parts and (
+        not suffixes or p.name.endswith(suffixes) or WIKIEXTRACTOR_NAME.fullmatch(p.name)))
+    splits = {split_of(p) for p in found} - {None}
+    if not splits:
+        return found
+    if split not in splits:
+        raise DataError(str(folder), None, f"no shards of split {split!r} (named like {split}-00000-of-00001.parquet); "
+                        f"it has {sorted(splits)}")
+    return [p for p in found if split_of(p) == split]
+
+
 def expand_source(spec: str | list[str], suffixes: tuple[str, ...], exclude: list[str] = (),
-                  wudao_listed: set[Path] | None = None) -> tuple[list[Path], int]:
+                  wudao_listed: set[Path] | None = None, split: str = "train") -> tuple[list[Path], int]:
     """`expand_files`, leaving out every file whose path below the spec's folder (the part of a glob before
     its first wildcard) contains one of the `exclude` substrings, as the original recipes left out paths
     containing `valid` or `test`. With `wudao_listed` (resolved paths), a file whose path below the folder
@@ -66,7 +107,7 @@ def expand_source(spec: str | list[str], suffixes: tuple[str, ...], exclude: lis
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
     kept, left_out = [], 0
     for item in specs:
-        files = expand_files(item, suffixes)
+        files = expand_files(item, suffixes, split)
         text = str(resolve_path(item))
         wildcard = min((text.index(c) for c in "*?[" if c in text), default=None)
         root = Path(text[:wildcard]) if wildcard is not None else Path(text)
@@ -85,17 +126,29 @@ def expand_source(spec: str | list[str], suffixes: tuple[str, ...], exclude: lis
     return list(dict.fromkeys(kept)), left_out
 
 
-def read_records(path: Path, on_error: OnError = raise_error, text_documents: str = "auto",
-                 progress: Callable[[int], None] | None = None) -> Iterator[Record]:
-    """The records of one data file, whatever its format. An unreadable file (corrupt gzip) or one
-    without any record is reported as a bad record of the file. `progress` is called with the number of
-    bytes of the file (as stored, compressed or not) read since its last call."""
-    name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    readers = {".jsonl": read_jsonl, ".json": read_json, "": read_json,
-               ".txt": lambda path, on_error, progress: read_text(path, on_error, text_documents, progress)}
-    suffix = Path(name).suffix if not WIKIEXTRACTOR_NAME.fullmatch(name) else ""
-    if suffix not in readers:
+def file_format(path: Path) -> str:
+    """jsonl | json | txt | parquet | arrow, from the name (less .gz/.zst); wiki_NN files are JSON lines."""
+    name = path.name
+    for compression in COMPRESSIONS:
+        name = name.removesuffix(compression)
+    suffix = Path(name).suffix if not WIKIEXTRACTOR_NAME.fullmatch(name) else ".jsonl"
+    if suffix not in SUFFIXES or name != path.name and suffix in COLUMNAR_SUFFIXES:
         raise DataError(str(path), None, f"unsupported file type {suffix!r}; use one of {', '.join(DATA_SUFFIXES)}")
+    return suffix[1:]
+
+
+def read_records(path: Path, on_error: OnError = raise_error, text_documents: str = "auto",
+                 progress: Callable[[int], None] | None = None, span: Span | None = None) -> Iterator[Record]:
+    """The records of one data file (or of one `span` of it), whatever its format. An unreadable file
+    (corrupt gzip or zstd) or one without any record is reported as a bad record of the file. `progress` is
+    called with the number of bytes read (of the file as stored; decoded bytes for Parquet and Arrow) since
+    its last call."""
+    readers = {"jsonl": lambda: read_jsonl(path, counted, progress, span),
+               "json": lambda: read_json(path, counted, progress, span),
+               "txt": lambda: read_text(path, counted, text_documents, progress),
+               "parquet": lambda: read_parquet(path, None if span is None else range(span.start, span.end), progress),
+               "arrow": lambda: read_arrow(path, progress)}
+    kind = file_format(path)
     seen = 0  # records, good or bad
 
     def counted(error: DataError) -> None:
@@ -104,13 +157,18 @@ def read_records(path: Path, on_error: OnError = raise_error, text_documents: st
         on_error(error)
 
     try:
-        for record in readers[suffix](path, counted, progress):
+        for record in readers[kind]():
             seen += 1
             yield record
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         on_error(DataError(str(path), None, f"unreadable file ({e})", kind="unreadable file"))
         return
-    if seen == 0:
+    except Exception as e:  # zstandard.ZstdError, pyarrow.ArrowInvalid: corrupt compressed or columnar data
+        if type(e).__module__.split(".")[0] not in ("zstandard", "pyarrow"):
+            raise
+        on_error(DataError(str(path), None, f"unreadable file ({e})", kind="unreadable file"))
+        return
+    if seen == 0 and (span is None or span.start == 0):
         on_error(DataError(str(path), None, "empty file (no records)", kind="empty file"))
 
 
@@ -129,19 +187,35 @@ class CountingFile(io.RawIOBase):
             self.progress(count)
         return count
 
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
     def close(self) -> None:
         self.file.close()
         super().close()
 
 
 def open_binary(path: Path, progress: Callable[[int], None] | None = None):
+    """A binary reader of the file's content: decompressed as it is read for .gz (gzip) and .zst (zstandard)."""
     raw = io.BufferedReader(CountingFile(path, progress)) if progress else open(path, "rb")
-    return gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
+    if path.name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if path.name.endswith(".zst"):
+        import zstandard
+        # read_across_frames: zstd files concatenated (`cat a.zst b.zst`) are one stream, as `zstd -d` reads them
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+    return raw
 
 
 @contextmanager
 def opened(path: Path, progress: Callable[[int], None] | None = None):
-    """open_binary as a context manager that also closes the file under a gzip wrapper."""
+    """open_binary as a context manager that also closes the file under a decompressing wrapper."""
     handle = open_binary(path, progress)
     try:
         yield handle
@@ -166,9 +240,35 @@ def _check_value(data, path: Path, line_no: int) -> None:
                         kind="not a JSON object")
 
 
-def read_jsonl(path: Path, on_error: OnError = raise_error, progress=None) -> Iterator[Record]:
+def numbered_lines(handle, span: Span | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a binary file, or of the lines starting in `span`'s bytes [start, end),
+    numbered from 1 at the span's first byte; sets `span.newlines`. `handle` must be seekable for a span."""
+    if span is None:
+        yield from enumerate(handle, start=1)
+        return
+    position, newlines = 0, 0  # newlines: line breaks read at a byte in [start, end)
+
+    def consumed(raw: bytes) -> None:
+        nonlocal position, newlines
+        position += len(raw)
+        newlines += raw.endswith(b"\n") and span.start <= position - 1 < span.end
+
+    if span.start > 0:  # the line holding byte start - 1 belongs to the span before (or ends right there)
+        handle.seek(span.start - 1)
+        position = span.start - 1
+        consumed(handle.readline())
+    while position < span.end:
+        raw = handle.readline()
+        if not raw:
+            break
+        yield newlines + 1, raw
+        consumed(raw)
+    span.newlines = newlines
+
+
+def read_jsonl(path: Path, on_error: OnError = raise_error, progress=None, span: Span | None = None) -> Iterator[Record]:
     with opened(path, progress) as f:
-        for line_no, raw in enumerate(f, start=1):
+        for line_no, raw in numbered_lines(f, span):
             try:
                 text = _decode(raw, path, line_no)
                 if not text.strip():
@@ -184,69 +284,118 @@ def read_jsonl(path: Path, on_error: OnError = raise_error, progress=None) -> It
             yield Record(data, str(path), line_no)
 
 
-def read_json(path: Path, on_error: OnError = raise_error, progress=None) -> Iterator[Record]:
-    """A JSON list, item by item, each with the line it starts on; or a file holding one JSON object (one
-    record); or JSON lines (BELLE ships JSON lines named .json): a file whose first line is a JSON value
-    of its own. Undecodable bytes spoil only the item that holds them; malformed JSON ends the file (the
-    rest cannot be re-synchronised), reported as one bad record."""
-    with opened(path, progress) as f:
-        raw = f.read()
-    text = raw.decode("utf-8", errors="surrogateescape")
-    start = len(text) - len(text.lstrip())
-    if not text[start:start + 1] == "[":
-        if _is_json_lines(text[start:]):
-            yield from read_jsonl(path, on_error)
-        else:
-            yield from _single_object(path, text, on_error)
-        return
-    decoder, whitespace = json.JSONDecoder(), re.compile(r"\s*")
-    line_no, counted_to = 1, 0
-
-    def line_at(pos: int) -> int:
-        nonlocal line_no, counted_to
-        line_no += text.count("\n", counted_to, pos)
-        counted_to = pos
-        return line_no
-
-    pos = whitespace.match(text, start + 1).end()
-    if text.startswith("]", pos):
-        return
-    while True:
-        item_line = line_at(pos)
-        try:
-            data, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            on_error(DataError(str(path), e.lineno, f"malformed JSON ({e.msg}); the rest of the file is not read",
-                               kind="malformed JSON"))
-            return
-        try:
-            if _has_surrogates(data):
-                raise DataError(str(path), item_line, "not valid UTF-8", kind="not valid UTF-8")
-            _check_value(data, path, item_line)
-        except DataError as error:
-            on_error(error)
-        else:
-            yield Record(data, str(path), item_line)
-        pos = whitespace.match(text, end).end()
-        if text.startswith(",", pos):
-            pos = whitespace.match(text, pos + 1).end()
-        elif text.startswith("]", pos):
-            return
-        else:
-            on_error(DataError(str(path), line_at(pos), "malformed JSON (expected ',' or ']' after an item); "
-                               "the rest of the file is not read", kind="malformed JSON"))
-            return
+def _text_chunks(handle) -> Iterator[str]:
+    """A binary file as text, CHUNK_CHARS bytes at a time; undecodable bytes kept as lone surrogates."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    while chunk := handle.read(CHUNK_CHARS):
+        yield decoder.decode(chunk)
+    yield decoder.decode(b"", final=True)
 
 
-def _is_json_lines(text: str) -> bool:
-    """Whether a text that is not a JSON list is JSON lines: its first line holds a whole JSON value and
-    more text follows (a pretty-printed object's first line, `{`, is no JSON value of its own)."""
-    first, _, rest = text.partition("\n")
+def json_layout(path: Path) -> str:
+    """`list` (the first non-blank character is `[`), `lines` (the first line holds a whole JSON value and more
+    text follows: BELLE ships JSON lines named .json) or `object` (one JSON value, e.g. pretty-printed).
+    Reads the file only up to where this is decided."""
+    text = ""
+    with opened(path) as f:
+        chunks = _text_chunks(f)
+        for chunk in chunks:
+            text += chunk
+            stripped = text.lstrip()
+            if stripped[:1] == "[":
+                return "list"
+            first, newline, rest = stripped.partition("\n")
+            if stripped and newline and rest.strip():
+                break
+    first, _, rest = text.lstrip().partition("\n")
     try:
         json.loads(first)
     except json.JSONDecodeError:
-        return False
-    return bool(rest.strip())
+        return "object"
+    return "lines" if rest.strip() else "object"
+
+
+def read_json(path: Path, on_error: OnError = raise_error, progress=None, span: Span | None = None) -> Iterator[Record]:
+    """A JSON list, item by item, each with the line it starts on; or a file holding one JSON object (one
+    record); or JSON lines (`json_layout`). Undecodable bytes spoil only the item that holds them; malformed
+    JSON ends the file (the rest cannot be re-synchronised), reported as one bad record. Streams: a JSON-lines
+    file line by line, a list through a window that holds the current item (not the file)."""
+    layout = json_layout(path)
+    if layout == "lines":
+        yield from read_jsonl(path, on_error, progress, span)
+    elif layout == "list":
+        yield from _json_list(path, on_error, progress)
+    else:
+        with opened(path, progress) as f:
+            text = "".join(_text_chunks(f))
+        yield from _single_object(path, text, on_error)
+
+
+def _json_list(path: Path, on_error: OnError, progress) -> Iterator[Record]:
+    decoder, whitespace = json.JSONDecoder(), re.compile(r"\s*")
+    with opened(path, progress) as f:
+        chunks = _text_chunks(f)
+        text, done = "", False
+        line_no, counted_to = 1, 0
+
+        def more() -> bool:
+            nonlocal text, done
+            for chunk in chunks:
+                if chunk:
+                    text += chunk
+                    return True
+            done = True
+            return False
+
+        def skip_space(pos: int) -> int:
+            end = whitespace.match(text, pos).end()
+            while end == len(text) and more():
+                end = whitespace.match(text, end).end()
+            return end
+
+        def line_at(pos: int) -> int:
+            nonlocal line_no, counted_to
+            line_no += text.count("\n", counted_to, pos)
+            counted_to = pos
+            return line_no
+
+        pos = skip_space(0) + 1  # past the `[`
+        pos = skip_space(pos)
+        if text.startswith("]", pos):
+            return
+        while True:
+            if pos > CHUNK_CHARS:  # slide the window: drop the items already read
+                line_at(pos)
+                text, counted_to, pos = text[pos:], 0, 0
+            item_line = line_at(pos)
+            while True:
+                try:
+                    data, end = decoder.raw_decode(text, pos)
+                    if end < len(text) or done or not more():
+                        break
+                except json.JSONDecodeError as e:
+                    if done or not more():  # the item is incomplete only if the file ends within it
+                        on_error(DataError(str(path), line_no + text.count("\n", counted_to, e.pos),
+                                           f"malformed JSON ({e.msg}); the rest of the file is not read",
+                                           kind="malformed JSON"))
+                        return
+            try:
+                if _has_surrogates(data):
+                    raise DataError(str(path), item_line, "not valid UTF-8", kind="not valid UTF-8")
+                _check_value(data, path, item_line)
+            except DataError as error:
+                on_error(error)
+            else:
+                yield Record(data, str(path), item_line)
+            pos = skip_space(end)
+            if text.startswith(",", pos):
+                pos = skip_space(pos + 1)
+            elif text.startswith("]", pos):
+                return
+            else:
+                on_error(DataError(str(path), line_at(pos), "malformed JSON (expected ',' or ']' after an item); "
+                                   "the rest of the file is not read", kind="malformed JSON"))
+                return
 
 
 def _single_object(path: Path, text: str, on_error: OnError) -> Iterator[Record]:

@@ -21,6 +21,8 @@ fault-tolerance tests do not depend on timing.
     enospc@tracker=3      ... when W&B or MLflow takes step 3's scalars (their files under output_dir)
     enospc@data_stats=0   ... when output_dir/data_<name>.json is written (before training; step 0)
     enospc@lock=0         ... when output_dir/.trainer.lock is written (at start-up; step 0)
+    kill@piece=2     SIGKILL in a token-cache build once piece 2's shards are written, before its marker
+                     (data/cache.py): a build killed with a piece half done
     ...@rank=1       only on global rank 1 (RANK); without it, on every rank
 
 Unset (always, outside tests), `fire()` does nothing. A malformed value raises at the first fault point
@@ -33,7 +35,7 @@ import signal
 VARIABLE = "LLAMA_TRAINER_FAULT"
 ACTIONS = {"kill": signal.SIGKILL, "sigterm": signal.SIGTERM, "enospc": errno.ENOSPC, "edquot": errno.EDQUOT,
            "eacces": errno.EACCES, "erofs": errno.EROFS, "readonly": "readonly"}
-POINTS = ("step", "save", "copy", "log", "tensorboard", "tracker", "data_stats", "lock")
+POINTS = ("step", "save", "copy", "log", "tensorboard", "tracker", "data_stats", "lock", "piece")
 
 
 def parse(spec: str | None) -> tuple[signal.Signals | int | str, str, int, int | None] | None:
