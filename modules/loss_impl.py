@@ -158,7 +158,9 @@ def router_aux_loss(model, router_logits: list[torch.Tensor]) -> torch.Tensor:
     lm = causal_lm(model)
     config = lm.config
     experts = getattr(config, "num_experts", None) or config.num_local_experts
-    balancing = sys.modules[type(lm).__module__].load_balancing_loss_func
+    # the modeling module of the family's class (FSDP2 subclasses it in a module of its own)
+    balancing = next(getattr(sys.modules[cls.__module__], "load_balancing_loss_func") for cls in type(lm).__mro__
+                     if hasattr(sys.modules[cls.__module__], "load_balancing_loss_func"))
     return balancing(tuple(router_logits), experts, config.num_experts_per_tok, None)
 
 
