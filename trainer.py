@@ -71,7 +71,7 @@ class LogWindow:
     rows: int = 0
     samples: int = 0
     row_shards: int = 1  # sequence_parallel_size: each rank holds 1/row_shards of every row
-    aux_sum: float = 0.0  # MoE: the routers' load-balancing losses of this rank's micro-batches, summed
+    aux_sum: float | torch.Tensor = 0.0  # MoE: the routers' load-balancing losses of this rank's micro-batches
     aux_calls: int = 0    # how many micro-batches gave one
 
     def add_step(self, loss_sum: torch.Tensor, label_tokens: torch.Tensor) -> None:
@@ -143,8 +143,8 @@ class Trainer:
         resume_from, state = self.resume_point
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
         self.active_params = active_parameter_count(model)  # MoE: the experts a token is routed to, not all
-        coef = router_aux_loss_coef(model)
-        self.aux_coef = None if coef is None else (coef if self.cfg.moe_aux_loss_coef is None else self.cfg.moe_aux_loss_coef)
+        coef = router_aux_loss_coef(model)  # None: a dense model
+        self.aux_coef = coef if coef is None or self.cfg.moe_aux_loss_coef is None else self.cfg.moe_aux_loss_coef
         reshard_from = state["world_size"] if state and state["world_size"] != self.ctx.world_size else None
         self.engine = build_engine(self.cfg, model, self.ctx, self.parallel, self.total_steps, reshard_from)
         from data.sampler import DistributedEpochSampler
@@ -305,7 +305,7 @@ class Trainer:
             objective = micro_loss * scale.to(micro_loss.dtype)
             if aux is not None:  # MoE: coefficient × the mean load-balancing loss of the global batch's micro-batches
                 objective = objective + self.aux_coef * aux / (len(window) * self.ctx.world_size)
-                self.window.aux_sum += aux.item()
+                self.window.aux_sum += aux.detach().double()  # read at the next log, no sync per micro-batch
                 self.window.aux_calls += 1
             self.engine.backward(objective)
             self.engine.step()
