@@ -5,7 +5,6 @@ rank: the architecture each family needs survives the scaling; packed SFT's Hugg
 tied embeddings tied; multiple-choice log-likelihoods equal lm-eval's HFLM within 1e-4; Mistral's sliding window
 holds inside packed rows; Qwen3-MoE's router load-balancing loss is transformers' own, added with its
 coefficient and logged; MFU counts active parameters. 2 ranks, both engines, resume: test_model_families_ranks.py."""
-import functools
 import importlib.util
 import json
 
@@ -54,19 +53,15 @@ def test_each_tiny_model_keeps_what_its_family_needs():
     assert (moe.num_experts, moe.num_experts_per_tok, moe.router_aux_loss_coef) == (4, 2, 0.001)
 
 
-@functools.cache
-def trained(name: str, lora: bool = False):
-    """A 2-step packed SFT run of `name` (one rank, DeepSpeed ZeRO-1) kept in this process: its trainer (the
-    engine's model) and its output folder; the tied families also extend the vocabulary by two tokens."""
+def train_family(out, name: str, lora: bool):
+    """A 2-step packed SFT run of `name` (one rank, DeepSpeed ZeRO-1) in this process: its trainer (the engine's
+    model) and its output folder; the tied families also extend the vocabulary by two tokens."""
     from general_util.dist import init_distributed
     from trainer import build_trainer
-    import tempfile
-    from pathlib import Path
-    out = Path(tempfile.mkdtemp(prefix=f"family-{name}-"))
     extra = []
     if name in TIED and not lora:
-        (out.parent / f"{out.name}-tokens.txt").write_text("\n".join(NEW_TOKENS) + "\n", encoding="utf-8")
-        extra = [f"tokenizer.extra_tokens_file={out.parent / f'{out.name}-tokens.txt'}"]
+        (out / "tokens.txt").write_text("\n".join(NEW_TOKENS) + "\n", encoding="utf-8")
+        extra = [f"tokenizer.extra_tokens_file={out / 'tokens.txt'}"]
     if lora:
         extra = ["model.use_peft=true", "model.lora_config.dropout=0"]
     cfg = compose_config(FAST + family_overrides(name) + [f"max_steps={STEPS}", "per_gpu_train_batch_size=2"] + extra,
@@ -77,13 +72,25 @@ def trained(name: str, lora: bool = False):
     return trainer, out / "run"
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """train_family(name, lora), run once per module and kept (the tests of a family share its run)."""
+    runs = {}
+
+    def get(name: str, lora: bool = False):
+        if (name, lora) not in runs:
+            runs[name, lora] = train_family(tmp_path_factory.mktemp(f"{name}-{'lora' if lora else 'sft'}"), name, lora)
+        return runs[name, lora]
+    return get
+
+
 def engine_logits(trainer, input_ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return trainer.engine.model(input_ids=input_ids).logits
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_export_reloads_with_the_engines_logits(name):
+def test_export_reloads_with_the_engines_logits(name, trained):
     trainer, out = trained(name)
     export = out / f"checkpoint-{STEPS}"
     model = AutoModelForCausalLM.from_pretrained(export).eval()
@@ -96,7 +103,7 @@ def test_export_reloads_with_the_engines_logits(name):
 
 
 @pytest.mark.parametrize("name", TIED)
-def test_vocabulary_growth_keeps_tied_embeddings_tied(name):
+def test_vocabulary_growth_keeps_tied_embeddings_tied(name, trained):
     """Two new tokens: the grown embedding is still the output head, in training and in the export (saved once,
     reloaded tied), and the new rows were trained."""
     trainer, out = trained(name)
@@ -114,7 +121,7 @@ def test_vocabulary_growth_keeps_tied_embeddings_tied(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_lora_all_linear_adapter_reloads_with_the_engines_logits(name):
+def test_lora_all_linear_adapter_reloads_with_the_engines_logits(name, trained):
     """`target_modules: all-linear`: every linear layer but the head carries an adapter (the MoE experts are
     fused 3-D weights, not nn.Linear), and the saved adapter reloaded on its base gives the engine's logits."""
     from peft import PeftModel
@@ -133,7 +140,7 @@ def test_lora_all_linear_adapter_reloads_with_the_engines_logits(name):
 
 @pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm-eval not installed (requirements-lm-eval.txt)")
 @pytest.mark.parametrize("name", NAMES)
-def test_multiple_choice_log_likelihoods_equal_lm_eval(name, tmp_path):
+def test_multiple_choice_log_likelihoods_equal_lm_eval(name, trained, tmp_path):
     """The harness evaluator on the exported model against lm-eval's own HFLM run (LogiQA 2.0 items)."""
     from post_processors.lm_eval_harness import LMEvalHarnessEvaluator
     from tests.test_lm_eval_evaluator import FIXTURES, assert_same_as_lm_eval, reference
