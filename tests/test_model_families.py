@@ -25,7 +25,8 @@ from tests.trainer_runs import FAST, compose_config
 NAMES = sorted(FAMILIES)
 TIED = ("qwen2.5", "qwen3")
 STEPS = 2
-NEW_TOKENS = ["<|新词甲|>", "<|新词乙|>"]  # a vocabulary extension (tied families)
+# a vocabulary extension (tied families) past the 267 spare rows of Qwen's padded 151,936-row embedding
+NEW_TOKENS = [f"<|新词{i}|>" for i in range(300)]
 
 
 def test_each_tiny_model_keeps_what_its_family_needs():
@@ -55,7 +56,7 @@ def test_each_tiny_model_keeps_what_its_family_needs():
 
 def train_family(out, name: str, lora: bool):
     """A 2-step packed SFT run of `name` (one rank, DeepSpeed ZeRO-1) in this process: its trainer (the engine's
-    model) and its output folder; the tied families also extend the vocabulary by two tokens."""
+    model) and its output folder; the tied families also extend the vocabulary (NEW_TOKENS)."""
     from general_util.dist import init_distributed
     from trainer import build_trainer
     extra = []
@@ -104,20 +105,20 @@ def test_export_reloads_with_the_engines_logits(name, trained):
 
 @pytest.mark.parametrize("name", TIED)
 def test_vocabulary_growth_keeps_tied_embeddings_tied(name, trained):
-    """Two new tokens: the grown embedding is still the output head, in training and in the export (saved once,
-    reloaded tied), and the new rows were trained."""
+    """300 new tokens grow the shared matrix to 151,969 rows: still the output head, in training and in the
+    export (saved once, reloaded tied)."""
     trainer, out = trained(name)
     module = trainer.engine.module
-    assert len(trainer.tokenizer) == 151669 + len(NEW_TOKENS)
+    grown = 151669 + len(NEW_TOKENS)
+    assert len(trainer.tokenizer) == grown == module.model.embed_tokens.weight.shape[0]
     assert module.lm_head.weight is module.model.embed_tokens.weight
     export = out / f"checkpoint-{STEPS}"
     with safe_open(str(export / "model.safetensors"), "pt") as f:
-        assert "lm_head.weight" not in f.keys()
+        assert "lm_head.weight" not in f.keys() and f.get_slice("model.embed_tokens.weight").get_shape()[0] == grown
     model = AutoModelForCausalLM.from_pretrained(export)
-    assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
-    new_ids = AutoTokenizer.from_pretrained(export).convert_tokens_to_ids(NEW_TOKENS)
-    assert new_ids == [151936, 151937] or min(new_ids) >= 151669  # after the published (padded) vocabulary
-    assert model.config.vocab_size >= max(new_ids) + 1
+    assert model.config.tie_word_embeddings and model.config.vocab_size == grown
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert AutoTokenizer.from_pretrained(export).convert_tokens_to_ids(NEW_TOKENS) == list(range(151669, grown))
 
 
 @pytest.mark.parametrize("name", NAMES)
