@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from data.collators import model_inputs
+from data.collators import fit_to_model, model_inputs
 from general_util import faults
 from general_util.cli import convert_legacy_arguments
 from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, decided_by_rank0, exit_process,
@@ -32,10 +32,10 @@ from general_util.files import write_json_atomic
 from general_util.fingerprints import data_fingerprint, tokenizer_fingerprint
 from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
-from modules.flops import device_peak_flops, training_flops_per_token
+from modules.flops import active_parameter_count, device_peak_flops, training_flops_per_token
 from modules import sequence_parallel
 from modules.loss import batch_targets, count_targets
-from modules.loss_impl import LossSettings, causal_lm_loss_sum
+from modules.loss_impl import LossSettings, causal_lm_loss_terms, router_aux_loss_coef
 from post_processors.run import reported_metrics, run_evaluators
 from post_processors.summary import write_summary
 from training import checkpoints as ckpt
@@ -72,6 +72,8 @@ class LogWindow:
     samples: int = 0
     row_shards: int = 1  # sequence_parallel_size: each rank holds 1/row_shards of every row
     source_tokens: list[int] = field(default_factory=list)  # per source of a mixed dataset (train/tokens/<source>)
+    aux_sum: float | torch.Tensor = 0.0  # MoE: the routers' load-balancing losses of this rank's micro-batches
+    aux_calls: int = 0    # how many micro-batches gave one
 
     def add_step(self, loss_sum: torch.Tensor, label_tokens: torch.Tensor) -> None:
         self.losses.append((loss_sum, label_tokens))
@@ -146,6 +148,9 @@ class Trainer:
     def setup(self, model) -> None:
         resume_from, state = self.resume_point
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
+        self.active_params = active_parameter_count(model)  # MoE: the experts a token is routed to, not all
+        coef = router_aux_loss_coef(model)  # None: a dense model
+        self.aux_coef = coef if coef is None or self.cfg.moe_aux_loss_coef is None else self.cfg.moe_aux_loss_coef
         reshard_from = state["world_size"] if state and state["world_size"] != self.ctx.world_size else None
         self.engine = build_engine(self.cfg, model, self.ctx, self.parallel, self.total_steps, reshard_from)
         from data.sampler import DistributedEpochSampler
@@ -154,6 +159,7 @@ class Trainer:
                                                self.cfg.seed, self.cfg.per_gpu_train_batch_size,
                                                self.cfg.gradient_accumulation_steps)
         self.collator = instantiate(self.cfg.collator, tokenizer=self.tokenizer)
+        fit_to_model(self.collator, model.config)  # packed rows: the model's sliding window in their mask
         if resume_from is not None:
             self.resume(resume_from, state)
         self.metrics = MetricsWriter(self.output_dir, self.ctx, self.total_steps, self.step, self.cfg.report_to,
@@ -312,9 +318,14 @@ class Trainer:
         for batch, batch_target in zip(window, targets):
             self.window.add_batch(batch)
             self.count_sources(batch)
-            micro_loss = causal_lm_loss_sum(self.engine.model, model_inputs(batch, self.ctx.device), batch_target,
-                                            self.loss_settings)
-            self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
+            micro_loss, aux = causal_lm_loss_terms(self.engine.model, model_inputs(batch, self.ctx.device),
+                                                   batch_target, self.loss_settings, self.aux_coef is not None)
+            objective = micro_loss * scale.to(micro_loss.dtype)
+            if aux is not None:  # MoE: coefficient × the mean load-balancing loss of the global batch's micro-batches
+                objective = objective + self.aux_coef * aux / (len(window) * self.ctx.world_size)
+                self.window.aux_sum += aux.detach().double()  # read at the next log, no sync per micro-batch
+                self.window.aux_calls += 1
+            self.engine.backward(objective)
             self.engine.step()
             loss_sum += micro_loss.detach().double()
         self.window.add_step(loss_sum, label_tokens)
@@ -332,13 +343,14 @@ class Trainer:
         """Mean loss over the steps since the last log (exact global token mean per step), lr, grad norm,
         throughput; one collective per logging step."""
         window = self.window
-        counts = window.source_tokens + [window.tokens, window.slots, window.samples]
+        counts = window.source_tokens + [window.aux_sum, window.tokens, window.slots, window.samples]
         local = torch.stack([loss for loss, _ in window.losses]
                             + [torch.tensor(float(n), dtype=torch.float64, device=self.ctx.device) for n in counts])
         totals = all_reduce(local)
-        by_source = totals[len(window.losses):-3].tolist()
-        totals = torch.cat([totals[:len(window.losses)], totals[-3:]])
-        losses = totals[:-3] / torch.stack([tokens for _, tokens in window.losses])
+        steps, sources = len(window.losses), len(window.source_tokens)
+        by_source = totals[steps:steps + sources].tolist()
+        aux_total = totals[steps + sources]
+        losses = totals[:steps] / torch.stack([tokens for _, tokens in window.losses])
         elapsed = time.perf_counter() - self.last_log_time
         grad_norm = self.engine.grad_norm()
         values = {"train/loss": losses.mean().item(), "train/lr": self.engine.lr(),
@@ -347,10 +359,12 @@ class Trainer:
                   "train/samples_per_second": totals[-1].item() / elapsed,
                   "train/non_pad_fraction": totals[-3].item() / totals[-2].item(),
                   **{f"train/tokens/{name}": tokens for name, tokens in zip(self.sources, by_source)}}
+        if window.aux_calls:  # the unweighted load-balancing loss, mean over every rank's micro-batches
+            values["train/aux_loss"] = aux_total.item() / (window.aux_calls * self.ctx.world_size)
         if self.peak_flops:
             config = self.engine.module.config
-            flops_per_token = training_flops_per_token(self.num_params, config.num_hidden_layers, config.hidden_size,
-                                                       window.mean_row_length)
+            flops_per_token = training_flops_per_token(self.active_params, config.num_hidden_layers,
+                                                       config.hidden_size, window.mean_row_length)
             values["train/mfu"] = values["train/tokens_per_second"] * flops_per_token / (self.peak_flops * self.ctx.world_size)
         self.metrics.scalars(values, self.step)
         if self.hooks.on_log:

@@ -102,7 +102,7 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
     ctx = trainer.ctx
     trainer.train()
     tokens_per_second = batch * seq * steps / (log_times[warmup + steps] - log_times[warmup])
-    flops_per_token = training_flops_per_token(trainer.num_params, shape["num_layers"], shape["hidden_size"], seq)
+    flops_per_token = training_flops_per_token(trainer.active_params, shape["num_layers"], shape["hidden_size"], seq)
     peak = device_peak_flops(peak)
     result = {"size": size, "engine": engine, "precision": precision, "attn": attn,
               "gradient_checkpointing": checkpointing, "loss_impl": loss_impl,

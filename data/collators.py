@@ -12,7 +12,7 @@ of the samples packed into it (one entry unless the dataset was built with `pack
 import torch
 
 from data.labels import IGNORE_INDEX
-from data.packing import block_causal_mask, segment_positions
+from data.packing import attention_window, block_causal_mask, segment_positions
 from general_util.errors import ConfigError
 
 BATCH_METADATA = ("labels", "shift_labels", "index", "num_tokens", "num_samples")
@@ -70,16 +70,19 @@ class PackedCollator:
       eager     the same mask as additive float32 (0 / finfo.min), as eager attention adds it
       flash_*   every sample of the batch concatenated into one row without padding, position ids only;
                 transformers then runs flash-attention's variable-length kernel (its padding-free format)
-    A 4-D mask is passed to the model as it is (transformers.masking_utils returns 4-D masks unchanged).
+    A 4-D mask is passed to the model as it is (transformers.masking_utils returns 4-D masks unchanged), so a
+    model's sliding window (Mistral) must be in it: `sliding_window`, set from the model by `fit_to_model`.
     """
 
-    def __init__(self, tokenizer, attn_implementation: str, pad_to_multiple_of: int = 1):
+    def __init__(self, tokenizer, attn_implementation: str, pad_to_multiple_of: int = 1,
+                 sliding_window: int | None = None):
         if attn_implementation not in MASKED_ATTENTION and not attn_implementation.startswith("flash"):
             raise ConfigError(f"attn_implementation={attn_implementation!r}: packing supports "
                              f"{', '.join(MASKED_ATTENTION)} and flash_attention_*")
         self.pad_token_id = _pad_token_id(tokenizer)
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
         self.attn_implementation = attn_implementation
+        self.sliding_window = sliding_window
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         seq_lens = [list(row.get("seq_lens", [len(row["input_ids"])])) for row in rows]
@@ -94,7 +97,17 @@ class PackedCollator:
         batch = _padded(rows, self.pad_token_id, self.pad_to_multiple_of)
         length = batch["input_ids"].shape[1]
         segments, positions = zip(*(segment_positions(lens, length) for lens in seq_lens))
-        mask = block_causal_mask(torch.stack(segments))
+        mask = block_causal_mask(torch.stack(segments), self.sliding_window)
         if self.attn_implementation == "eager":
             mask = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
         return {**batch, "attention_mask": mask, "position_ids": torch.stack(positions), **meta}
+
+
+def fit_to_model(collator, model_config) -> None:
+    """Give a PackedCollator the model's sliding attention window (flash attention applies it from the model's
+    config itself; a 4-D mask must carry it); other collators need nothing from the model."""
+    if isinstance(collator, PackedCollator) and not collator.attn_implementation.startswith("flash"):
+        try:
+            collator.sliding_window = attention_window(model_config)
+        except ValueError as error:
+            raise ConfigError(f"packing with attn_implementation={collator.attn_implementation}: {error}") from None

@@ -40,9 +40,28 @@ def segment_positions(seq_lens: list[int], length: int) -> tuple[torch.Tensor, t
     return segments, positions
 
 
-def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """(batch, 1, L, L) boolean mask, True where query i may attend key j: same segment and j ≤ i."""
+def block_causal_mask(segment_ids: torch.Tensor, sliding_window: int | None = None) -> torch.Tensor:
+    """(batch, 1, L, L) boolean mask, True where query i may attend key j: same segment and j ≤ i, and with a
+    `sliding_window` (Mistral's) also i - j < sliding_window, as the model's own mask for one sample has it."""
     length = segment_ids.shape[-1]
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
     causal = torch.ones(length, length, dtype=torch.bool).tril()
+    if sliding_window:
+        causal &= torch.ones(length, length, dtype=torch.bool).triu(-(sliding_window - 1))
     return (same & causal)[:, None]
+
+
+def attention_window(config) -> int | None:
+    """The sliding attention window every layer of a model applies (Mistral's `sliding_window`), or None for
+    full attention; a ValueError when only some layers slide (Qwen2 with use_sliding_window, `layer_types`
+    mixing both): one packed mask cannot serve both kinds of layer."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    kinds = set(getattr(config, "layer_types", None) or ["sliding_attention"])
+    if "sliding_attention" not in kinds:
+        return None
+    if kinds != {"sliding_attention"}:
+        raise ValueError(f"some layers use a sliding window of {window} and others full attention "
+                         f"({sorted(kinds)}); packed rows need attn_implementation=flash_attention_2 for that")
+    return window

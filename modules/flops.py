@@ -26,3 +26,23 @@ def device_peak_flops(configured: float | None) -> float | None:
         if key in name:
             return PEAK_BF16_FLOPS[key]
     return None
+
+
+def active_parameter_count(model: torch.nn.Module) -> int:
+    """The parameters one token's forward pass runs through, for training_flops_per_token: all of them in a
+    dense model; in a mixture-of-experts model (config `num_experts` or `num_local_experts`, and
+    `num_experts_per_tok`) the routed experts' parameters (those under an `experts` module) count
+    num_experts_per_tok / num_experts of their total, shared experts, attention, router and embeddings in full.
+    ZeRO-3-partitioned parameters count at their full size (`ds_numel`)."""
+    config = model.config
+    experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    top_k = getattr(config, "num_experts_per_tok", None)
+    total = routed = 0
+    for name, param in model.named_parameters():
+        count = getattr(param, "ds_numel", param.numel())
+        total += count
+        if ".experts." in f".{name}":
+            routed += count
+    if not (experts and top_k and routed):
+        return total
+    return total - routed + routed * top_k // experts

@@ -12,10 +12,18 @@ module on the final hidden states, returns the loss instead of the logits. Calli
 what keeps ZeRO-3 right: DeepSpeed gathers the partitioned head weight once for that call (not per slice)
 and again for its backward, where the weight gradient is reduced into the partition as any layer's is.
 Scoring (log-probabilities of chosen tokens) uses the chunked kernel under chunked and liger alike.
+
+Mixture-of-experts models (a config with `router_aux_loss_coef`: Qwen2-MoE, Qwen3-MoE, Mixtral) also give the
+routers' load-balancing loss of the same forward call (`causal_lm_loss_terms`): the routers' logits are recorded
+as transformers records them (`_can_record_outputs["router_logits"]`) and passed to the family's own
+`load_balancing_loss_func`, without an attention mask. That is transformers' `aux_loss` for the inputs the
+trainer's collators give (no mask, or a packed row's 4-D block mask, which transformers' `output_router_logits`
+path cannot take); the trainer adds it to the objective with its coefficient.
 """
 import functools
 import importlib.util
 import logging
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,7 +37,7 @@ from modules.loss import target_loss_sum
 logger = logging.getLogger(__name__)
 LOSS_IMPLS = ("auto", "full", "chunked", "liger")
 # Families whose causal-LM forward ends in a bare `logits = lm_head(hidden)` (no soft-capping or scaling).
-PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mixtral")
 
 
 def settings_problems(impl: str, chunk_tokens: int, cuda: bool) -> list[str]:
@@ -122,6 +130,50 @@ def head_computes(head: nn.Linear, compute):
 def liger_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
     return LigerFusedLinearCrossEntropyLoss(reduction="sum", accum_dtype=torch.float32)(weight, hidden, targets)
+
+
+def router_aux_loss_coef(model) -> float | None:
+    """The load-balancing loss coefficient of a mixture-of-experts model's config; None for a dense model."""
+    return getattr(causal_lm(model).config, "router_aux_loss_coef", None)
+
+
+@contextmanager
+def router_loss_recorder(model):
+    """While active, each forward call's router logits are appended to the yielded list; `router_aux_loss` turns
+    them into the load-balancing loss."""
+    lm = causal_lm(model)
+    spec = lm._can_record_outputs["router_logits"]
+    logits = []
+    hooks = [m.register_forward_hook(lambda module, args, output: logits.append(output[spec.index]))
+             for m in lm.modules() if isinstance(m, spec.target_class)]
+    try:
+        yield logits
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def router_aux_loss(model, router_logits: list[torch.Tensor]) -> torch.Tensor:
+    """The family's own load_balancing_loss_func over every token of the call (no mask)."""
+    lm = causal_lm(model)
+    config = lm.config
+    experts = getattr(config, "num_experts", None) or config.num_local_experts
+    # the modeling module of the family's class (FSDP2 subclasses it in a module of its own)
+    balancing = next(getattr(sys.modules[cls.__module__], "load_balancing_loss_func") for cls in type(lm).__mro__
+                     if hasattr(sys.modules[cls.__module__], "load_balancing_loss_func"))
+    return balancing(tuple(router_logits), experts, config.num_experts_per_tok, None)
+
+
+def causal_lm_loss_terms(model, inputs: dict, targets: torch.Tensor, loss: LossSettings,
+                         router_loss: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`causal_lm_loss_sum` and, for a mixture-of-experts model (`router_aux_loss_coef`) when `router_loss`,
+    the routers' load-balancing loss of the same forward call (transformers' `aux_loss`: one value for the
+    whole micro-batch, not multiplied by the coefficient); None for a dense model."""
+    if not (router_loss and router_aux_loss_coef(model) is not None):
+        return causal_lm_loss_sum(model, inputs, targets, loss), None
+    with router_loss_recorder(model) as router_logits:
+        loss_sum = causal_lm_loss_sum(model, inputs, targets, loss)
+    return loss_sum, router_aux_loss(model, router_logits)
 
 
 def causal_lm_loss_sum(model, inputs: dict, targets: torch.Tensor, loss: LossSettings) -> torch.Tensor:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from data.packing import attention_window
 from modules.loss_impl import LossSettings, target_log_probs
 
 
@@ -140,14 +141,17 @@ class PackedBatch:
     targets: list[tuple[int, list[int], list[int]]]  # per request: row, positions predicting its tokens, tokens
     truncated: list[bool]           # per request: context cut from the left to fit max_length
 
-    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor | None:
+    def attention_mask(self, dtype: torch.dtype, sliding_window: int | None = None) -> torch.Tensor | None:
         """Additive [rows, 1, width, width] mask (None without branches: plain causal attention). A token sees
-        the earlier tokens of the context and of its own branch; padding sees itself (no NaN rows)."""
+        the earlier tokens of the context and of its own branch (with a `sliding_window`, Mistral's, only those
+        less than that many positions back, as the model's own mask has it); padding sees itself (no NaN rows)."""
         if not bool((self.segments > 0).any()):
             return None
         query, key = self.segments[:, :, None], self.segments[:, None, :]
         width = self.segments.shape[1]
         seen = torch.ones(width, width, dtype=torch.bool).tril() & (key >= 0) & ((key == 0) | (key == query))
+        if sliding_window:
+            seen &= (self.position_ids[:, :, None] - self.position_ids[:, None, :]) < sliding_window
         seen |= torch.eye(width, dtype=torch.bool)
         return torch.zeros(seen.shape, dtype=dtype).masked_fill_(~seen, torch.finfo(dtype).min)[:, None]
 
@@ -246,10 +250,14 @@ def score_batch(model, requests: list[Request], max_length: int, device: torch.d
     peft). Under `loss.impl` chunked/liger the log-probs come from the hidden states a slice of positions
     at a time (modules/loss_impl.py), so no kept positions × vocabulary tensor is built."""
     config = getattr(getattr(model, "module", model), "config", None)
-    batch = pack(requests, max_length, getattr(config, "_attn_implementation", None) in SHARED_CONTEXT_ATTENTION,
-                 truncation)
+    shared = getattr(config, "_attn_implementation", None) in SHARED_CONTEXT_ATTENTION
+    try:
+        window = attention_window(config)
+    except ValueError:  # windowed and full layers: no one mask serves both, so no shared contexts
+        window, shared = None, False
+    batch = pack(requests, max_length, shared, truncation)
     inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "logits_to_keep": batch.logits_to_keep}
-    mask = batch.attention_mask(next(model.parameters()).dtype)
+    mask = batch.attention_mask(next(model.parameters()).dtype, window)
     if mask is not None:
         inputs["attention_mask"] = mask
     index, tokens, owner = (torch.tensor(values, device=device) for values in scored_tokens(batch))

@@ -1,4 +1,5 @@
 """The DeepSpeed engine (ZeRO 1-3, offload, mixed precision, all from `ds_cfg`) behind training/engine.py."""
+import logging
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ from training.optim import lr_scheduler_factory, parameter_groups
 from training.saving import RecordedWrites
 from training.universal_checkpoint import convert_to_universal, enable_universal_loading
 
+logger = logging.getLogger(__name__)
+
 
 def load_model(cfg: DictConfig, tokenizer) -> torch.nn.Module:
     """`cfg.model`, instantiated; under ZeRO-3 `from_pretrained` partitions the weights while loading instead
@@ -23,6 +26,20 @@ def load_model(cfg: DictConfig, tokenizer) -> torch.nn.Module:
     from transformers.integrations import HfDeepSpeedConfig
     dschf = HfDeepSpeedConfig(deepspeed_config(cfg))  # noqa: F841 (must stay alive while loading)
     return instantiate(cfg.model, tokenizer=tokenizer)
+
+
+def set_moe_leaf_modules(model: torch.nn.Module) -> list[str]:
+    """ZeRO-3: make every mixture-of-experts block (a module class named `*SparseMoeBlock`: Mixtral, Qwen2-MoE,
+    Qwen3-MoE) a leaf (deepspeed.utils.set_z3_leaf_modules), so its parameters are gathered once for the whole
+    block instead of expert by expert as the router happens to pick them: ranks whose tokens chose different
+    experts would otherwise fetch different parameters and wait on each other. Returns the classes' names."""
+    from deepspeed.utils import set_z3_leaf_modules
+    classes = sorted({type(m) for m in model.modules() if type(m).__name__.endswith("SparseMoeBlock")},
+                     key=lambda cls: cls.__name__)
+    if classes:
+        set_z3_leaf_modules(model, classes)
+        logger.info("ZeRO-3 leaf modules: %s", ", ".join(cls.__name__ for cls in classes))
+    return [cls.__name__ for cls in classes]
 
 
 class RecordingCheckpointEngine:
@@ -57,6 +74,8 @@ class DeepSpeedEngine:
         if mpu is not None:
             sequence_parallel.register_attention(model.config, cfg.model.attn_implementation,
                                                  mpu.get_sequence_parallel_group())
+        if self.stage >= 3:
+            set_moe_leaf_modules(model)
         self.model, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=parameter_groups(model, cfg.weight_decay), config=self.config,
             lr_scheduler=lr_scheduler_factory(cfg, total_steps), mpu=mpu)
