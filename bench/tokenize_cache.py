@@ -5,23 +5,20 @@ Opening should take well under a second whatever the corpus size: it reads meta.
 shards on first use. The corpus is random text (CJK characters and pseudo-words), so the tokenizer's
 word cache does not flatter the throughput.
 
-    python bench/tokenize_cache.py            # 4 MB and 16 MB corpora (a few minutes on 2 cores)
-    python bench/tokenize_cache.py --quick    # 0.25 MB and 1 MB: checks the measuring code (CI)
+    python -m bench.tokenize_cache            # 4 MB and 16 MB corpora (a few minutes on 2 cores)
+    python -m bench.tokenize_cache --quick    # 0.25 MB and 1 MB: checks the measuring code (CI)
 """
 import argparse
 import json
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from bench.delta_memory import cpu_model  # noqa: E402
+from bench.delta_memory import cpu_model
 
 CJK = [chr(0x4E00 + i) for i in range(0, 20000, 7)]  # about 2,900 distinct characters
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "an", "el", "is", "or", "un", "th", "st", "qu"]

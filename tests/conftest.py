@@ -35,7 +35,7 @@ if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
 LONGEST_FIRST = ["test_repeated_jobs.py", "test_lm_eval_evaluator.py", "test_fsdp2.py", "test_rank_failure.py",
                  "test_deepspeed_multinode.py", "test_sequence_parallel.py", "test_trainer_e2e.py",
                  "test_bench_delta_memory.py", "test_elastic_resume.py", "test_save_failures.py",
-                 "test_bench_loss_memory.py", "test_seed_multi_run.py", "test_bench_long_context.py",
+                 "test_bench_loss_memory.py", "test_seed_multi_run.py", "test_long_context.py",
                  "test_cli_errors.py", "test_original_configs.py"]
 
 

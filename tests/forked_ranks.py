@@ -1,4 +1,4 @@
-"""Trainer ranks forked from a process that has already imported the trainer's stack (general_util/forked.py):
+"""Trainer ranks forked from a process that has already imported the trainer's stack (devtools/forked.py):
 each rank runs trainer.py as `python trainer.py <args>` does (the same argument handling, Hydra composition,
 one-line errors and exit codes) without the ~10 s of start-up a fresh interpreter costs. Tests of the launchers
 (deepspeed, torchrun, the DeepSpeed runner) and of what they do with a rank's exit start them for real
@@ -6,8 +6,7 @@ one-line errors and exit codes) without the ~10 s of start-up a fresh interprete
 import os
 from pathlib import Path
 
-from bench.harness import TRAINER_STACK
-from general_util import forked
+from devtools import forked
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,13 +14,13 @@ REPO = Path(__file__).resolve().parents[1]
 def use_warm_fork_server() -> None:
     """Make this process's fork server (started on first use, by these ranks or by any forkserver pool) import
     the trainer's stack; call it before anything starts the server."""
-    forked.use_warm_fork_server([TRAINER_STACK])
+    forked.use_warm_fork_server()
 
 
 def run_ranks(args: list[str], nproc: int, env: dict[str, str], timeout: float,
               nnodes: int = 1) -> forked.WorldResult:
     """`python trainer.py <args>` (nproc 1) or a world of `nproc` ranks (on `nnodes` "nodes"), as forked children
-    (general_util.forked.run_forked); the result's args are `["trainer.py", *args]`."""
+    (devtools.forked.run_forked); the result's args are `["trainer.py", *args]`."""
     use_warm_fork_server()
     result = forked.run_forked(REPO / "trainer.py", args, nproc, env, REPO, timeout, nnodes=nnodes)
     result.args = ["trainer.py", *args]

@@ -10,20 +10,20 @@ from tests.forked_ranks import REPO, run_script
 pytestmark = pytest.mark.slow
 
 
-def run_quick(script: str, forked: bool = True) -> tuple[dict, str]:
-    """`python <script> --quick`: forked (tests/forked_ranks.py), or a fresh interpreter for a bench whose
+def run_quick(module: str, forked: bool = True) -> tuple[dict, str]:
+    """`python -m <module> --quick`: forked (tests/forked_ranks.py), or a fresh interpreter for a bench whose
     multiprocessing pools start their own fork server."""
     if forked:
-        result = run_script(script, ["--quick"])
+        result = run_script(f"-m {module}", ["--quick"])
     else:
-        result = subprocess.run([sys.executable, script, "--quick"], cwd=REPO, capture_output=True, text=True,
+        result = subprocess.run([sys.executable, "-m", module, "--quick"], cwd=REPO, capture_output=True, text=True,
                                 timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout[:result.stdout.index("\n|")]), result.stdout
 
 
 def test_tokenize_cache_reports_throughput_and_open_time_for_two_sizes():
-    report, stdout = run_quick("bench/tokenize_cache.py", forked=False)
+    report, stdout = run_quick("bench.tokenize_cache", forked=False)
     runs = report["runs"]
     small, large = sorted({r["megabytes"] for r in runs})
     assert large > 3 * small and {r["num_proc"] for r in runs} == {1, 2}
@@ -33,7 +33,7 @@ def test_tokenize_cache_reports_throughput_and_open_time_for_two_sizes():
 
 
 def test_packing_reports_both_modes_on_the_same_steps():
-    report, stdout = run_quick("bench/packing.py")
+    report, stdout = run_quick("bench.packing")
     padding, packing = report["padding"], report["packing"]
     assert padding["steps"] == packing["steps"] == 3
     assert packing["non_pad_fraction"] > 0.95 > padding["non_pad_fraction"]

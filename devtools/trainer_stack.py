@@ -1,5 +1,5 @@
 """What a trainer process imports before its first step, imported once by the fork server that
-tests/forked_ranks.py and the benchmarks' --fork-workers start processes from (general_util/forked.py: its
+tests/forked_ranks.py and the benchmarks' --fork-workers start processes from (devtools/forked.py: its
 children begin with all of it loaded)."""
 import peft  # noqa: F401
 import torch.utils.tensorboard  # noqa: F401
