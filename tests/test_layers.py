@@ -102,6 +102,22 @@ def test_the_tests_import_no_bench_code():
     assert not wrong, wrong
 
 
+# DeepSpeed's own features, the only modules that import it: its engine (and ZeRO-3's partitioned loading and
+# gathered parameters), its checkpoint conversions, Ulysses sequence parallelism
+DEEPSPEED_FEATURES = {"training.deepspeed_engine", "training.universal_checkpoint", "models.convert", "models.vocab",
+                      "modules.sequence_parallel"}
+
+
+def test_deepspeed_is_imported_only_where_its_features_are_used():
+    """Not on the ground floor, not by the data, the evaluators or trainer.py, not on FSDP2's path: the process
+    group is torch.distributed's (tests/test_fsdp2.py trains engine=fsdp2 where DeepSpeed cannot be imported)."""
+    importers = {name for name, path in project_modules().items() if "deepspeed" in top_level_imports(path)}
+    assert importers <= DEEPSPEED_FEATURES, sorted(importers - DEEPSPEED_FEATURES)
+    for package in ("general_util", "data", "post_processors", "trainer", "training.fsdp2_engine", "training.engine",
+                    "training.config"):
+        assert not {name for name in importers if name == package or name.startswith(package + ".")}, package
+
+
 def test_the_checker_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "example.py"
     source.write_text("import os\n\ndef f():\n    from general_util.errors import UserError\n    import data.labels\n")

@@ -184,6 +184,9 @@ def engine_problems(cfg: DictConfig) -> list[str]:
     """Settings of one engine given to the other: each would be silently ignored, so each is refused."""
     if cfg.engine not in ENGINES:
         return [f"engine={cfg.engine!r}: use one of {', '.join(ENGINES)}"]
+    if cfg.engine == "deepspeed" and cfg.do_train and importlib.util.find_spec("deepspeed") is None:
+        return ["engine=deepspeed: DeepSpeed is not installed here (pip install -r requirements.txt); "
+                "engine=fsdp2 trains without it"]
     if cfg.engine == "deepspeed":
         defaults = OmegaConf.load(BASE_CONFIG).fsdp2
         return [f"fsdp2.{key}={value!r}: an FSDP2 setting; set engine=fsdp2 or remove it"
