@@ -9,28 +9,26 @@ All three tokenize the same way and include tokenization; the evaluator runs als
 The variants alternate within each repetition and speedups are taken within a repetition (shared CPUs
 are noisy). The scores of the three must agree (max_abs_score_difference).
 
-    python bench/eval_speed.py            # 5 repetitions
-    python bench/eval_speed.py --quick    # 4 items, 1 repetition: checks the benchmark code (CI)
+    python -m bench.eval_speed            # 5 repetitions
+    python -m bench.eval_speed --quick    # 4 items, 1 repetition: checks the benchmark code (CI)
 """
 import argparse
 import functools
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data.benchmarks import LogiQAReader, MultipleChoicePrompt  # noqa: E402
-from modules.loss_impl import LossSettings  # noqa: E402
-from modules.scoring import encode_pair, score_requests  # noqa: E402
-from post_processors.multiple_choice import MultipleChoiceEvaluator  # noqa: E402
+from bench.harness import REPO
+from data.benchmarks import LogiQAReader, MultipleChoicePrompt
+from modules.loss_impl import LossSettings
+from modules.scoring import encode_pair, score_requests
+from post_processors.multiple_choice import MultipleChoiceEvaluator
 
 VARIANTS = ("one_option_per_forward", "one_item_per_forward", "batched")
 MAX_SEQ_LENGTH = 1024

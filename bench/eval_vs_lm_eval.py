@@ -26,8 +26,8 @@ truncated items) the largest score difference and the share of identical choices
 Needs `pip install -r requirements-bench.txt` (lm-eval); installs nothing by itself. Offline: nothing is
 read from the hub (HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1; the task's documents are passed in memory).
 
-    python bench/eval_vs_lm_eval.py            # both suites, 5 repetitions, 1 torch thread
-    python bench/eval_vs_lm_eval.py --quick    # 2 items per evaluator, 1 repetition: checks the comparison (CI)
+    python -m bench.eval_vs_lm_eval            # both suites, 5 repetitions, 1 torch thread
+    python -m bench.eval_vs_lm_eval --quick    # 2 items per evaluator, 1 repetition: checks the comparison (CI)
 """
 import argparse
 import contextlib
@@ -44,16 +44,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.eval_speed import LOSS, MAX_SEQ_LENGTH, logiqa_evaluators  # noqa: E402
-from bench.tokenize_cache import machine  # noqa: E402
-from data.benchmarks import C3Reader, MultipleChoicePrompt  # noqa: E402
-from post_processors.multiple_choice import MultipleChoiceEvaluator  # noqa: E402
+from bench.harness import REPO
+from bench.eval_speed import LOSS, MAX_SEQ_LENGTH, logiqa_evaluators
+from bench.tokenize_cache import machine
+from data.benchmarks import C3Reader, MultipleChoicePrompt
+from post_processors.multiple_choice import MultipleChoiceEvaluator
 
 MODEL = REPO / "models" / "tiny_llama"
 TOLERANCE = 1e-4  # on a summed log-likelihood

@@ -2,11 +2,11 @@
 ZeRO-1 on one GPU, with gradient checkpointing off and on, for each --loss-impl (loss_impl; default
 auto). Runs in well under 5 minutes on an H100 per loss implementation.
 
-    python bench/gpu_mfu.py [--attn sdpa|flash_attention_2] [--steps 20] [--loss-impl full chunked liger]
-    python bench/gpu_mfu.py --sequence-parallel-size 2 --seq 8192   # Ulysses over 2 GPUs (torchrun), one sequence group
-    python bench/gpu_mfu.py --checkpointing on   # only one gradient checkpointing setting (default: off and on)
-    python bench/gpu_mfu.py --engine fsdp2                          # the trainer's FSDP2 engine (engine=fsdp2) instead
-    python bench/gpu_mfu.py --quick --peak-flops 1e12   # a tiny LLaMA, fp32 on CPU: checks the measuring code (CI)
+    python -m bench.gpu_mfu [--attn sdpa|flash_attention_2] [--steps 20] [--loss-impl full chunked liger]
+    python -m bench.gpu_mfu --sequence-parallel-size 2 --seq 8192   # Ulysses over 2 GPUs (torchrun), one sequence group
+    python -m bench.gpu_mfu --checkpointing on   # only one gradient checkpointing setting (default: off and on)
+    python -m bench.gpu_mfu --engine fsdp2                          # the trainer's FSDP2 engine (engine=fsdp2) instead
+    python -m bench.gpu_mfu --quick --peak-flops 1e12   # a tiny LLaMA, fp32 on CPU: checks the measuring code (CI)
 
 Each variant runs in a fresh process (group; --fork-workers: forked from a warm fork server, bench/harness.py),
 its peak memory taken from its start; --quick without sequence parallelism measures all of them in one process,
@@ -33,45 +33,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench.harness import add_fork_workers_argument, run_worker_processes  # noqa: E402
-from general_util.dist import exit_process, teardown  # noqa: E402
-from modules.loss_impl import LOSS_IMPLS  # noqa: E402
+from bench.harness import (PeakMemory, add_fork_workers_argument, build_model_dir, emit_result, results_of,
+                           run_worker_processes)
+from general_util.dist import exit_process, teardown
+from modules.loss_impl import LOSS_IMPLS
 
 SIZES = {  # name: (model shape, sequence length, batch, vocabulary)
     "1b": ({"hidden_size": 2048, "num_layers": 16, "num_heads": 16, "intermediate_size": 5632}, 2048, 4, 32000),
     "quick": ({"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}, 128, 4, 1024),
 }
-
-
-def build_model_dir(directory: Path, size: str, seq: int) -> Path:
-    from transformers import AutoTokenizer
-    from models.tiny import build_model
-    shape, _, _, vocab = SIZES[size]
-    model = build_model(vocab_size=vocab, max_position_embeddings=seq, **shape)
-    model.save_pretrained(directory)
-    AutoTokenizer.from_pretrained(REPO / "models" / "tiny_llama").save_pretrained(directory)
-    return directory
-
-
-def reset_peak_memory() -> None:
-    """Start a measurement's peak: CUDA, the allocator's statistics; CPU (Linux), the resident-set high-water
-    mark (5 > /proc/self/clear_refs)."""
-    import torch
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_memory_gib() -> float:
-    """Since `reset_peak_memory`: CUDA, the allocator's peak; CPU, the resident-set high-water mark (VmHWM)."""
-    import torch
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) / 2**20
 
 
 def device_name() -> str:
@@ -84,7 +54,8 @@ def device_name() -> str:
 def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_impl: str, warmup: int, steps: int,
                peak: float | None, sp: int, seq: int, engine: str) -> dict | None:
     """One measurement on this rank; the result on global rank 0 (None on the others)."""
-    reset_peak_memory()
+    memory = PeakMemory()
+    memory.start()
     import torch
     from bench.harness import RandomTokens, timed_trainer
     from modules.flops import device_peak_flops, training_flops_per_token
@@ -110,7 +81,7 @@ def run_worker(model_dir: Path, size: str, attn: str, checkpointing: bool, loss_
               "sequence_parallel_size": sp, "seq": seq, "parameters": trainer.num_params,
               "tokens_per_second": tokens_per_second,
               "mfu": tokens_per_second * flops_per_token / (peak * sp) if peak else None,
-              "peak_memory_gib": peak_memory_gib(), "gpu": device_name()}
+              "peak_memory_gib": memory.peak_bytes() / 2**30, "gpu": device_name()}
     # the next variant of this worker reuses the process group (DeepSpeed caches groups made from it)
     teardown(trainer.engine, trainer.close_data, keep_process_group=True)
     return result if ctx.is_main else None
@@ -148,13 +119,14 @@ def main(argv: list[str] | None = None) -> None:
             result = run_worker(Path(args.worker), size, args.attn, checkpointing == "on", loss_impl, args.warmup,
                                 args.steps, args.peak_flops, args.sequence_parallel_size, seq, args.engine)
             if result is not None:
-                print("RESULT " + json.dumps(result), flush=True)
+                emit_result(result)
         teardown()  # the process group the variants shared
         exit_process(0)  # no exit-time abort of a rank (general_util.dist.exit_process)
     results = []
     # stdout carries the report alone: library messages go to stderr
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model_dir(Path(tmp) / f"model-{size}", size, seq)
+        shape, _, _, vocab = SIZES[size]
+        model_dir = build_model_dir(Path(tmp) / f"model-{size}", vocab, seq, **shape)
         variants = list(itertools.product(args.loss_impl, args.checkpointing))
         # A process each (clean peaks, nothing left over from another variant), except --quick without sequence
         # parallelism: one process measures them all (saves the start-ups; its peaks include what earlier variants
@@ -167,12 +139,12 @@ def main(argv: list[str] | None = None) -> None:
                            "--warmup", str(args.warmup), "--steps", str(args.steps), "--seq", str(seq),
                            "--sequence-parallel-size", str(args.sequence_parallel_size), "--engine", args.engine] \
                 + (["--quick"] if args.quick else []) + (["--peak-flops", str(args.peak_flops)] if args.peak_flops else [])
-            out = run_worker_processes(__file__, worker_args, args.sequence_parallel_size,
+            out = run_worker_processes("bench.gpu_mfu", worker_args, args.sequence_parallel_size,
                                        {**os.environ, "PYTHONUNBUFFERED": "1"}, args.fork_workers)
-            lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-            if out.returncode != 0 or len(lines) != len(batch):
+            measured = results_of(out.stdout)
+            if out.returncode != 0 or len(measured) != len(batch):
                 raise SystemExit(f"worker failed:\n{out.stderr[-4000:]}")
-            results += [json.loads(line[len("RESULT "):]) for line in lines]
+            results += measured
     print(json.dumps(results, indent=2))
     print("\n| GPU | engine | attention | loss_impl | seq | SP | grad. checkpointing | tokens/s | MFU | peak memory |\n"
           "|---|---|---|---|---|---|---|---|---|---|")

@@ -1,9 +1,9 @@
 """The longest sequence that trains within a per-rank memory budget, sequence_parallel_size 1 vs 2 (DeepSpeed
 Ulysses, modules/sequence_parallel.py), and tokens/s at a length both can run.
 
-    python bench/long_context.py                    # the full search (about 20 minutes on 2 CPU cores)
-    python bench/long_context.py --quick            # a smaller budget, coarse steps: checks the comparison (CI)
-    python bench/long_context.py --log probes.jsonl # also append every probe to a file as it is measured
+    python -m bench.long_context                    # the full search (about 20 minutes on 2 CPU cores)
+    python -m bench.long_context --quick            # a smaller budget, coarse steps: checks the comparison (CI)
+    python -m bench.long_context --log probes.jsonl # also append every probe to a file as it is measured
 
 Every probe is a fresh process group (1 process, or 2 ranks under `torchrun`; --fork-workers: forked from a warm
 fork server, bench/harness.py) running the trainer (demo sft config, ZeRO-1, fp32, sdpa, loss_impl=full: the logits
@@ -28,9 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench.harness import add_fork_workers_argument, run_worker_processes  # noqa: E402
+from bench.harness import (PeakMemory, add_fork_workers_argument, build_model_dir, emit_result, results_of,
+                           run_worker_processes)
 
 SHAPE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 176}
 SIZES = {  # name: (model shape, vocabulary, memory budget per rank in MiB, first length, granularity)
@@ -38,30 +37,6 @@ SIZES = {  # name: (model shape, vocabulary, memory budget per rank in MiB, firs
     # SP=1 fits 2048 (~145 MiB), not 4096; SP=2 fits 4096 (~155 MiB per rank), not 8192: 5 probes in all
     "quick": (SHAPE, 4096, 200, 2048, 4096),
 }
-
-
-def reset_peak_rss() -> int:
-    """Reset this process's resident-set high-water mark (Linux: 5 > /proc/self/clear_refs); returns the
-    resident set now, in bytes."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return proc_status_bytes("VmRSS")
-
-
-def proc_status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def build_model_dir(directory: Path, size: str) -> Path:
-    from transformers import AutoTokenizer
-    from models.tiny import build_model
-    shape, vocab, *_ = SIZES[size]
-    build_model(vocab_size=vocab, max_position_embeddings=1 << 20, **shape).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(REPO / "models" / "tiny_llama").save_pretrained(directory)
-    return directory
 
 
 def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> None:
@@ -75,14 +50,14 @@ def run_worker(model_dir: Path, size: str, sp: int, length: int, steps: int) -> 
                  "collator.pad_to_multiple_of=1", f"sequence_parallel_size={sp}", "loss_impl=full"]
     trainer, log_times = timed_trainer(overrides, RandomTokens(steps, length, vocab=vocab))
     ctx = trainer.ctx
-    baseline = reset_peak_rss()  # the libraries, the weights and the engine are in; the training steps are not
+    memory = PeakMemory(cuda=False)
+    memory.start()  # the libraries, the weights and the engine are in; the training steps are not
     trainer.train()
-    growth = proc_status_bytes("VmHWM") - baseline
-    growths = gather_objects(growth)
+    growths = gather_objects(memory.growth_bytes())
     if ctx.is_main:
         seconds = log_times[steps] - log_times[1] if steps > 1 else None
-        print("RESULT " + json.dumps({"growth_mib": [g / 2**20 for g in growths],
-                                      "tokens_per_second": length * (steps - 1) / seconds if seconds else None}))
+        emit_result({"growth_mib": [g / 2**20 for g in growths],
+                     "tokens_per_second": length * (steps - 1) / seconds if seconds else None})
     teardown(trainer.engine, trainer.close_data)  # then leave as trainer.py does: no exit-time abort of a rank
     exit_process(0)
 
@@ -92,11 +67,11 @@ def probe(model_dir: Path, size: str, sp: int, length: int, steps: int, fork: bo
     args = ["--worker", str(model_dir), "--size", size, "--sp", str(sp), "--length", str(length), "--steps", str(steps)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
-    out = run_worker_processes(__file__, args, sp, env, fork)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
+    out = run_worker_processes("bench.long_context", args, sp, env, fork)
+    measured = results_of(out.stdout)
+    if out.returncode != 0 or not measured:
         raise SystemExit(f"probe sp={sp} length={length} failed:\n{out.stderr[-4000:]}")
-    return {"sp": sp, "length": length, "steps": steps, **json.loads(lines[-1][len("RESULT "):]),
+    return {"sp": sp, "length": length, "steps": steps, **measured[-1],
             "wall_s": time.perf_counter() - started}
 
 
@@ -167,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     record = Recorder(args.log)
     # stdout carries the report alone: library messages go to stderr
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model_dir(Path(tmp) / "model", size)
+        model_dir = build_model_dir(Path(tmp) / "model", vocab, 1 << 20, **shape)
         longest = {}
         measure = functools.partial(probe, model_dir, size, fork=args.fork_workers)
         for sp in (1, 2):  # SP=2 starts at SP=1's longest: it fits that too, and both are timed there

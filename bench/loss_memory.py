@@ -3,8 +3,8 @@ vocabularies of 32k / 64k / 128k at sequence lengths 2048 and 4096, on the tiny-
 models/tiny_llama (2 layers, hidden size 64) with the vocabulary changed, random weights, nothing downloaded.
 One sequence per step, every position labelled; fp32 on CPU, bf16 on CUDA.
 
-    python bench/loss_memory.py [--out loss_memory.json] [--repeats 3] [--chunk-tokens 1024]
-    python bench/loss_memory.py --quick      # vocab 32k at seq 1024, 256-token slices (CI smoke test)
+    python -m bench.loss_memory [--out loss_memory.json] [--repeats 3] [--chunk-tokens 1024]
+    python -m bench.loss_memory --quick      # vocab 32k at seq 1024, 256-token slices (CI smoke test)
 
 Each (vocab, seq, loss_impl) runs in a fresh process of its own, so the peaks are independent. Measured:
 - peak growth: how far the step pushes memory above what the process held just before it (the model's
@@ -26,48 +26,16 @@ import argparse
 import contextlib
 import json
 import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.harness import REPO, PeakMemory, emit_result, results_of, run_worker_processes
 
 FULL_GRID = {"vocab": [32000, 64000, 128256], "seq": [2048, 4096], "chunk_tokens": 1024}
 QUICK_GRID = {"vocab": [32000], "seq": [1024], "chunk_tokens": 256}  # one comparison: two fresh processes
 IMPLS = ("full", "chunked")
 MMAP_THRESHOLD = 1 << 16  # glibc: every block ≥ 64 KiB is mmapped and handed back when freed (a fixed threshold)
-
-
-def resident_bytes(field: str) -> int:
-    """VmRSS (now) or VmHWM (high-water mark) of this process, from /proc/self/status."""
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
-
-
-class PeakTracker:
-    """Peak memory above the level at `start()`: CUDA allocator statistics, or the CPU resident set."""
-
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
-
-    def start(self) -> None:
-        import torch
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
-            self.base = resident_bytes("VmRSS")
-
-    def growth(self) -> int:
-        import torch
-        if self.cuda:
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() - self.base
-        return resident_bytes("VmHWM") - self.base
 
 
 def run_worker(vocab: int, seq: int, impl: str, chunk_tokens: int, repeats: int) -> dict:
@@ -92,10 +60,10 @@ def run_worker(vocab: int, seq: int, impl: str, chunk_tokens: int, repeats: int)
             torch.cuda.synchronize()
 
     step()  # warm-up: one-time library set-up (kernels, thread pools) is not the loss's memory
-    tracker = PeakTracker(cuda)
-    tracker.start()
+    memory = PeakMemory(cuda)
+    memory.start()
     step()
-    growth = tracker.growth()
+    growth = memory.growth_bytes()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -119,15 +87,14 @@ def device_name() -> str:
 
 def measure(vocab: int, seq: int, impl: str, chunk_tokens: int, repeats: int) -> dict:
     """One variant in a fresh process; its error (crash, out of memory) is recorded instead of its figures."""
-    cmd = [sys.executable, __file__, "--worker", f"{vocab},{seq},{impl}", "--chunk-tokens", str(chunk_tokens),
-           "--repeats", str(repeats)]
+    args = ["--worker", f"{vocab},{seq},{impl}", "--chunk-tokens", str(chunk_tokens), "--repeats", str(repeats)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
+    out = run_worker_processes("bench.loss_memory", args, 1, env, fork=False)
+    measured = results_of(out.stdout)
+    if out.returncode != 0 or not measured:
         tail = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
         return {"vocab": vocab, "seq": seq, "loss_impl": impl, "error": f"exit {out.returncode}: {tail}"}
-    return json.loads(lines[-1][len("RESULT "):])
+    return measured[-1]
 
 
 def comparisons(results: list[dict]) -> list[dict]:
@@ -172,10 +139,10 @@ def main() -> None:
     chunk_tokens = args.chunk_tokens or grid["chunk_tokens"]
     if args.worker:
         vocab, seq, impl = args.worker.split(",")
-        print("RESULT " + json.dumps(run_worker(int(vocab), int(seq), impl, chunk_tokens, args.repeats)))
+        emit_result(run_worker(int(vocab), int(seq), impl, chunk_tokens, args.repeats))
         return
     if not Path("/proc/self/clear_refs").exists():
-        raise SystemExit("bench/loss_memory.py measures CPU memory through /proc (Linux) or on a CUDA GPU")
+        raise SystemExit("bench.loss_memory measures CPU memory through /proc (Linux) or on a CUDA GPU")
     results = []
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the report alone
         for vocab in grid["vocab"]:

@@ -5,27 +5,23 @@ rows, same number of steps (forward + backward + AdamW step in a plain loop).
 Padding: samples in random order, each batch padded to its longest (PaddingCollator). Packing: samples
 packed into rows of max_len (data.packing.pack_lengths) with block-causal masks (PackedCollator, sdpa).
 
-    python bench/packing.py            # lengths up to 2048, 2-layer hidden-64 LLaMA (a few minutes on 2 cores)
-    python bench/packing.py --quick    # lengths up to 256, few steps: checks the measuring code (CI)
+    python -m bench.packing            # lengths up to 2048, 2-layer hidden-64 LLaMA (a few minutes on 2 cores)
+    python -m bench.packing --quick    # lengths up to 256, few steps: checks the measuring code (CI)
 """
 import argparse
 import json
 import random
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from bench.tokenize_cache import machine  # noqa: E402
-from data.collators import PackedCollator, PaddingCollator  # noqa: E402
-from data.labels import IGNORE_INDEX  # noqa: E402
-from data.packing import pack_lengths  # noqa: E402
-from modules.loss import count_label_tokens, token_loss_sum  # noqa: E402
+from bench.tokenize_cache import machine
+from data.collators import PackedCollator, PaddingCollator
+from data.labels import IGNORE_INDEX
+from data.packing import pack_lengths
+from modules.loss import count_label_tokens, token_loss_sum
 
 SETTINGS = {  # max_len, median length, samples, batch (rows), steps
     "full": (2048, 192, 4000, 8, 12),

@@ -7,10 +7,10 @@ are two children joined in a gloo process group, sharing the cache folder. Openi
 second whatever the corpus size: it reads meta.json and memory-maps shards on first use. The corpus is random
 text (CJK characters and pseudo-words), so the tokenizer's word cache does not flatter the throughput.
 
-    python bench/tokenize_cache.py                          # 4 MB and 16 MB corpora (a few minutes on 2 cores)
-    python bench/tokenize_cache.py --memory-gb 0.1 1 2      # + peak RSS of a build of 0.1, 1 and 2 GB corpora
-    python bench/tokenize_cache.py --memory-only --memory-gb 0.1 1 2   # the peak RSS builds alone
-    python bench/tokenize_cache.py --quick                  # 0.25 MB and 1 MB: checks the measuring code (CI)
+    python -m bench.tokenize_cache                          # 4 MB and 16 MB corpora (a few minutes on 2 cores)
+    python -m bench.tokenize_cache --memory-gb 0.1 1 2      # + peak RSS of a build of 0.1, 1 and 2 GB corpora
+    python -m bench.tokenize_cache --memory-only --memory-gb 0.1 1 2   # the peak RSS builds alone
+    python -m bench.tokenize_cache --quick                  # 0.25 MB and 1 MB: checks the measuring code (CI)
 """
 import argparse
 import json
@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.delta_memory import cpu_model
 
-from bench.delta_memory import cpu_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CJK = [chr(0x4E00 + i) for i in range(0, 20000, 7)]  # about 2,900 distinct characters
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "an", "el", "is", "or", "un", "th", "st", "qu"]
@@ -82,7 +81,7 @@ def build_in_children(corpus: Path, cache_dir: Path, tokenizer_path: str, num_pr
     """Build with `ranks` child processes (each with `num_proc` tokenizer processes); the slowest rank's time."""
     from general_util.dist import free_port
     world = {"WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())} if ranks > 1 else {}
-    children = [subprocess.Popen([sys.executable, __file__, "--child", str(corpus), str(cache_dir), str(num_proc),
+    children = [subprocess.Popen([sys.executable, "-m", "bench.tokenize_cache", "--child", str(corpus), str(cache_dir), str(num_proc),
                                   str(piece_bytes), tokenizer_path, str(shard_tokens)], cwd=REPO, stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, **world, "RANK": str(rank), "LOCAL_RANK": str(rank)})
                  for rank in range(ranks)]

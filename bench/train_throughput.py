@@ -13,9 +13,9 @@ crashed is recorded as an error and the others go on (the exit status is then 1)
 after reporting its number (the HF Trainer + DeepSpeed stack has aborted at interpreter exit), keeps the number
 and notes the exit code.
 
-    python bench/train_throughput.py             # both sizes, 3 repetitions (about 10 minutes on 2 cores)
-    python bench/train_throughput.py --quick     # tiny and short: checks the comparison code (CI)
-    python bench/train_throughput.py --variants ours,bare   # a subset of the variants
+    python -m bench.train_throughput             # both sizes, 3 repetitions (about 10 minutes on 2 cores)
+    python -m bench.train_throughput --quick     # tiny and short: checks the comparison code (CI)
+    python -m bench.train_throughput --variants ours,bare   # a subset of the variants
 """
 import argparse
 import contextlib
@@ -29,9 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench.harness import RandomTokens, add_fork_workers_argument, run_worker_processes, timed_trainer  # noqa: E402
+from bench.harness import (PeakMemory, RandomTokens, add_fork_workers_argument, build_model_dir, emit_result,
+                           results_of, run_worker_processes, timed_trainer)
 
 SIZES = {  # name: (layers, hidden, heads, intermediate, batch, seq)
     "small": (2, 64, 4, 176, 8, 128),
@@ -53,17 +52,6 @@ def ds_config(batch: int) -> dict:
                                   "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8},
             "optimizer": {"type": "AdamW", "params": {"lr": LEARNING_RATE, "weight_decay": 0.0,
                                                       "torch_adam": not torch.cuda.is_available()}}}
-
-
-def build_model_dir(size: str, directory: Path) -> Path:
-    from models.tiny import build_model
-    from transformers import AutoTokenizer
-    layers, hidden, heads, intermediate, _, seq = SIZES[size]
-    model = build_model(vocab_size=1024, hidden_size=hidden, num_layers=layers, num_heads=heads,
-                        intermediate_size=intermediate, max_position_embeddings=max(seq, 128))
-    model.save_pretrained(directory)
-    AutoTokenizer.from_pretrained(REPO / "models" / "tiny_llama").save_pretrained(directory)
-    return directory
 
 
 def measure_ours(model_dir: Path, size: str, warmup: int, steps: int, out: Path, engine: tuple[str, ...] = ()) -> float:
@@ -131,15 +119,6 @@ def measure_hf_trainer(model_dir: Path, size: str, warmup: int, steps: int, out:
     return batch * seq * steps / (step_times[warmup + steps] - step_times[warmup])
 
 
-def peak_memory_mib() -> float:
-    import resource
-
-    import torch
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-
-
 def run_worker(args) -> None:
     from general_util.dist import exit_process
     out = Path(args.workdir) / f"{args.worker}-{time.time_ns()}"
@@ -147,17 +126,17 @@ def run_worker(args) -> None:
                **{variant: functools.partial(measure_ours, engine=overrides) for variant, overrides in ENGINES.items()}}
     tokens_per_second = measure[args.worker](Path(args.model_dir), args.size, args.warmup, args.steps, out)
     if os.environ.get("RANK", "0") == "0":
-        print("RESULT " + json.dumps({"tokens_per_second": tokens_per_second, "peak_memory_mib": peak_memory_mib()}),
-              flush=True)
+        # the process's peak since it began (CPU: its resident set's high-water mark)
+        emit_result({"tokens_per_second": tokens_per_second, "peak_memory_mib": PeakMemory().peak_bytes() / 2**20})
     exit_process(0)  # the number is out: skip the exit-time destructors that have aborted a finished process
 
 
 def measurement(result: subprocess.CompletedProcess) -> dict:
     """A worker's outcome: {"tokens_per_second"} (plus "exit_code" when it crashed after reporting it) or
     {"error"} when it crashed before."""
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    if lines:
-        value = json.loads(lines[-1][len("RESULT "):])
+    measured = results_of(result.stdout)
+    if measured:
+        value = measured[-1]
         return value if result.returncode == 0 else {**value, "exit_code": result.returncode}
     tail = " | ".join(result.stderr.strip().splitlines()[-3:])[-600:]
     return {"error": f"exit code {result.returncode} before a result: {tail}"}
@@ -169,7 +148,7 @@ def measure_in_subprocess(variant: str, size: str, model_dir: Path, workdir: Pat
             "--warmup", str(warmup), "--steps", str(steps)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
-        result = run_worker_processes(__file__, args, ENGINE_RANKS if variant in ENGINES else 1, env, fork, 1800)
+        result = run_worker_processes("bench.train_throughput", args, ENGINE_RANKS if variant in ENGINES else 1, env, fork, 1800)
     except subprocess.TimeoutExpired:
         return {"error": "no result within 1800 s"}
     return measurement(result)
@@ -238,7 +217,9 @@ def main(argv: list[str] | None = None) -> None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         print(f"measurements go to {args.output.resolve()} as they are taken")
         for size in sizes:
-            model_dir = build_model_dir(size, Path(tmp) / f"model-{size}")
+            layers, hidden, heads, intermediate, _, seq = SIZES[size]
+            model_dir = build_model_dir(Path(tmp) / f"model-{size}", 1024, max(seq, 128), hidden_size=hidden,
+                                        num_layers=layers, num_heads=heads, intermediate_size=intermediate)
             runs = []
             for repeat in range(repeats):
                 order = variants if repeat % 2 == 0 else variants[::-1]  # alternate who goes first

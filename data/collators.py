@@ -54,8 +54,8 @@ class PaddingCollator:
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if any(len(row.get("seq_lens", ())) > 1 for row in rows):
-            raise ConfigError("the dataset packs several samples per row (packing: true); use "
-                             "collator._target_=data.collators.PackedCollator")
+            raise ConfigError("the dataset packs several samples per row: set the data node's packing: true, "
+                             "which picks data.collators.PackedCollator (base.yaml's collator)")
         batch = _padded(rows, self.pad_token_id, self.pad_to_multiple_of)
         num_tokens = torch.tensor(sum(len(row["input_ids"]) for row in rows))
         return {**batch, "num_tokens": num_tokens, "num_samples": torch.tensor(len(rows))}
@@ -111,3 +111,11 @@ def fit_to_model(collator, model_config) -> None:
             collator.sliding_window = attention_window(model_config)
         except ValueError as error:
             raise ConfigError(f"packing with attn_implementation={collator.attn_implementation}: {error}") from None
+
+
+def training_collator(tokenizer, packing: bool, attn_implementation: str, pad_to_multiple_of: int = 1):
+    """The training batches' collator, picked by the data node's `packing` (conf/base.yaml `collator`): packed
+    rows need their samples isolated for the model's attention implementation, one sample per row is padded."""
+    if packing:
+        return PackedCollator(tokenizer, attn_implementation, pad_to_multiple_of)
+    return PaddingCollator(tokenizer, pad_to_multiple_of)

@@ -12,7 +12,7 @@
       template: zh                  # prompt template of instruction records (data/templates.py)
       max_seq_length: 2048
       truncation: proportional      # too long: proportional | context_first | drop (data/labels.py)
-      packing: false                # true: several samples per row (use data.collators.PackedCollator)
+      packing: false                # true: several samples per row (base.yaml's collator then packs)
 
 A weight w repeats a source's rows floor(w) times and adds a random subset (seeded by `seed` and the
 source's position) of round(frac(w) × rows) more: 3.0 triples a source, 0.25 keeps a quarter of it.

@@ -1,7 +1,9 @@
 """Process-group set-up and the few collectives the trainer and evaluators share.
 
 Works the same launched by `deepspeed`, `torchrun`, or as a plain `python` process (then the rank
-environment is filled in here). CUDA → nccl, otherwise gloo on DeepSpeed's CPU accelerator.
+environment is filled in here). CUDA → nccl, otherwise gloo. The process group is torch.distributed's own: the
+DeepSpeed engine joins it when it is built (training/deepspeed_engine.py), and nothing here imports DeepSpeed,
+so the FSDP2 engine runs where DeepSpeed is not installed.
 """
 import logging
 import os
@@ -16,7 +18,6 @@ import torch
 import torch.distributed as torch_dist
 
 from general_util.errors import UserError
-from general_util.imports import deferred_torch_compile, hidden_modules
 
 
 def consume_local_rank_arg(argv: list[str]) -> list[str]:
@@ -67,22 +68,10 @@ class DistContext:
         return self.rank == 0
 
 
-def import_deepspeed():
-    """`import deepspeed`, without the `import mlflow` its autotuner (never run here) makes when MLflow is
-    installed: ~2 s of every process's start-up (MLflow stays importable afterwards, for the tracker). Its Muon
-    optimizer module, which ZeRO imports at initialize to recognise that optimizer, is imported here with its
-    @torch.compile kernels compiled on first use: loading TorchInductor for them cost ~1 s per rank."""
-    with hidden_modules("mlflow"):
-        import deepspeed
-    with deferred_torch_compile():
-        import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401
-    return deepspeed
-
-
 def init_distributed(timeout_s: float | None = None) -> DistContext:
-    """`timeout_s`: how long a collective may wait for a peer (None: DeepSpeed's default, 10 minutes). A peer
-    that died is noticed at once (its connections close); the timeout only bounds one that hangs."""
-    deepspeed = import_deepspeed()
+    """Join the job's process group (env://: the launcher's RANK, WORLD_SIZE, MASTER_ADDR/PORT) on this rank's
+    device. `timeout_s`: how long a collective may wait for a peer (None: 10 minutes, DeepSpeed's default). A
+    peer that died is noticed at once (its connections close); the timeout only bounds one that hangs."""
     fill_single_process_env()
     if torch.cuda.is_available():
         backend = "nccl"
@@ -92,11 +81,8 @@ def init_distributed(timeout_s: float | None = None) -> DistContext:
     else:
         backend = "gloo"
         device = torch.device("cpu")
-        # The shared-memory collective op is compiled on first use (~35 s); gloo is enough on CPU.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not torch_dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend,
-                                   **({"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}))
+        torch_dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout_s or 600))
     global PEERS
     PEERS = gather_objects((socket.gethostname(), os.getpid()))
     return DistContext(rank=torch_dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", 0)),

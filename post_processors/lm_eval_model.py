@@ -5,7 +5,7 @@ weights are reloaded from disk.
 Requests are split here, not by lm-eval: lm-eval sees a world of one (rank 0), so every rank builds the same
 requests and runs lm-eval's own filters and metrics unchanged on the same responses. Each request method
 scores a contiguous share of its requests on this rank (no duplicates), longest first, `batch_size` requests
-per model call, every rank making as many calls (`run_in_lockstep`; generation with `synced_gpus` under
+per model call, every rank making as many calls (`evaluate_in_lockstep`; generation with `synced_gpus` under
 ZeRO-3), and gathers every rank's responses onto every rank.
 
 Tokenization, truncation, stop sequences and decoding follow lm-eval's `HFLM` (`tok_encode`,
@@ -22,12 +22,11 @@ from lm_eval.models.utils import (handle_stop_sequences, has_bos_prefix, normali
                                   postprocess_generated_text, resolve_max_length)
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
-from general_util.dist import current, gather_objects, shard_range
-from general_util.logging import progress_bar
+from general_util.dist import current
 from modules.generation import needs_synced_generation
 from modules.loss_impl import LossSettings
 from modules.scoring import Request, score_batch
-from post_processors.gathering import run_in_lockstep
+from post_processors.gathering import evaluate_in_lockstep
 
 
 class LiveLM(TemplateLM):
@@ -82,13 +81,7 @@ class LiveLM(TemplateLM):
     def _spread(self, indices: list[int], length, run, description: str) -> dict[int, object]:
         """`run(batch of indices) -> [(index, response)]` over this rank's share of `indices`, longest first
         (`length(index)`), all ranks in lockstep; every rank's responses, by index."""
-        ctx = self.ctx
-        share = sorted((indices[k] for k in shard_range(len(indices), ctx.rank, ctx.world_size)), key=lambda i: -length(i))
-        batches = [share[k:k + self.batch_size] for k in range(0, len(share), self.batch_size)]
-        with progress_bar(description, len(indices), ctx, unit="request") as bar:
-            local = run_in_lockstep(batches, run, ctx.device, batches[0] if batches else indices[:1],
-                                    lambda batch: bar.update(min(len(batch) * ctx.world_size, bar.total - bar.n)))
-        merged = dict(pair for shard in gather_objects(local) for pair in shard)
+        merged = dict(evaluate_in_lockstep(indices, run, self.batch_size, description, length, unit="request"))
         if sorted(merged) != sorted(indices):
             raise RuntimeError(f"gathered {len(merged)} responses for {len(indices)} requests")
         return merged

@@ -4,14 +4,13 @@ import math
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from data.collators import model_inputs
-from general_util.dist import all_reduce, current, shard_range
+from general_util.dist import current
 from general_util.errors import ConfigError
-from general_util.logging import progress_bar
 from modules.loss import count_label_tokens, next_token_targets
 from modules.loss_impl import LossSettings, causal_lm_loss_sum
+from post_processors.gathering import evaluate_in_lockstep
 
 
 class LossEvaluator:
@@ -34,24 +33,19 @@ class LossEvaluator:
         ctx = current()
         if self._dataset is None:
             self._dataset = self.dataset_factory(tokenizer=tokenizer)
-        share = Subset(self._dataset, list(shard_range(len(self._dataset), ctx.rank, ctx.world_size)))
-        batches = list(DataLoader(share, batch_size=self.batch_size, collate_fn=self.collator_factory(tokenizer=tokenizer)))
-        num_batches = all_reduce(torch.tensor([len(batches)], device=ctx.device), "max").item()
-        totals = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, label tokens
-        with torch.no_grad(), progress_bar("eval loss", len(self._dataset), ctx) as bar:
-            for i in range(num_batches):
-                batch = batches[min(i, len(batches) - 1)] if batches else None
-                if batch is None:  # this rank has no items at all: any input keeps the forward count aligned
-                    batch = next(iter(DataLoader(Subset(self._dataset, [0]), collate_fn=self.collator_factory(tokenizer=tokenizer))))
-                loss_sum = causal_lm_loss_sum(model, model_inputs(batch, ctx.device), next_token_targets(batch["labels"]),
-                                              loss)
-                if i < len(batches):
-                    totals[0] += loss_sum.double()
-                    totals[1] += count_label_tokens(batch["labels"]).double()
-                    bar.update(min(len(batch["labels"]) * ctx.world_size, bar.total - bar.n))  # ranks step together
-        all_reduce(totals)
-        mean = (totals[0] / totals[1].clamp(min=1)).item()
-        metrics = {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": totals[1].item()}
+        collate = self.collator_factory(tokenizer=tokenizer)
+
+        def run(indices: list[int]) -> list[tuple[float, float]]:
+            batch = collate([self._dataset[i] for i in indices])
+            loss_sum = causal_lm_loss_sum(model, model_inputs(batch, ctx.device), next_token_targets(batch["labels"]),
+                                          loss)
+            return [(loss_sum.double().item(), count_label_tokens(batch["labels"]).double().item())]
+
+        with torch.no_grad():
+            sums = evaluate_in_lockstep(range(len(self._dataset)), run, self.batch_size, "eval loss")
+        loss_sum, tokens = math.fsum(s for s, _ in sums), math.fsum(n for _, n in sums)  # exact, in any order
+        mean = loss_sum / max(tokens, 1.0)
+        metrics = {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": tokens}
         if ctx.is_main:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))

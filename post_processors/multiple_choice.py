@@ -4,20 +4,20 @@ generating an answer, on one rank or many.
 Every rank scores a contiguous share of the items (no duplicates, unlike DistributedSampler). All ranks
 make the same number of model calls — ZeRO-3 gathers parameters inside forward, so a rank that stopped
 early would hang the others: the batch count is agreed by an all-reduce MAX and a rank with fewer
-batches repeats one whose results it discards (`post_processors.gathering.run_in_lockstep`). The
+batches repeats one whose results it discards (`post_processors.gathering.evaluate_in_lockstep`). The
 predictions are gathered on every rank, checked to hold exactly one per item, and scored there, so every
 rank returns the same metrics; global rank 0 writes the files (see `post_processors.prediction_files`).
 """
+import functools
 from pathlib import Path
 
-from general_util.dist import current, gather_objects, shard_range
+from general_util.dist import current
 from general_util.errors import ConfigError
-from general_util.logging import progress_bar
 from modules.generation import DEFAULT_GENERATION, generate_continuations, needs_synced_generation
 from modules.loss_impl import LossSettings
 from modules.scoring import TRUNCATIONS, choose, encode_options, score_requests
 from post_processors.answer_extraction import check_rule, extract_choice
-from post_processors.gathering import merge_by_index, run_in_lockstep
+from post_processors.gathering import evaluate_in_lockstep, merge_by_index
 from post_processors.mc_metrics import multiple_choice_metrics
 from post_processors.prediction_files import write_outputs, write_prediction_indices
 
@@ -104,12 +104,12 @@ class MultipleChoiceEvaluator:
         if self.max_seq_length is None:  # the model's context length
             config = getattr(getattr(model, "module", model), "config")
             self.max_seq_length = config.max_position_embeddings
-        share = list(shard_range(len(self.items), ctx.rank, ctx.world_size))
         if self.scoring == "loglikelihood":
-            local = self._loglikelihood(model, tokenizer, share, ctx.device, loss)
+            length, run = self._loglikelihood(model, tokenizer, ctx.device, loss)
         else:
-            local = self._generate(model, tokenizer, share, ctx.device, needs_synced_generation(model, ctx.world_size))
-        predictions = merge_by_index(gather_objects(local), len(self.items))
+            length, run = self._generate(model, tokenizer, ctx.device, needs_synced_generation(model, ctx.world_size))
+        predictions = merge_by_index(evaluate_in_lockstep(range(len(self.items)), run, self.batch_size,
+                                                          f"eval {self.name}", length), len(self.items))
         metrics = multiple_choice_metrics(predictions)
         if ctx.is_main:
             write_outputs(output_dir, predictions, metrics)
@@ -120,17 +120,18 @@ class MultipleChoiceEvaluator:
         return metrics
 
     # ---- scoring ------------------------------------------------------------------------------------
-    def _loglikelihood(self, model, tokenizer, share: list[int], device, loss: LossSettings) -> list[dict]:
+    # each scoring gives (length of an item, run over a batch of items) for evaluate_in_lockstep
+    def _loglikelihood(self, model, tokenizer, device, loss: LossSettings):
+        @functools.cache
         def encode(i: int) -> list:
             return encode_options(tokenizer, self.prompts[i], self.prompt.continuations(self.items[i]), self.add_bos,
                                   keep_tokens=self.max_seq_length + 1)
 
-        requests = {i: encode(i) for i in share}
-        # longest first: batches of similar length pad little (as lm-eval sorts)
-        order = sorted(share, key=lambda i: -max(len(r.context) + len(r.continuation) for r in requests[i]))
+        def length(i: int) -> int:
+            return max(len(r.context) + len(r.continuation) for r in encode(i))
 
         def run(indices: list[int]) -> list[dict]:
-            per_item = [requests[i] if i in requests else encode(i) for i in indices]
+            per_item = [encode(i) for i in indices]
             sums, truncated = score_requests(model, [r for item in per_item for r in item], self.max_seq_length, device,
                                              loss, self.truncation)
             out, at = [], 0
@@ -140,9 +141,9 @@ class MultipleChoiceEvaluator:
                 at += n
             return out
 
-        return self._aligned(order, run, device)
+        return length, run
 
-    def _generate(self, model, tokenizer, share: list[int], device, synced_gpus: bool) -> list[dict]:
+    def _generate(self, model, tokenizer, device, synced_gpus: bool):
         right = self.prompt_truncation == "right"
         room = self.max_seq_length - (0 if right else self.generation["max_new_tokens"])
         bos = [tokenizer.bos_token_id] if self.add_bos and tokenizer.bos_token_id is not None else []
@@ -150,30 +151,18 @@ class MultipleChoiceEvaluator:
         if self.suppress_eos and tokenizer.eos_token_id is not None:
             generation["suppress_tokens"] = [*(generation.get("suppress_tokens") or ()), tokenizer.eos_token_id]
 
+        @functools.cache
         def encode(i: int) -> list[int]:
             return bos + tokenizer(self.prompts[i], add_special_tokens=False)["input_ids"]
 
-        prompt_ids = {i: encode(i) for i in share}
-        order = sorted(share, key=lambda i: -len(prompt_ids[i]))
-
         def run(indices: list[int]) -> list[dict]:
-            ids = [prompt_ids[i] if i in prompt_ids else encode(i) for i in indices]
+            ids = [encode(i) for i in indices]
             texts = generate_continuations(model, tokenizer, [x[:room] if right else x[-room:] for x in ids],
                                            generation, device, synced_gpus,
                                            with_prompt=self.answer_source == "prompt_and_generation")
             return [self._generated(i, text, len(x) > room) for i, text, x in zip(indices, texts, ids)]
 
-        return self._aligned(order, run, device)
-
-    def _aligned(self, order: list[int], run, device) -> list[dict]:
-        """`run` over batches of `order`, every rank as many times (`run_in_lockstep`; a rank's extra calls
-        score its first batch, or item 0 on a rank without items)."""
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        ctx = current()
-        with progress_bar(f"eval {self.name}", len(self.items), ctx) as bar:
-            # ranks step together: a batch here stands for one on every rank
-            return run_in_lockstep(batches, run, device, batches[0] if batches else [0],
-                                   lambda batch: bar.update(min(len(batch) * ctx.world_size, bar.total - bar.n)))
+        return lambda i: len(encode(i)), run
 
     # ---- prediction records -------------------------------------------------------------------------
     def _record(self, i: int, truncated: bool) -> dict:

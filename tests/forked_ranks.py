@@ -1,4 +1,4 @@
-"""Trainer ranks forked from a process that has already imported the trainer's stack (general_util/forked.py):
+"""Trainer ranks forked from a process that has already imported the trainer's stack (devtools/forked.py):
 each rank runs trainer.py as `python trainer.py <args>` does (the same argument handling, Hydra composition,
 one-line errors and exit codes) without the ~10 s of start-up a fresh interpreter costs. Tests of the launchers
 (deepspeed, torchrun, the DeepSpeed runner) and of what they do with a rank's exit start them for real
@@ -7,8 +7,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from bench.harness import TRAINER_STACK
-from general_util import forked
+from devtools import forked
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,13 +20,13 @@ def use_warm_fork_server() -> None:
     the trainer's stack, and the optional trackers' packages where installed; call it before anything starts
     the server."""
     trackers = [name for name in OPTIONAL_TRACKERS if importlib.util.find_spec(name.split(".")[0])]
-    forked.use_warm_fork_server([TRAINER_STACK, *trackers])
+    forked.use_warm_fork_server((forked.TRAINER_STACK, *trackers))
 
 
 def run_ranks(args: list[str], nproc: int, env: dict[str, str], timeout: float,
               nnodes: int = 1) -> forked.WorldResult:
     """`python trainer.py <args>` (nproc 1) or a world of `nproc` ranks (on `nnodes` "nodes"), as forked children
-    (general_util.forked.run_forked); the result's args are `["trainer.py", *args]`."""
+    (devtools.forked.run_forked); the result's args are `["trainer.py", *args]`."""
     use_warm_fork_server()
     result = forked.run_forked(REPO / "trainer.py", args, nproc, env, REPO, timeout, nnodes=nnodes)
     result.args = ["trainer.py", *args]

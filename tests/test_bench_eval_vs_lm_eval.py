@@ -1,4 +1,4 @@
-"""`bench/eval_vs_lm_eval.py --quick`: ours, our lm-eval wrapper and lm-evaluation-harness score the same items
+"""`python -m bench.eval_vs_lm_eval --quick`: ours, our lm-eval wrapper and lm-evaluation-harness score the same items
 alike (speed is judged by hand, not in CI). Needs requirements-bench.txt (lm-eval)."""
 import importlib.util
 import json
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_quick_mode_agrees_with_lm_eval():
     if importlib.util.find_spec("lm_eval") is None and not os.environ.get("LLAMA_TRAINER_REQUIRE_OPTIONAL_DEPS"):
         pytest.skip("lm-eval absent: pip install -r requirements-bench.txt (CI installs it)")
-    result = run_script("bench/eval_vs_lm_eval.py", ["--quick"])  # forked (tests/forked_ranks.py)
+    result = run_script("-m bench.eval_vs_lm_eval", ["--quick"])  # forked (tests/forked_ranks.py)
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout.index("\n|")
     report = json.loads(result.stdout[:table])

@@ -1,4 +1,4 @@
-"""bench/loss_memory.py --quick: full vs chunked in fresh processes on a 32k vocabulary; the measurements
+"""python -m bench.loss_memory --quick: full vs chunked in fresh processes on a 32k vocabulary; the measurements
 land in the --out JSON as they are taken, and chunked's peak growth is below full's, which holds the logits."""
 import json
 import subprocess
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_quick_mode_compares_full_and_chunked(tmp_path):
     out = tmp_path / "loss_memory.json"
-    result = subprocess.run([sys.executable, "bench/loss_memory.py", "--quick", "--repeats", "1", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "bench.loss_memory", "--quick", "--repeats", "1", "--out", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout.index("\n| vocab |")

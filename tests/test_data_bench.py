@@ -10,20 +10,20 @@ from tests.forked_ranks import REPO, run_script
 pytestmark = pytest.mark.slow
 
 
-def run_quick(script: str, forked: bool = True, extra: tuple[str, ...] = ()) -> tuple[dict, str]:
-    """`python <script> --quick [extra]`: forked (tests/forked_ranks.py), or a fresh interpreter for a bench whose
-    multiprocessing pools start their own fork server."""
+def run_quick(module: str, forked: bool = True, extra: tuple[str, ...] = ()) -> tuple[dict, str]:
+    """`python -m <module> --quick [extra]`: forked (tests/forked_ranks.py), or a fresh interpreter for a bench
+    whose multiprocessing pools start their own fork server."""
     if forked:
-        result = run_script(script, ["--quick", *extra])
+        result = run_script(f"-m {module}", ["--quick", *extra])
     else:
-        result = subprocess.run([sys.executable, script, "--quick", *extra], cwd=REPO, capture_output=True, text=True,
+        result = subprocess.run([sys.executable, "-m", module, "--quick", *extra], cwd=REPO, capture_output=True, text=True,
                                 timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout[:result.stdout.index("\n|")]), result.stdout
 
 
 def test_tokenize_cache_reports_throughput_open_time_and_peak_memory():
-    report, stdout = run_quick("bench/tokenize_cache.py", forked=False, extra=("--memory-gb", "0.001"))
+    report, stdout = run_quick("bench.tokenize_cache", forked=False, extra=("--memory-gb", "0.001"))
     runs = report["runs"]
     jsonl = [r for r in runs if r["format"] == "jsonl"]
     small, large = sorted({r["megabytes"] for r in jsonl})
@@ -39,7 +39,7 @@ def test_tokenize_cache_reports_throughput_open_time_and_peak_memory():
 
 
 def test_packing_reports_both_modes_on_the_same_steps():
-    report, stdout = run_quick("bench/packing.py")
+    report, stdout = run_quick("bench.packing")
     padding, packing = report["padding"], report["packing"]
     assert padding["steps"] == packing["steps"] == 3
     assert packing["non_pad_fraction"] > 0.95 > padding["non_pad_fraction"]

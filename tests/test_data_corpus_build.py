@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data.datasets import TokenizedDataset
-from general_util import forked
+from devtools import forked
 from models.loading import load_tokenizer
 from tests.forked_ranks import REPO, run_script, use_warm_fork_server
 

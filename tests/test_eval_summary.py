@@ -35,7 +35,7 @@ def test_summary_columns_and_unknown_metric(tmp_path):
 
 
 def test_eval_speed_bench_quick_mode():
-    result = run_script("bench/eval_speed.py", ["--quick"], timeout=300)  # forked (tests/forked_ranks.py)
+    result = run_script("-m bench.eval_speed", ["--quick"], timeout=300)  # forked (tests/forked_ranks.py)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.split("\n\n|")[0])
     assert set(report["items_per_second"]) == {"one_option_per_forward", "one_item_per_forward", "batched"}

@@ -6,6 +6,8 @@ settings under the other. Every launch costs seconds, so the runs are module fix
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from safetensors.torch import load_file
 
 from general_util.errors import ConfigError
 from tests.forked_ranks import run_script
-from tests.trainer_runs import FAST, REPO, compose_config, read_scalars, run_trainer
+from tests.trainer_runs import FAST, REPO, child_env, compose_config, read_scalars, run_trainer
 
 pytestmark = pytest.mark.slow
 STEPS = 8
@@ -205,3 +207,38 @@ def test_a_failed_dcp_write_is_recorded_for_the_save_to_fail_on_every_rank(tmp_p
     writes = RecordedWrites()
     writes.run(save_state, {"model": {"weight": torch.zeros(3)}}, tmp_path / "a_file" / "dcp")
     assert isinstance(writes.failure, NotADirectoryError)
+
+
+# a sitecustomize that makes `deepspeed` look not installed: no finder finds it (import fails, find_spec is None)
+WITHOUT_DEEPSPEED = '''
+import sys
+from importlib.machinery import PathFinder
+
+
+class WithoutDeepSpeed(PathFinder):
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        return None if fullname.split(".")[0] == "deepspeed" else super().find_spec(fullname, path, target)
+
+
+sys.meta_path[:] = [WithoutDeepSpeed if finder is PathFinder else finder for finder in sys.meta_path]
+'''
+
+
+def test_fsdp2_trains_and_saves_where_deepspeed_cannot_be_imported(tmp_path):
+    """Two torchrun ranks of engine=fsdp2 with DeepSpeed hidden: the process group, the engine, the DCP and
+    Hugging Face checkpoints need none of it; the ZeRO engine says in one line that it is missing."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(WITHOUT_DEEPSPEED)
+    env = {"PYTHONPATH": f"{site}:{REPO}"}
+    hidden = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('deepspeed')); "
+                             "import deepspeed"], cwd=REPO, env=child_env(**env), capture_output=True, text=True)
+    assert hidden.stdout.strip() == "None" and "No module named 'deepspeed'" in hidden.stderr
+    out = tmp_path / "out"
+    run_trainer(out, FAST + FSDP2 + ["max_steps=4", "save_steps=2", "per_gpu_train_batch_size=2"],
+                launcher="torchrun", nproc=2, env=env)
+    assert (out / "checkpoint-4" / "dcp").is_dir() and (out / "checkpoint-4" / "model.safetensors").is_file()
+    assert len(losses(out)) == 4
+    refused = run_trainer(tmp_path / "zero", FAST + ["max_steps=1"], launcher="python", env=env, check=False)
+    assert refused.returncode == 2 and "engine=deepspeed: DeepSpeed is not installed here" in refused.stderr

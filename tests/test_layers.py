@@ -74,8 +74,53 @@ def test_no_import_circles():
     assert not circles, [" -> ".join(c) for c in circles]
 
 
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level package of every module `path` imports (every import statement, inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+DEVELOPMENT = {"bench", "devtools", "tests"}  # the benchmarks, the machinery they and the tests share, the tests
+
+
+def test_what_training_runs_imports_no_bench_test_or_development_code():
+    wrong = [f"{name} imports {package}" for name, path in project_modules().items()
+             for package in top_level_imports(path) & DEVELOPMENT]
+    assert not wrong, wrong
+
+
+def test_the_tests_import_no_bench_code():
+    """The tests' machinery stands on its own (devtools/ holds what the benches share with it); the benches'
+    own tests live beside them, in bench/tests."""
+    wrong = [f"{path.relative_to(REPO)} imports bench" for path in sorted((REPO / "tests").rglob("*.py"))
+             if "bench" in top_level_imports(path)]
+    assert not wrong, wrong
+
+
+# DeepSpeed's own features, the only modules that import it: its engine (and ZeRO-3's partitioned loading and
+# gathered parameters), its checkpoint conversions, Ulysses sequence parallelism
+DEEPSPEED_FEATURES = {"training.deepspeed_engine", "training.universal_checkpoint", "models.convert", "models.vocab",
+                      "modules.sequence_parallel"}
+
+
+def test_deepspeed_is_imported_only_where_its_features_are_used():
+    """Not on the ground floor, not by the data, the evaluators or trainer.py, not on FSDP2's path: the process
+    group is torch.distributed's (tests/test_fsdp2.py trains engine=fsdp2 where DeepSpeed cannot be imported)."""
+    importers = {name for name, path in project_modules().items() if "deepspeed" in top_level_imports(path)}
+    assert importers <= DEEPSPEED_FEATURES, sorted(importers - DEEPSPEED_FEATURES)
+    for package in ("general_util", "data", "post_processors", "trainer", "training.fsdp2_engine", "training.engine",
+                    "training.config"):
+        assert not {name for name in importers if name == package or name.startswith(package + ".")}, package
+
+
 def test_the_checker_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "example.py"
     source.write_text("import os\n\ndef f():\n    from general_util.errors import UserError\n    import data.labels\n")
     assert imports_of(source, {"general_util.errors", "data.labels", "general_util"}) == {"general_util.errors",
                                                                                           "data.labels"}
+    assert top_level_imports(source) == {"os", "general_util", "data"}

@@ -16,11 +16,14 @@ BAD_CONFIGS = {
     "eval_steps not set": (["evaluate_during_training=true", "eval_steps=0"], "eval_steps=0"),
     "missing model": (["model_name_or_path=/nonexistent/model"], "model_name_or_path='/nonexistent/model'"),
     "unknown precision": (["precision=fp8"], "precision='fp8'"),
-    "packing with the padding collator": (["train_dataset.packing=true"],
-                                          "train_dataset.packing=true needs collator._target_=data.collators.PackedCollator"),
-    "packed collator for another attention": (["collator._target_=data.collators.PackedCollator",
-                                               "+collator.attn_implementation=eager"],
-                                              "collator.attn_implementation='eager': must be the model's ('sdpa')"),
+    "the old packed collator stanza": (["collator._target_=data.collators.PackedCollator"],
+                                       "collator._target_=data.collators.PackedCollator: the collator is picked by the "
+                                       "data node's packing now; remove the collator's _target_ and attn_implementation "
+                                       "and set train_dataset.packing: true"),
+    "packing set on the collator": (["collator.packing=true"],
+                                    "collator.packing=True: follows train_dataset.packing (false); set that instead"),
+    "packed rows for another attention": (["collator.attn_implementation=eager"],
+                                          "collator.attn_implementation='eager': follows the model's ('sdpa')"),
     "embeddings-only stage with LoRA": (["model.use_peft=true", "model.freeze_strategy=embeddings_only"],
                                         "model.freeze_strategy='embeddings_only': LoRA already freezes"),
     "save_merged without LoRA": (["save_merged=true"], "save_merged=True: only a LoRA run"),
@@ -74,3 +77,16 @@ def test_dry_run_prints_the_plan(tmp_path, capsys):
             "gradients 905.2 KiB, optimizer 1.8 MiB, total 3.5 MiB") in result.out
     assert "learning_rate: 0.003" in result.out  # the resolved config
     assert not list(tmp_path.glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("packing, attention, expected", [(True, "eager", "PackedCollator"),
+                                                          (False, "sdpa", "PaddingCollator")])
+def test_the_data_nodes_packing_alone_picks_the_collator(packing, attention, expected):
+    """No collator stanza: `train_dataset.packing` picks PackedCollator, for the model's attention implementation."""
+    from hydra.utils import instantiate
+
+    cfg = compose_config([f"train_dataset.packing={str(packing).lower()}", f"model.attn_implementation={attention}"])
+    validate(cfg, world_size=1)
+    collator = instantiate(cfg.collator, tokenizer=instantiate(cfg.tokenizer))
+    assert type(collator).__name__ == expected
+    assert getattr(collator, "attn_implementation", attention) == attention

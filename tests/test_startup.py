@@ -44,7 +44,7 @@ def test_trainer_start_up_imports_neither_mlflow_nor_matplotlib_nor_inductor():
     """DeepSpeed's autotuner imports MLflow (~2 s), the sweep summary matplotlib (~1 s), and DeepSpeed's Muon
     module, which ZeRO imports at initialize, TorchInductor for its @torch.compile kernels (~1 s): none is used
     by a training run (the MLflow tracker imports it when asked for, Muon compiles when configured)."""
-    probe = ("import sys, trainer; from general_util.dist import import_deepspeed; import_deepspeed(); "
+    probe = ("import sys, trainer; from training.deepspeed_engine import import_deepspeed; import_deepspeed(); "
              "assert 'deepspeed.runtime.zero.muon.muon_optimizer' in sys.modules; "
              "print(sorted(m for m in ('mlflow', 'matplotlib', 'torch._inductor.compile_fx') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=child_env(), capture_output=True, text=True,

@@ -184,6 +184,9 @@ def engine_problems(cfg: DictConfig) -> list[str]:
     """Settings of one engine given to the other: each would be silently ignored, so each is refused."""
     if cfg.engine not in ENGINES:
         return [f"engine={cfg.engine!r}: use one of {', '.join(ENGINES)}"]
+    if cfg.engine == "deepspeed" and cfg.do_train and importlib.util.find_spec("deepspeed") is None:
+        return ["engine=deepspeed: DeepSpeed is not installed here (pip install -r requirements.txt); "
+                "engine=fsdp2 trains without it"]
     if cfg.engine == "deepspeed":
         defaults = OmegaConf.load(BASE_CONFIG).fsdp2
         return [f"fsdp2.{key}={value!r}: an FSDP2 setting; set engine=fsdp2 or remove it"
@@ -209,19 +212,23 @@ def engine_problems(cfg: DictConfig) -> list[str]:
 
 
 def packing_problems(cfg: DictConfig) -> list[str]:
-    """A packed dataset needs the PackedCollator (the padding collator would let packed samples attend to
-    each other), and that collator must build the attention inputs of the model's attention implementation."""
-    packing = OmegaConf.select(cfg, "train_dataset.packing", default=False)
+    """Packing is chosen once, by the data node's `packing`: base.yaml's collator (data.collators.training_collator)
+    picks PackedCollator from it, for the model's attention implementation. A task config's collator stanza of
+    the old form, or a collator key set against the data node or the model, is refused in one line."""
     collator = OmegaConf.select(cfg, "collator._target_", default=None)
-    packed_collator = collator == "data.collators.PackedCollator"
-    if packing and not packed_collator:
-        return [f"collator._target_={collator!r}: train_dataset.packing=true needs "
-                "collator._target_=data.collators.PackedCollator (attention isolated per packed sample)"]
-    if packed_collator:
-        attention = OmegaConf.select(cfg, "collator.attn_implementation", default=None)
-        if attention != cfg.model.attn_implementation:
-            return [f"collator.attn_implementation={attention!r}: must be the model's ({cfg.model.attn_implementation!r}); "
-                    "set it to ${model.attn_implementation}"]
+    packing = bool(OmegaConf.select(cfg, "train_dataset.packing", default=False))
+    if collator in ("data.collators.PackedCollator", "data.collators.PaddingCollator"):
+        return [f"collator._target_={collator}: the collator is picked by the data node's packing now; remove the "
+                f"collator's _target_ and attn_implementation and set train_dataset.packing: "
+                f"{str(collator.endswith('PackedCollator')).lower()} (packed rows follow model.attn_implementation)"]
+    if collator != "data.collators.training_collator":
+        return []  # a collator of the user's own
+    if cfg.collator.packing != packing:
+        return [f"collator.packing={cfg.collator.packing}: follows train_dataset.packing ({str(packing).lower()}); "
+                "set that instead"]
+    if cfg.collator.attn_implementation != cfg.model.attn_implementation:
+        return [f"collator.attn_implementation={cfg.collator.attn_implementation!r}: follows the model's "
+                f"({cfg.model.attn_implementation!r}); set model.attn_implementation instead"]
     return []
 
 

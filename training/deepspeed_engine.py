@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from general_util import faults
 from general_util.dist import DistContext
+from general_util.imports import deferred_torch_compile, hidden_modules
 from modules import sequence_parallel
 from modules.sequence_parallel import ParallelLayout
 from training.config import deepspeed_config, zero_stage
@@ -24,6 +25,7 @@ def load_model(cfg: DictConfig, tokenizer) -> torch.nn.Module:
     if zero_stage(cfg) < 3:
         return instantiate(cfg.model, tokenizer=tokenizer)
     from transformers.integrations import HfDeepSpeedConfig
+    join_process_group()  # ZeRO-3's partitioned loading talks through deepspeed.comm
     dschf = HfDeepSpeedConfig(deepspeed_config(cfg))  # noqa: F841 (must stay alive while loading)
     return instantiate(cfg.model, tokenizer=tokenizer)
 
@@ -58,10 +60,34 @@ class RecordingCheckpointEngine:
         return getattr(self.inner, name)
 
 
+def import_deepspeed():
+    """`import deepspeed`, without the `import mlflow` its autotuner (never run here) makes when MLflow is
+    installed: ~2 s of every process's start-up (MLflow stays importable afterwards, for the tracker). Its Muon
+    optimizer module, which ZeRO imports at initialize to recognise that optimizer, is imported here with its
+    @torch.compile kernels compiled on first use: loading TorchInductor for them cost ~1 s per rank. On CPU its
+    shared-memory collective op, compiled on first use (~35 s), is turned off: gloo is enough there."""
+    with hidden_modules("mlflow"):
+        import deepspeed
+    with deferred_torch_compile():
+        import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
+def join_process_group():
+    """DeepSpeed, its communication layer (deepspeed.comm, which ZeRO and Ulysses' groups use) attached to the
+    process group general_util.dist.init_distributed made."""
+    import torch.distributed as torch_dist
+    deepspeed = import_deepspeed()
+    deepspeed.init_distributed(dist_backend=torch_dist.get_backend())  # wraps the existing group
+    return deepspeed
+
+
 class DeepSpeedEngine:
     def __init__(self, cfg: DictConfig, model: torch.nn.Module, ctx: DistContext, parallel: ParallelLayout,
                  total_steps: int, reshard_from: int | None):
-        import deepspeed
+        deepspeed = join_process_group()
         self.config = deepspeed_config(cfg)
         if reshard_from is not None and zero_stage(cfg) > 0:
             enable_universal_loading(self.config)  # read by deepspeed.initialize

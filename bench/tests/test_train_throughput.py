@@ -1,6 +1,6 @@
 """The throughput benchmark's comparison code runs end to end (speed is judged by hand, not in CI), records each
 measurement as it is taken, and loses only the variant whose process crashed. Its main runs in this process, its
-workers forked from the warm fork server (--fork-workers; tests/test_bench_harness.py: the same as fresh ones)."""
+workers forked from the warm fork server (--fork-workers; bench/tests/test_harness.py: the same as fresh ones)."""
 import json
 import math
 import subprocess

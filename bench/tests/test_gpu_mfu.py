@@ -1,4 +1,4 @@
-"""bench/gpu_mfu.py --quick: the measuring code (trainer steps timed through its logging, MFU from the model
+"""python -m bench.gpu_mfu --quick: the measuring code (trainer steps timed through its logging, MFU from the model
 FLOPs and a peak) runs on a tiny model on CPU, gradient checkpointing off and on for each loss implementation;
 the real figures need a lent GPU. Without sequence parallelism --quick measures every variant in one process;
 with it, each in a process group of its own, so the SP test measures one (checkpointing on: the recomputation
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def quick_runs(capsys, *args) -> tuple[list[dict], str]:
-    """The runs and the table of `python bench/gpu_mfu.py --quick --peak-flops 1e12 <args>`, run in this process
+    """The runs and the table of `python -m bench.gpu_mfu --quick --peak-flops 1e12 <args>`, run in this process
     with its workers forked from the warm fork server (--fork-workers, bench/harness.py)."""
     main(["--quick", "--peak-flops", "1e12", "--fork-workers", *args])
     stdout = capsys.readouterr().out

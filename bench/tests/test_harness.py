@@ -1,12 +1,12 @@
 """The benchmarks' workers start as fresh processes (python, torchrun) or forked from the warm fork server
-(--fork-workers, general_util/forked.py: the smoke tests): either way a worker sees the same world, the same
+(--fork-workers, devtools/forked.py: the smoke tests): either way a worker sees the same world, the same
 arguments, environment and multiprocessing start method, and reports its output and exit code the same way."""
 import os
 import signal
 
 import pytest
 
-from bench.harness import REPO, run_worker_processes
+from bench.harness import REPO, PeakMemory, emit_result, results_of, run_worker_processes
 
 WORKER = '''
 import multiprocessing, os, sys
@@ -38,7 +38,7 @@ def test_forked_workers_see_what_fresh_ones_see(tmp_path, nproc):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "BENCH_TEST_VALUE": "seen"}
-    fresh, forked = (run_worker_processes(str(script), ["exit", "0"], nproc, env, fork, timeout=300)
+    fresh, forked = (run_worker_processes(script, ["exit", "0"], nproc, env, fork, timeout=300)
                      for fork in (False, True))
     assert forked.returncode == fresh.returncode == 0
     lines = sorted(line for line in forked.stdout.splitlines() if line.startswith(("ranks ", "argv ")))
@@ -54,12 +54,29 @@ def test_a_worker_exit_code_is_the_same_forked(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "BENCH_TEST_VALUE": "x"}
-    assert [run_worker_processes(str(script), ["exit", "3"], 1, env, fork, 300).returncode for fork in (False, True)] \
+    assert [run_worker_processes(script, ["exit", "3"], 1, env, fork, 300).returncode for fork in (False, True)] \
         == [3, 3]
 
 
 def test_a_killed_forked_rank_is_its_signal(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    result = run_worker_processes(str(script), ["kill", "0"], 2, {**os.environ, "BENCH_TEST_VALUE": "x"}, True, 300)
+    result = run_worker_processes(script, ["kill", "0"], 2, {**os.environ, "BENCH_TEST_VALUE": "x"}, True, 300)
     assert result.returncode == -signal.SIGKILL and result.stdout.count("argv") == 2
+
+
+def test_a_worker_reports_through_result_lines(capsys):
+    emit_result({"tokens_per_second": 1.5, "gpu": "x"})
+    emit_result({"second": [1, 2]})
+    stdout = "library chatter\n" + capsys.readouterr().out + "RESULTS are not results\n"
+    assert results_of(stdout) == [{"tokens_per_second": 1.5, "gpu": "x"}, {"second": [1, 2]}]
+
+
+def test_the_cpu_peak_probe_sees_what_a_step_touched():
+    """VmHWM reset to the resident set at start(): a 64 MiB buffer written and freed shows as growth."""
+    import torch
+    memory = PeakMemory(cuda=False)
+    memory.start()
+    buffer = torch.ones(16 * 2**20)  # 64 MiB, every page written
+    del buffer
+    assert 60 * 2**20 < memory.growth_bytes() < 200 * 2**20

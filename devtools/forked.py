@@ -6,7 +6,8 @@ it twice. multiprocessing's fork server can import that stack once (`use_warm_fo
 then a child of the server that runs the script exactly as `python <script> <args>` does (runpy as
 `__main__`), joining the others through the env:// rendezvous torchrun's environment gives. What is left out
 is the launcher itself. The tests' trainer ranks (tests/forked_ranks.py) and the benchmarks' `--fork-workers`
-smoke runs start their processes this way.
+smoke runs (bench/harness.py) start their processes this way. Development machinery, not part of training: nothing
+the trainer runs imports devtools/ (tests/test_layers.py).
 """
 import multiprocessing
 import os
@@ -19,11 +20,14 @@ from pathlib import Path
 
 from general_util.dist import free_port
 
+TRAINER_STACK = "devtools.trainer_stack"  # what a warm fork server imports for trainer processes
 
-def use_warm_fork_server(preload: list[str]) -> None:
-    """Make this process's fork server import the modules `preload` names; call it before anything starts the
-    server (the first forkserver process or pool). Once the server runs, it keeps what it has."""
-    multiprocessing.set_forkserver_preload(preload)
+
+def use_warm_fork_server(preload: tuple[str, ...] = (TRAINER_STACK,)) -> None:
+    """Make this process's fork server import the modules `preload` names (default: the trainer's stack); call it
+    before anything starts the server (the first forkserver process or pool). Once the server runs, it keeps what
+    it has."""
+    multiprocessing.set_forkserver_preload(list(preload))
 
 
 def _rank_main(target: Path | str, args: list[str], env: dict[str, str], cwd: str, stdin_path: str | None,

@@ -1,4 +1,4 @@
-"""bench/long_context.py --quick: the memory-budget search (fresh process groups, per-rank peak growth, doubling)
+"""python -m bench.long_context --quick: the memory-budget search (fresh process groups, per-rank peak growth, doubling)
 runs for SP=1 and SP=2 on CPU, and SP=2 reaches about twice the length within the same per-rank budget."""
 import json
 
