@@ -47,7 +47,7 @@ from general_util.dist import barrier, current
 from general_util.fingerprints import tokenizer_fingerprint
 from general_util.logging import progress_bar
 
-CACHE_VERSION = 2  # bump when tokenization or the on-disk layout changes
+CACHE_VERSION = 3  # bump when tokenization or the on-disk layout changes (3: whole-text encoding, data/tokenization.py)
 ROW = np.dtype([("token_start", "<i8"), ("segment_start", "<i8")])
 SEGMENT = np.dtype([("length", "<i4"), ("file", "<i4"), ("line", "<i8")])
 BATCH_EXAMPLES = 256  # examples per tokenization task

@@ -5,8 +5,10 @@ Two ways to find the assistant tokens, both checked against the rendered text:
 - a template with `{% generation %}` markers: transformers' `return_assistant_tokens_mask`;
 - any other template: the text rendered for the conversation up to each assistant turn (with the
   generation prompt) and up to its end must be prefixes of the whole rendering; the characters in
-  between are that turn. Tokens of the whole rendering (tokenized once, with offsets) are trained when
-  they start inside such a span. A template that rewrites earlier turns (no prefix property) is refused.
+  between are that turn. Tokens of the whole rendering (tokenized once, with offsets) are trained by the
+  boundary rule of `trained_tokens`. A template that rewrites earlier turns (no prefix property) is refused.
+An assistant message with `tool_calls` whose rendered turn does not contain every call's function name
+(Llama-3's and Llama-2's templates write only `content`) is refused: it would train an empty turn.
 """
 import re
 
@@ -17,7 +19,12 @@ GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 
 
 def _render(tokenizer, messages, tools, **kwargs) -> str:
-    return tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=False, **kwargs)
+    from jinja2 import TemplateError
+    try:
+        return tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=False, **kwargs)
+    except TemplateError as error:  # the template's own raise_exception (e.g. roles that must alternate)
+        raise DataError("", None, f"the chat template refuses the conversation: {error}",
+                        kind="chat template error") from None
 
 
 def check_chat_template(tokenizer) -> str:
@@ -46,22 +53,43 @@ def assistant_spans(tokenizer, messages, tools) -> tuple[str, list[tuple[int, in
         if len(through) == len(before):
             raise DataError("", None, f"the chat template writes nothing for assistant message {index + 1}",
                             kind="empty response")
+        check_tool_calls_rendered(message, index, through[len(before):])
         spans.append((len(before), len(through)))
     return text, spans
+
+
+def check_tool_calls_rendered(message: dict, index: int, rendered: str) -> None:
+    """Refuse a template that leaves an assistant message's tool calls out of `rendered` (its turn)."""
+    names = [(call.get("function") or call).get("name", "") for call in message.get("tool_calls") or ()]
+    dropped = [name for name in names if name not in rendered]
+    if dropped:
+        raise DataError("", None, f"the chat template drops the tool_calls of assistant message {index + 1} "
+                        f"({dropped[0]!r} is not rendered): use a template that renders tool_calls, or a text "
+                        "template", kind="chat template drops tool_calls")
+
+
+def trained_tokens(offsets, spans) -> list[bool]:
+    """THE BOUNDARY RULE (text templates and chat templates alike): a token is trained when any of its
+    characters lies in a trained span [start, end). A token straddling a prompt/response boundary therefore
+    belongs to the response: every response character is predicted, and the prompt the model conditions on
+    is made of prompt characters only. A zero-width token is trained when it sits inside a span."""
+    return [any(begin < end and finish > start if finish > begin else start <= begin < end for start, end in spans)
+            for begin, finish in offsets]
 
 
 def render_chat(tokenizer, messages: tuple[dict, ...], tools: list | None) -> tuple[list[int], list[bool]]:
     """Token ids of the rendered conversation and, per token, whether it is trained."""
     template = check_chat_template(tokenizer)
     if GENERATION_MARKER.search(template):
+        text = _render(tokenizer, messages, tools)
+        for index, message in enumerate(messages):
+            check_tool_calls_rendered(message, index, text)
         encoded = tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=True, return_dict=True,
                                                 return_assistant_tokens_mask=True)
         return list(encoded["input_ids"]), [bool(m) for m in encoded["assistant_masks"]]
     text, spans = assistant_spans(tokenizer, messages, tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    trained = [any(start <= begin < end for start, end in spans) and finish > begin
-               for begin, finish in encoded["offset_mapping"]]
-    return list(encoded["input_ids"]), trained
+    return list(encoded["input_ids"]), trained_tokens(encoded["offset_mapping"], spans)
 
 
 def token_pieces(ids: list[int], trained: list[bool]) -> list[tuple[list[int], bool]]:

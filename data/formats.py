@@ -61,11 +61,13 @@ class RecordOptions:
 class Example:
     """`pieces`: (text, trained) in order. A dialogue alternates prompt pieces (untrained) and responses
     (trained, each followed by EOS) and ends with a response; a document is one trained piece. With the
-    chat template, `messages` (OpenAI-style dicts) and `tools` are kept instead, rendered by the tokenizer."""
+    chat template, `messages` (OpenAI-style dicts) and `tools` are kept instead, rendered by the tokenizer.
+    `label_boundary`: the template's rule for where a response's loss starts (data/tokenization.py)."""
     pieces: tuple[tuple[str, bool], ...] = ()
     document: bool = False
     messages: tuple[dict, ...] = ()
     tools: list | None = None  # the chat template's tool descriptions (parsed JSON)
+    label_boundary: str = "characters"
 
 
 @dataclass
@@ -141,7 +143,7 @@ def _single_turn(template, instruction: str, input_text: str | None, response: s
         return Example(messages=({"role": "user", "content": user}, {"role": "assistant", "content": response}))
     prompt = template.with_input.format(instruction=instruction, input=input_text or "") if use_input \
         else template.without_input.format(instruction=instruction)
-    return Example(((prompt, False), (response, True)))
+    return Example(((prompt, False), (response, True)), label_boundary=template.label_boundary)
 
 
 def _alpaca(record: Record, template, options: RecordOptions) -> list[Example]:
@@ -329,7 +331,7 @@ def _dialogue(record: Record, conversation: Conversation, template) -> Example:
             prompt = None
     if not pieces:
         raise DataError(record.source, record.line, "empty response (no assistant turn)", kind="empty response")
-    return Example(tuple(pieces))
+    return Example(tuple(pieces), label_boundary=template.label_boundary)
 
 
 def _chat_example(record: Record, conversation: Conversation, system: str | None, turns) -> Example:

@@ -14,7 +14,11 @@ see `data.chat`). A custom template is a mapping in YAML with any of the PromptT
       assistant_suffix: "\\n"                              # trained after each response, before EOS
       separator: ""                                       # untrained, between a response and the next turn
 
-The assistant's answer follows the prompt directly and is closed by EOS (trained)."""
+The assistant's answer follows the prompt directly and is closed by EOS (trained). The sample's token ids are
+the tokenizer's encoding of its whole rendered text (data/tokenization.py); `label_boundary` says where each
+response's loss starts: `characters` (default: the tokens holding any of the response's characters) or
+`prompt_length` (the panda preset, the original recipes' rule: after as many tokens as the text before the
+response, without its final " ", encodes to on its own)."""
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
@@ -34,6 +38,7 @@ class PromptTemplate:
     separator: str = ""           # untrained text between a response and the next turn
     instruction_list: str = "join"  # an instruction given as a list: join (lines) | random (one, seeded by record)
     raw_text_first: bool = False  # a record with a non-empty `text` is raw text even if it has instruction fields
+    label_boundary: str = "characters"  # where the loss starts: characters | prompt_length (data/tokenization.py)
 
     def format(self, instruction: str, input: str = "") -> str:
         if input:
@@ -85,10 +90,13 @@ TEMPLATES = {
                            system="", user="{message}\n"),
     # The original recipes: prompt = instruction (+ " " + input whenever the record has that field, even empty:
     # two spaces then), trained sequence = prompt + " " + response + EOS.
+    # Labels as the original's `vanilla_seq2seq_convertor`: the whole string encoded once, its first N positions
+    # masked, N = the length of the prompt's own encoding (without the " " separator, which is trained).
     "panda": PromptTemplate(with_input="{instruction} {input} ", without_input="{instruction} ", system="",
                             user="{message} ", observation="{message} ", tools="{tools} ",
-                            instruction_list="random", raw_text_first=True),
+                            instruction_list="random", raw_text_first=True, label_boundary="prompt_length"),
 }
+LABEL_BOUNDARIES = ("characters", "prompt_length")
 TEMPLATE_NAMES = sorted(TEMPLATES) + ["chat"]
 FIELD_NAMES = [field.name for field in fields(PromptTemplate)]
 
@@ -112,6 +120,8 @@ def get_template(spec: str | Mapping) -> PromptTemplate | ChatTemplate:
         raise ConfigError(f"template.{unknown[0]}: not a template field; use {', '.join(FIELD_NAMES)}")
     if spec.get("instruction_list", base.instruction_list) not in ("join", "random"):
         raise ConfigError(f"template.instruction_list={spec['instruction_list']!r}: use join or random")
+    if spec.get("label_boundary", base.label_boundary) not in LABEL_BOUNDARIES:
+        raise ConfigError(f"template.label_boundary={spec['label_boundary']!r}: use {' or '.join(LABEL_BOUNDARIES)}")
     template = replace(base, **spec)
     for name, placeholders in (("with_input", ("instruction", "input")), ("without_input", ("instruction",)),
                                ("user", ("message",)), ("observation", ("message",)), ("tools", ("tools",)),

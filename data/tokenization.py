@@ -1,8 +1,22 @@
 """Examples → token segments (ids + a trained mask), in batches, in this process or in worker processes.
 
-Each text piece is tokenized on its own (no special tokens), then `labels.build_dialogue` or
-`labels.chunk_document` assembles ids and labels from the pieces.
+Canonical token sequences: a sample's ids are the tokenizer's encoding of the sample's whole rendered text,
+never pieces encoded apart (SentencePiece would give every piece its dummy-prefix `▁`, and BPE merges across a
+boundary would be split: a sequence inference never sees). A dialogue is rendered as its pieces back to back,
+each response followed by the EOS token's text (the tokenizer reads it as the one special token), encoded
+once with character offsets, with BOS in front when the tokenizer adds one. A document is its text, encoded
+once (`labels.chunk_document` adds BOS/EOS and cuts it into rows). Chat templates: data/chat.py.
+
+Which tokens are trained (`trained_tokens`), the rule for a token straddling a prompt/response boundary:
+**a token is trained when any of its characters belongs to a response (or its EOS)**. So every character
+of a response is predicted and a straddling token (e.g. Llama-3's `ĠMy` over `"? " | "My"`, or `▁answer`
+when a prompt ends in a space) goes to the response side; the prompt is the tokens made of prompt
+characters only. The panda template keeps the original recipes' positional rule instead
+(`label_boundary: prompt_length`): a response's loss starts at position N, N = the length of the tokenizer's
+own encoding (BOS included) of the text before the response without its final " " separator.
+Truncation (`labels.build_dialogue`) then works on the runs of trained/untrained tokens.
 """
+import functools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -10,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.chat import render_chat, token_pieces
+from data.chat import render_chat, token_pieces, trained_tokens
 from data.formats import Example
 from data.records import DataError
 from data.labels import IGNORE_INDEX, build_dialogue, chunk_document
@@ -49,30 +63,48 @@ class ExampleTokenizer:
         self.bos_id, self.eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         if self.eos_id is None:
             raise ConfigError("the tokenizer has no EOS token; every response and document must end with one")
+        if not tokenizer.is_fast:
+            raise ConfigError(f"{type(tokenizer).__name__} is a slow tokenizer: the labels need the character offsets "
+                              "of a fast one (models.loading.load_tokenizer builds it, also from a tokenizer.model)")
+        self.head = bos_head(tokenizer)
         self.dtype = token_dtype(tokenizer)
 
     def __call__(self, examples: list[Example]) -> list[Tokenized]:
-        texts = [text for example in examples for text, _ in example.pieces]
+        documents = [example.pieces[0][0] for example in examples if example.document]
+        dialogues = [(*render_dialogue(example.pieces, self.tokenizer.eos_token), example.label_boundary)
+                     for example in examples if not example.document and not example.messages]
         # verbose=False: documents longer than the model's window are expected here (they are chunked below)
-        encoded = iter(self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]) if texts else iter(())
-        results = []
+        encode = functools.partial(self.tokenizer, add_special_tokens=False, verbose=False)
+        documents = iter(encode(documents)["input_ids"] if documents else ())
+        wholes = encode([text for text, _, _ in dialogues], return_offsets_mapping=True) if dialogues else None
+        prompts = [text[:start].removesuffix(" ") for (text, spans, boundary) in dialogues if boundary == "prompt_length"
+                   for start, _ in spans]  # the original recipes' prompt: the text before a response, less the " "
+        prompt_lengths = iter(len(ids) for ids in encode(prompts)["input_ids"]) if prompts else iter(())
+        results, number = [], 0
         for example in examples:
             if example.messages:
                 try:
                     results.append(self._chat(example))
                 except DataError as error:
                     results.append(Tokenized([], error=error))
-                continue
-            pieces = [(next(encoded), trained) for _, trained in example.pieces]
-            if example.document:
-                built = chunk_document(pieces[0][0], self.bos_id, self.eos_id, self.max_seq_length)
+            elif example.document:
+                built = chunk_document(next(documents), self.bos_id, self.eos_id, self.max_seq_length)
                 results.append(Tokenized([self._segment(e.input_ids, e.labels) for e in built]))
-                continue
-            results.append(self._dialogue(pieces, self.bos_id, self.eos_id))
+            else:
+                _, spans, boundary = dialogues[number]
+                ids, offsets = wholes["input_ids"][number], wholes["offset_mapping"][number]
+                trained = trained_tokens(offsets, spans)
+                if boundary == "prompt_length":
+                    trained = positional_mask(trained, offsets, spans, [len(self.head) + next(prompt_lengths)
+                                                                        for _ in spans], len(self.head))
+                number += 1
+                results.append(self._dialogue(token_pieces(list(ids), trained), self.head))
         return results
 
-    def _dialogue(self, pieces, bos_id, eos_id) -> Tokenized:
-        dialogue = build_dialogue(pieces, bos_id, eos_id, self.max_seq_length, self.truncation)
+    def _dialogue(self, pieces, head: list[int]) -> Tokenized:
+        """The pieces hold every token but the head (BOS); the last piece ends with the closing token (EOS, or
+        the chat template's end of turn), which truncation keeps."""
+        dialogue = build_dialogue(pieces, head[0] if head else None, None, self.max_seq_length, self.truncation)
         if dialogue is None:
             return Tokenized([], truncated=True)
         return Tokenized([self._segment(dialogue.input_ids, dialogue.labels)], dialogue.truncated, dialogue.prompt_lost)
@@ -80,10 +112,10 @@ class ExampleTokenizer:
     def _chat(self, example: Example) -> Tokenized:
         """The tokenizer's chat template writes BOS and every end-of-turn itself: nothing is added."""
         ids, trained = render_chat(self.tokenizer, example.messages, example.tools)
-        bos_id = None
+        head = []
         if ids and ids[0] == self.bos_id:
-            bos_id, ids, trained = ids[0], ids[1:], trained[1:]
-        return self._dialogue(token_pieces(ids, trained), bos_id, None)
+            head, ids, trained = ids[:1], ids[1:], trained[1:]
+        return self._dialogue(token_pieces(ids, trained), head)
 
     def tagged(self, batch: list[tuple[object, Example]]) -> list[tuple[object, Tokenized]]:
         """The same for (tag, example) pairs. Tags (provenance) pass through."""
@@ -92,6 +124,37 @@ class ExampleTokenizer:
 
     def _segment(self, input_ids: list[int], labels: list[int]) -> Segment:
         return Segment(np.asarray(input_ids, dtype=self.dtype), np.asarray(labels) != IGNORE_INDEX)
+
+
+def bos_head(tokenizer) -> list[int]:
+    """The BOS the tokenizer puts in front of a text ([] for one that adds none, e.g. Qwen2's)."""
+    bos_id = tokenizer.bos_token_id
+    return [bos_id] if bos_id is not None and tokenizer("a")["input_ids"][:1] == [bos_id] else []
+
+
+def render_dialogue(pieces, eos_text: str) -> tuple[str, list[tuple[int, int]]]:
+    """(whole text, character span of every response with its EOS text) of a dialogue's (text, trained) pieces."""
+    text, spans = "", []
+    for piece, trained in pieces:
+        if trained:
+            spans.append((len(text), len(text) + len(piece) + len(eos_text)))
+            piece += eos_text
+        text += piece
+    return text, spans
+
+
+def positional_mask(trained: list[bool], offsets, spans, starts: list[int], head: int) -> list[bool]:
+    """The panda rule: each response's trained run starts at position `starts[k]` (counted with the head) and
+    ends where its characters end."""
+    trained = list(trained)
+    for (begin, end), start in zip(spans, starts):
+        inside = [i for i, (a, b) in enumerate(offsets) if a < end and b > begin]
+        last = inside[-1]
+        for i in range(min(start - head, last), last + 1):
+            trained[i] = True
+        for i in range(inside[0], min(start - head, last)):
+            trained[i] = False
+    return trained
 
 
 _worker_tokenizer: ExampleTokenizer | None = None

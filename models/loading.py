@@ -10,18 +10,40 @@ from models.vocab import apply_freeze_strategy, extend_vocabulary, resize_with_m
 from models.weights_io import DTYPES
 
 
-def load_tokenizer(name_or_path: str, pad_token: str | None = None, trust_remote_code: bool = False,
+PAD_NAMES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]")  # pad tokens some vocabularies reserve
+
+
+def existing_pad_token(tokenizer) -> str:
+    """A token the vocabulary already has, to pad with at no cost (no new embedding or lm_head row that would
+    enter every softmax): `<unk>` (LLaMA-1/2 and their Chinese derivatives), else a reserved pad token
+    (Llama-3.1's `<|finetune_right_pad_id|>`), else the first reserved special token (Llama-3's
+    `<|reserved_special_token_0|>`), else EOS. Padding never reaches a label (see data/collators.py)."""
+    vocabulary = tokenizer.get_vocab()
+    reserved = sorted((token for token in vocabulary if "reserved" in token and token.startswith("<|")),
+                      key=vocabulary.get)
+    for token in (tokenizer.unk_token, *PAD_NAMES, *reserved[:1], tokenizer.eos_token):
+        if token is not None and token in vocabulary:
+            return token
+    raise ConfigError("tokenizer.pad_token=auto: the tokenizer has no <unk>, reserved or EOS token to pad with; "
+                      "name a pad token to add (e.g. tokenizer.pad_token='[PAD]')")
+
+
+def load_tokenizer(name_or_path: str, pad_token: str | None = "auto", trust_remote_code: bool = False,
                    extra_tokens_file: str | None = None, merge_tokenizer: str | None = None,
                    chat_template: str | None = None):
-    """The tokenizer, with a pad token (an existing token reused, or a new one added), the optional
-    vocabulary extension (`load_causal_lm` grows the model's embeddings to match) and an optional chat
-    template (a Jinja file, or the template text) replacing the model folder's."""
+    """The tokenizer, with a pad token, the optional vocabulary extension (`load_causal_lm` grows the model's
+    embeddings to match) and an optional chat template (a Jinja file, or the template text) replacing the
+    model folder's. `pad_token`: `auto` keeps the tokenizer's own pad or reuses a token it has
+    (`existing_pad_token`); a name is reused when the vocabulary has it and added as a new row otherwise (the
+    original recipes' `[PAD]`); None leaves a tokenizer without pad as it is."""
     tokenizer = AutoTokenizer.from_pretrained(local_model_dir(name_or_path), trust_remote_code=trust_remote_code)
     if chat_template:
         path = resolve_path(chat_template)
         tokenizer.chat_template = path.read_text(encoding="utf-8") if path.is_file() else chat_template
     if tokenizer.pad_token is None and pad_token:
-        if pad_token in tokenizer.get_vocab():
+        if pad_token == "auto":
+            tokenizer.pad_token = existing_pad_token(tokenizer)
+        elif pad_token in tokenizer.get_vocab():
             tokenizer.pad_token = pad_token
         else:
             tokenizer.add_special_tokens({"pad_token": pad_token})
