@@ -41,6 +41,7 @@ from training.best import BestTracker
 from training.config import human_bytes, memory_estimate_bytes, optimizer_steps, validate, zero_stage
 from training.engine import build_engine, load_model
 from training.hf_export import HFExport, save_hf_weights
+from training.reference import attach_reference
 from training.rng_state import restore_rng_state
 from training.run_folder import OutputDirError, OutputDirLock, check_fresh_start
 from training.saving import check_free_space, save_checkpoint
@@ -153,6 +154,7 @@ class Trainer:
                                                self.cfg.seed, self.cfg.per_gpu_train_batch_size,
                                                self.cfg.gradient_accumulation_steps)
         self.collator = instantiate(self.cfg.collator, tokenizer=self.tokenizer)
+        attach_reference(self.objective, self.cfg, self.tokenizer, self.engine, self.ctx, self.loss_settings)
         if resume_from is not None:
             self.resume(resume_from, state)
         self.metrics = MetricsWriter(self.output_dir, self.ctx, self.total_steps, self.step, self.cfg.report_to,
@@ -344,7 +346,7 @@ class Trainer:
             postfix["mfu"] = f"{values['train/mfu']:.1%}"
         self.metrics.advance(0, postfix)
         logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
-                    " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()))
+                    " ".join(f"{k.split('/', 1)[1]}={v:.6g}" for k, v in values.items()))
         self.window = LogWindow(row_shards=self.parallel.sp_size)
         self.last_log_time = time.perf_counter()
 
