@@ -11,7 +11,8 @@ from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
 DPO = ("conf/demo", "dpo")
 TINY = REPO / "models" / "tiny_llama"
 STEPS = 4
-RUN = FAST + [f"max_steps={STEPS}", "train_dataset.max_seq_length=128", "data.cache_dir=null"]
+STEPS_AND_LENGTH = FAST + [f"max_steps={STEPS}", "train_dataset.max_seq_length=128"]
+RUN = STEPS_AND_LENGTH + ["data.cache_dir=null"]
 ZERO3 = ["deepspeed@ds_cfg=zero3"]
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected")
@@ -75,3 +76,17 @@ def test_lora_dpo_with_the_base_as_reference_trains_and_exports(tmp_path):
     merged, base = load_file(checkpoint / "merged" / "model.safetensors"), load_file(TINY / "model.safetensors")
     assert merged.keys() == base.keys()
     assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_precomputed_reference_equals_the_live_one(tmp_path):
+    """(b) == (a): the reference log-probs computed once before training (stored beside the token cache, reused by a
+    second run) give the live frozen copy's losses within 1e-6."""
+    from tests.objective_runs import logged_values
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    live = logged_values(tmp_path / "live", STEPS_AND_LENGTH + batch(1) + [cache], DPO)
+    precomputed = logged_values(tmp_path / "pre", STEPS_AND_LENGTH + batch(1) + ["objective.reference=precomputed", cache], DPO)
+    assert len(list((tmp_path / "cache" / "reference_logps").glob("*.npy"))) == 1
+    again = logged_values(tmp_path / "again", STEPS_AND_LENGTH + batch(1) + ["objective.reference=precomputed", cache], DPO)
+    for name in ("train/loss", "train/rewards/chosen", "train/rewards/margins"):
+        assert [v[name] for v in precomputed] == pytest.approx([v[name] for v in live], rel=1e-6, abs=1e-9), name
+        assert [v[name] for v in again] == [v[name] for v in precomputed]
