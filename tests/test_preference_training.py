@@ -2,6 +2,8 @@
 policy and its frozen reference copy partitioned) equal 1 rank; FSDP2 equals ZeRO-3; a run killed after step 3 and
 resumed with resume=auto is bitwise the uninterrupted one; LoRA DPO with the base model as reference trains and
 exports; TRL's reward metrics reach the trackers."""
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -29,8 +31,19 @@ def logged(output_dir, tag="train/loss") -> list[float]:
 @pytest.fixture(scope="module")
 def zero3_one_rank(tmp_path_factory):
     out = tmp_path_factory.mktemp("dpo_zero3_1")
-    run_trainer(out, RUN + ZERO3 + batch(1), config=DPO)
+    run_trainer(out, RUN + ZERO3 + batch(1) + ["do_eval=true", "evaluate_during_training=true", "eval_steps=2"],
+                config=DPO)
     return out
+
+
+def test_the_preference_evaluator_ranks_checkpoints(zero3_one_rank):
+    """The held-out pairs' reward accuracy is logged at every evaluation and ranks the steps (prediction_cfg)."""
+    scalars = read_scalars(zero3_one_rank)
+    assert [step for step, _ in scalars["eval/prefs/accuracy"]] == [2, 4]
+    assert all(0 <= value <= 1 for _, value in scalars["eval/prefs/accuracy"])
+    assert [value for _, value in scalars["eval/prefs/pairs"]] == [8, 8]
+    best = json.loads((zero3_one_rank / "best_checkpoint.json").read_text())
+    assert best["metric"] == "prefs/accuracy" and best["step"] in (2, 4)
 
 
 def test_two_ranks_zero3_equal_one_rank_and_log_the_reward_metrics(zero3_one_rank, tmp_path):
