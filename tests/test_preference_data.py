@@ -119,3 +119,13 @@ def test_the_token_cache_stores_a_pair_per_row(tokenizer, tmp_path):
     assert batch["input_ids"].shape[0] == 4 and int(batch["num_samples"]) == 2
     chosen_length = dataset[1]["seq_lens"][0]
     assert batch["input_ids"][1, :chosen_length].tolist() == dataset[1]["input_ids"][:chosen_length]
+
+
+def test_a_pair_objective_refuses_batches_that_are_not_pairs(tokenizer):
+    from data.collators import PaddingCollator
+    from general_util.errors import ConfigError
+    from modules.preference import DPO
+    batch = PaddingCollator(tokenizer)([{"input_ids": [1, 5, 6], "labels": [-100, 5, 6], "index": 0},
+                                        {"input_ids": [1, 7], "labels": [-100, 7], "index": 1}])
+    with pytest.raises(ConfigError, match="PreferenceCollator"):
+        DPO().normalisers(batch)

@@ -42,6 +42,7 @@ def test_the_preference_evaluator_ranks_checkpoints(zero3_one_rank):
     assert [step for step, _ in scalars["eval/prefs/accuracy"]] == [2, 4]
     assert all(0 <= value <= 1 for _, value in scalars["eval/prefs/accuracy"])
     assert [value for _, value in scalars["eval/prefs/pairs"]] == [8, 8]
+    assert [step for step, _ in scalars["eval/c3_d/acc"]] == [2, 4]  # the benchmark evaluators run unchanged
     best = json.loads((zero3_one_rank / "best_checkpoint.json").read_text())
     assert best["metric"] == "prefs/accuracy" and best["step"] in (2, 4)
 
