@@ -4,8 +4,8 @@ vs reference log-probabilities precomputed before training (the rows carry them)
     python bench/preference_memory.py [--out preference_memory.json] [--pairs 4] [--seq 512] [--repeats 3]
     python bench/preference_memory.py --quick     # small sizes (CI smoke test)
 
-The model: models/tiny_llama's config widened (hidden 256, 4 layers, vocabulary 32,000; --quick: hidden 128,
-2 layers), random weights, nothing downloaded; fp32 on CPU, bf16 on CUDA. A step: the DPO objective
+The model: models/tiny_llama's config widened (hidden 256, 4 layers, vocabulary 32,000; --quick: hidden 64,
+1 layer, vocabulary 4,000, 64 tokens), random weights, nothing downloaded; fp32 on CPU, bf16 on CUDA. A step: the DPO objective
 (modules/preference.py, loss_impl chunked) on `pairs` random pairs of `seq` tokens (the second half of each row
 scored), backward, AdamW step. Each variant runs in a fresh process. Measured (bench/loss_memory.py's PeakTracker:
 CUDA allocator peak, or the CPU resident-set high-water mark): peak growth from before the models are built, i.e.
@@ -27,7 +27,7 @@ from bench.loss_memory import MMAP_THRESHOLD, PeakTracker, device_name  # noqa: 
 
 VARIANTS = ("live", "precomputed")
 FULL = {"hidden": 256, "layers": 4, "vocab": 32000}
-QUICK = {"hidden": 128, "layers": 2, "vocab": 8000}
+QUICK = {"hidden": 64, "layers": 1, "vocab": 4000}
 
 
 def run_worker(variant: str, size: dict, pairs: int, seq: int, repeats: int) -> dict:
@@ -46,7 +46,7 @@ def run_worker(variant: str, size: dict, pairs: int, seq: int, repeats: int) -> 
     input_ids = torch.randint(3, size["vocab"], (2 * pairs, seq), device=device)
     labels = input_ids.clone()
     labels[:, : seq // 2] = -100
-    batch = {"input_ids": input_ids, "labels": labels}
+    batch = {"input_ids": input_ids, "labels": labels, "num_samples": torch.tensor(pairs)}
     settings = LossSettings("chunked", 1024)
     tracker = PeakTracker(cuda)
     tracker.start()
@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick and "--seq" not in (argv or sys.argv):
-        args.seq = 128
+        args.seq = 64
     if args.worker:
         size = QUICK if args.quick else FULL
         print("RESULT " + json.dumps(run_worker(args.worker, size, args.pairs, args.seq, args.repeats)))

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
 
+pytestmark = pytest.mark.slow  # the trainer in forked ranks (pytest.ini's end-to-end tier)
 DPO = ("conf/demo", "dpo")
 TINY = REPO / "models" / "tiny_llama"
 STEPS = 4
