@@ -129,3 +129,15 @@ def test_a_pair_objective_refuses_batches_that_are_not_pairs(tokenizer):
                                         {"input_ids": [1, 7], "labels": [-100, 7], "index": 1}])
     with pytest.raises(ConfigError, match="PreferenceCollator"):
         DPO().normalisers(batch)
+
+
+def test_llama_factory_declares_these_files_with_the_columns_we_recognise():
+    """dataset_info.json (hiyouga/LLaMA-Factory@ff6d4d1) declares its dpo demo files as sharegpt ranking data whose
+    columns are the field names data/preference.py recognises without a mapping."""
+    info = json.loads((FIXTURES / "dataset_info.json").read_text())
+    for name in ("dpo_en_demo", "dpo_zh_demo"):
+        entry = info[name]
+        assert entry["ranking"] is True and entry["formatting"] == "sharegpt"
+        assert entry["columns"] == {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}
+        records = json.loads((FIXTURES / entry["file_name"]).read_text())
+        assert all(set(r) == set(entry["columns"].values()) for r in records)
