@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from data.collators import fit_to_model, model_inputs
+from data.collators import fit_to_model
 from general_util import faults
 from general_util.cli import convert_legacy_arguments
 from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, decided_by_rank0, exit_process,
@@ -34,8 +34,7 @@ from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
 from modules.flops import active_parameter_count, device_peak_flops, training_flops_per_token
 from modules import sequence_parallel
-from modules.loss import batch_targets, count_targets
-from modules.loss_impl import LossSettings, causal_lm_loss_terms, router_aux_loss_coef
+from modules.loss_impl import LossSettings, router_aux_loss_coef
 from post_processors.run import reported_metrics, run_evaluators
 from post_processors.summary import write_summary
 from training import checkpoints as ckpt
@@ -43,6 +42,7 @@ from training.best import BestTracker, match_metric, metric_problem
 from training.config import human_bytes, memory_estimate_bytes, optimizer_steps, validate, zero_stage
 from training.engine import build_engine, load_model
 from training.hf_export import HFExport, save_hf_weights
+from training.reference import attach_reference
 from training.rng_state import restore_rng_state
 from training.run_folder import OutputDirError, OutputDirLock, check_fresh_start
 from training.saving import check_free_space, save_checkpoint, write_failure
@@ -65,18 +65,22 @@ def count_parameters(cfg: DictConfig, tokenizer) -> int:
 @dataclass
 class LogWindow:
     """What the optimizer steps since the last log add up to; the loop starts a new one at every log."""
-    losses: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (loss sum, label tokens) per step
+    losses: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (loss sums, normalisers) per step
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # the objective's metrics: name -> [sum, count]
     tokens: int = 0    # non-padding tokens
     slots: int = 0     # token positions, padding included
     rows: int = 0
     samples: int = 0
     row_shards: int = 1  # sequence_parallel_size: each rank holds 1/row_shards of every row
     source_tokens: list[int] = field(default_factory=list)  # per source of a mixed dataset (train/tokens/<source>)
-    aux_sum: float | torch.Tensor = 0.0  # MoE: the routers' load-balancing losses of this rank's micro-batches
-    aux_calls: int = 0    # how many micro-batches gave one
 
-    def add_step(self, loss_sum: torch.Tensor, label_tokens: torch.Tensor) -> None:
-        self.losses.append((loss_sum, label_tokens))
+    def add_step(self, loss_sums: torch.Tensor, normalisers: torch.Tensor) -> None:
+        self.losses.append((loss_sums, normalisers))
+
+    def add_metrics(self, metrics: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for name, (total, count) in metrics.items():
+            pair = torch.stack([total.detach().double().reshape(()), count.detach().double().reshape(())])
+            self.metrics[name] = self.metrics[name] + pair if name in self.metrics else pair
 
     def add_batch(self, batch: dict) -> None:
         self.tokens += int(batch["num_tokens"])
@@ -131,6 +135,7 @@ class Trainer:
         self.peak_flops = device_peak_flops(cfg.peak_flops_per_gpu)
         self.resume_point = self.checked_resume_point()
         self.loss_settings = LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens)
+        self.objective = instantiate(cfg.objective)
 
     # ---- set-up -------------------------------------------------------------------------------------
     def checked_resume_point(self) -> tuple[Path | None, dict | None]:
@@ -150,7 +155,8 @@ class Trainer:
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
         self.active_params = active_parameter_count(model)  # MoE: the experts a token is routed to, not all
         coef = router_aux_loss_coef(model)  # None: a dense model
-        self.aux_coef = coef if coef is None or self.cfg.moe_aux_loss_coef is None else self.cfg.moe_aux_loss_coef
+        self.objective.router_loss_coef = coef if coef is None or self.cfg.moe_aux_loss_coef is None \
+            else self.cfg.moe_aux_loss_coef
         reshard_from = state["world_size"] if state and state["world_size"] != self.ctx.world_size else None
         self.engine = build_engine(self.cfg, model, self.ctx, self.parallel, self.total_steps, reshard_from)
         from data.sampler import DistributedEpochSampler
@@ -160,6 +166,8 @@ class Trainer:
                                                self.cfg.gradient_accumulation_steps)
         self.collator = instantiate(self.cfg.collator, tokenizer=self.tokenizer)
         fit_to_model(self.collator, model.config)  # packed rows: the model's sliding window in their mask
+        self.train_data = attach_reference(self.objective, self.cfg, self.tokenizer, self.engine, self.ctx,
+                                           self.loss_settings, self.train_data, self.collator)
         if resume_from is not None:
             self.resume(resume_from, state)
         self.metrics = MetricsWriter(self.output_dir, self.ctx, self.total_steps, self.step, self.cfg.report_to,
@@ -302,34 +310,29 @@ class Trainer:
 
     def optimizer_step(self, window: list[dict]) -> bool:
         """One optimizer step over an accumulation window; returns whether any rank was asked to stop.
-        The loss is normalised by the number of label tokens in the whole global batch, so it is
-        independent of world size, sequence parallelism and accumulation (a sequence-parallel rank counts and
-        scores the targets of its shard only)."""
-        targets = [batch_targets(b) for b in window]
-        label_tokens = torch.stack([count_targets(t) for t in targets]).sum().double()
-        # one collective agrees on both the token count and a stop request (all ranks stop at the same step)
-        agreed = all_reduce(torch.stack([label_tokens, torch.tensor(float(self.stop_requested), dtype=torch.float64)])
+        Each loss sum of the objective (modules/objectives.py) is normalised by its count over the whole global
+        batch (causal LM: label tokens), so the loss is independent of world size, sequence parallelism and
+        accumulation (a sequence-parallel rank counts and scores the targets of its shard only)."""
+        normalisers = torch.stack([self.objective.normalisers(b) for b in window]).sum(0)
+        # one collective agrees on the normalisers and a stop request (all ranks stop at the same step)
+        agreed = all_reduce(torch.cat([normalisers.reshape(-1).double(), torch.tensor([float(self.stop_requested)],
+                                                                                      dtype=torch.float64)])
                             .to(self.ctx.device))
-        label_tokens = agreed[0]
+        normalisers = agreed[:-1].reshape(normalisers.shape)
         # the engine turns this into the global batch's gradient (the sum over a sequence-parallel group is
         # wanted: each rank's shard loss reaches every rank's weights through the attention all-to-all)
-        scale = 1.0 / label_tokens.clamp(min=1)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
-        for batch, batch_target in zip(window, targets):
+        scale = 1.0 / normalisers.clamp(min=1)
+        loss_sums = torch.zeros(normalisers.shape, dtype=torch.float64, device=self.ctx.device)
+        for batch in window:
             self.window.add_batch(batch)
             self.count_sources(batch)
-            micro_loss, aux = causal_lm_loss_terms(self.engine.model, model_inputs(batch, self.ctx.device),
-                                                   batch_target, self.loss_settings, self.aux_coef is not None)
-            objective = micro_loss * scale.to(micro_loss.dtype)
-            if aux is not None:  # MoE: coefficient × the mean load-balancing loss of the global batch's micro-batches
-                objective = objective + self.aux_coef * aux / (len(window) * self.ctx.world_size)
-                self.window.aux_sum += aux.detach().double()  # read at the next log, no sync per micro-batch
-                self.window.aux_calls += 1
-            self.engine.backward(objective)
+            output = self.objective.loss(self.engine.model, batch, self.loss_settings, self.ctx.device)
+            self.engine.backward((output.loss_sums * scale.to(output.loss_sums.dtype)).sum())
             self.engine.step()
-            loss_sum += micro_loss.detach().double()
-        self.window.add_step(loss_sum, label_tokens)
-        return bool(agreed[1].item())
+            loss_sums += output.loss_sums.detach().double()
+            self.window.add_metrics(output.metrics)
+        self.window.add_step(loss_sums, normalisers)
+        return bool(agreed[-1].item())
 
     def new_window(self) -> LogWindow:
         return LogWindow(row_shards=self.parallel.sp_size, source_tokens=[0] * len(self.sources))
@@ -343,24 +346,28 @@ class Trainer:
         """Mean loss over the steps since the last log (exact global token mean per step), lr, grad norm,
         throughput; one collective per logging step."""
         window = self.window
-        counts = window.source_tokens + [window.aux_sum, window.tokens, window.slots, window.samples]
-        local = torch.stack([loss for loss, _ in window.losses]
-                            + [torch.tensor(float(n), dtype=torch.float64, device=self.ctx.device) for n in counts])
+        names = sorted(window.metrics)  # every rank's objective reports the same names
+        counts = [*window.source_tokens, window.tokens, window.slots, window.samples]
+        local = torch.cat([loss.reshape(-1) for loss, _ in window.losses] + [window.metrics[n] for n in names]
+                          + [torch.tensor([float(n) for n in counts], dtype=torch.float64, device=self.ctx.device)])
         totals = all_reduce(local)
-        steps, sources = len(window.losses), len(window.source_tokens)
-        by_source = totals[steps:steps + sources].tolist()
-        aux_total = totals[steps + sources]
-        losses = totals[:steps] / torch.stack([tokens for _, tokens in window.losses])
+        losses, offset = [], 0
+        for _, normalisers in window.losses:  # a step's loss: Σ over the objective's loss sums of sum / count
+            width = normalisers.numel()
+            losses.append((totals[offset:offset + width] / normalisers.reshape(-1)).sum())
+            offset += width
+        metrics = totals[offset:offset + 2 * len(names)].reshape(-1, 2)
+        offset += 2 * len(names)
+        by_source = totals[offset:offset + len(window.source_tokens)].tolist()
         elapsed = time.perf_counter() - self.last_log_time
         grad_norm = self.engine.grad_norm()
-        values = {"train/loss": losses.mean().item(), "train/lr": self.engine.lr(),
+        values = {"train/loss": torch.stack(losses).mean().item(), "train/lr": self.engine.lr(),
                   "train/grad_norm": grad_norm if grad_norm is not None else float("nan"),
                   "train/tokens_per_second": totals[-3].item() / elapsed,
                   "train/samples_per_second": totals[-1].item() / elapsed,
                   "train/non_pad_fraction": totals[-3].item() / totals[-2].item(),
+                  **{f"train/{name}": (total / count).item() for name, (total, count) in zip(names, metrics) if count > 0},
                   **{f"train/tokens/{name}": tokens for name, tokens in zip(self.sources, by_source)}}
-        if window.aux_calls:  # the unweighted load-balancing loss, mean over every rank's micro-batches
-            values["train/aux_loss"] = aux_total.item() / (window.aux_calls * self.ctx.world_size)
         if self.peak_flops:
             config = self.engine.module.config
             flops_per_token = training_flops_per_token(self.active_params, config.num_hidden_layers,

@@ -58,6 +58,7 @@ from data.labels import IGNORE_INDEX
 from data.packing import pack_lengths
 from data.columnar import parquet_row_groups
 from data.readers import Span, file_format, json_layout, opened, read_records
+from data.preference import PairTokenizer, to_pair
 from data.records import BadRecords, DataError
 from data.templates import ChatTemplate, PromptTemplate
 from data.tokenization import ExampleTokenizer, Segment, tokenize_batches
@@ -85,8 +86,9 @@ class BuildSettings:
     def __init__(self, files: list[Path], tokenizer, template: PromptTemplate | ChatTemplate, max_seq_length: int,
                  packing: bool, on_bad_record: str, shard_tokens: int, num_proc: int, truncation: str = "proportional",
                  record_options: RecordOptions = RecordOptions(), text_documents: str = "auto", name: str = "main",
-                 piece_bytes: int = 1 << 26):
+                 piece_bytes: int = 1 << 26, kind: str = "sft"):
         self.files, self.tokenizer, self.template = files, tokenizer, template
+        self.kind = kind  # sft: examples, a row per sample (or packed) | preference: pairs, a row per pair (data/preference.py)
         self.max_seq_length, self.packing, self.on_bad_record = max_seq_length, packing, on_bad_record
         self.shard_tokens, self.num_proc, self.truncation = shard_tokens, num_proc, truncation
         self.record_options, self.text_documents, self.name = record_options, text_documents, name
@@ -99,7 +101,17 @@ class BuildSettings:
                 "tokenizer": tokenizer_fingerprint(self.tokenizer), "template": template,
                 "max_seq_length": self.max_seq_length, "packing": self.packing, "truncation": self.truncation,
                 "record_options": asdict(self.record_options), "text_documents": self.text_documents,
-                "on_bad_record": self.on_bad_record, "shard_tokens": self.shard_tokens, "piece_bytes": self.piece_bytes}
+                "on_bad_record": self.on_bad_record, "shard_tokens": self.shard_tokens,
+                "piece_bytes": self.piece_bytes,
+                **({"kind": self.kind} if self.kind != "sft" else {})}
+
+    def converter(self):
+        """record → its examples (sft) or pairs (preference)."""
+        return to_pair if self.kind == "preference" else to_examples
+
+    def example_tokenizer(self):
+        kind = PairTokenizer if self.kind == "preference" else ExampleTokenizer
+        return kind(self.tokenizer, self.max_seq_length, self.truncation)
 
 
 def cache_key(inputs: dict) -> str:
@@ -168,12 +180,20 @@ class ShardWriter:
         self.directory, self.max_seq_length, self.packing, self.prefix = directory, max_seq_length, packing, prefix
         self.shard_tokens = shard_tokens
         self.buffer: list[tuple[Segment, int, int]] = []  # (segment, file index, line)
+        self.joins: list[bool] = []  # per buffered segment: it shares the previous one's row (a preference pair)
         self.buffered_tokens = 0
         self.shards: list[dict] = []
 
     def add(self, segment: Segment, file_index: int, line: int) -> None:
-        self.buffer.append((segment, file_index, line))
-        self.buffered_tokens += len(segment.input_ids)
+        self.add_row([segment], file_index, line)
+
+    def add_row(self, segments: list[Segment], file_index: int, line: int) -> None:
+        """Segments that share one row without packing (a preference pair: chosen, rejected; so a pair is never
+        split across micro-batches or ranks)."""
+        for number, segment in enumerate(segments):
+            self.buffer.append((segment, file_index, line))
+            self.joins.append(number > 0)
+            self.buffered_tokens += len(segment.input_ids)
         if self.buffered_tokens >= self.shard_tokens:
             self.flush()
 
@@ -181,7 +201,10 @@ class ShardWriter:
         if not self.buffer:
             return
         lengths = [len(segment.input_ids) for segment, _, _ in self.buffer]
-        rows = pack_lengths(lengths, self.max_seq_length) if self.packing else [[i] for i in range(len(lengths))]
+        rows = pack_lengths(lengths, self.max_seq_length) if self.packing else []
+        if not self.packing:
+            for i, join in enumerate(self.joins):
+                rows[-1:] = [rows[-1] + [i]] if join else rows[-1:] + [[i]]
         order = [i for row in rows for i in row]
         segments = [self.buffer[i] for i in order]
         row_ids = np.concatenate([[0], np.cumsum([len(row) for row in rows])])
@@ -199,7 +222,7 @@ class ShardWriter:
             os.replace(temporary, self.directory / f"{name}.{part}.npy")
         self.shards.append({"name": name, "rows": len(rows), "samples": len(segments),
                             "tokens": int(token_ends[-1]), "trained_tokens": int(arrays["trained"].sum())})
-        self.buffer, self.buffered_tokens = [], 0
+        self.buffer, self.joins, self.buffered_tokens = [], [], 0
 
 
 @dataclass
@@ -281,13 +304,14 @@ class PieceBuild:
             self.bad(error)
 
         batch, settings = [], self.settings
+        convert = settings.converter()
         try:
             for file, span in self.piece.parts:
                 for record in read_records(settings.files[file], rejected, settings.text_documents, progress.read, span):
                     self.counts["records"] += 1
                     try:
                         batch += [((file, record.line), example)
-                                  for example in to_examples(record, settings.template, settings.record_options)]
+                                  for example in convert(record, settings.template, settings.record_options)]
                     except DataError as error:
                         self.bad(error)
                     if len(batch) >= BATCH_EXAMPLES:
@@ -313,9 +337,10 @@ class PieceBuild:
                 self.counts["examples"] += 1
                 self.counts["truncated"] += result.truncated
                 self.counts["prompt_lost"] += result.prompt_lost
-                for segment in result.segments:
-                    self.writer.add(segment, file_index, line)
-                    progress.add_tokens(len(segment.input_ids))
+                rows = [result.segments] if self.settings.kind == "preference" else [[s] for s in result.segments]
+                for segments in rows:  # a preference pair shares one row
+                    self.writer.add_row(segments, file_index, line)
+                    progress.add_tokens(sum(len(segment.input_ids) for segment in segments))
         except DataError as error:
             self.failed = True
             raise self.file_line(error) from None
@@ -450,7 +475,7 @@ def build_pieces(directory: Path, settings: BuildSettings, rank: int, world_size
     if mine:
         logger.info("token cache %s: building %d of its %d pieces (rank %d of %d) with %d process(es)", directory.name,
                     len(mine), len(pieces), rank, world_size, settings.num_proc)
-    tokenizer = ExampleTokenizer(settings.tokenizer, settings.max_seq_length, settings.truncation)
+    tokenizer = settings.example_tokenizer()
     progress = BuildProgress(settings, [pieces[number] for number in mine])
     started: deque[PieceBuild] = deque()  # pieces whose batches went to the tokenizer, oldest first
 
