@@ -65,9 +65,14 @@ class PreferenceCollator:
     """Rows of preference pairs (data.datasets.PreferenceDataset: `seq_lens` [chosen, rejected]) → 2B rows, the B
     chosen sides first, then the B rejected sides in the same order (TRL's layout), padded on the right without an
     attention mask (as PaddingCollator). `num_samples` counts pairs. Rows carrying precomputed reference
-    log-probabilities (`ref_logps`: chosen, rejected) give `ref_logps` [2B] in the same order."""
+    log-probabilities (`ref_logps`: chosen, rejected) give `ref_logps` [2B] in the same order. `packing` and
+    `attn_implementation` come from base.yaml's `collator` node (the data node's packing, the model's attention):
+    pairs are never packed, and padded rows need nothing of the attention implementation."""
 
-    def __init__(self, tokenizer, pad_to_multiple_of: int = 1):
+    def __init__(self, tokenizer, pad_to_multiple_of: int = 1, packing: bool = False, attn_implementation: str = ""):
+        if packing:
+            raise ConfigError("train_dataset.packing=true: preference pairs are not packed (a row holds one pair); "
+                              "set train_dataset.packing=false")
         self.pad_token_id = _pad_token_id(tokenizer)
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
 

@@ -53,6 +53,10 @@ class PreferenceEvaluator:
                            for b in self._batches]
         del reference
 
+    def metric_names(self) -> list[str]:
+        """What each call reports (known before any model is loaded)."""
+        return ["accuracy", "margins", "chosen", "rejected", "loss", "pairs"]
+
     def __call__(self, model, tokenizer, output_dir, loss: LossSettings) -> dict[str, float]:
         ctx = current()
         if self._batches is None:

@@ -20,6 +20,10 @@ class Evaluator(Protocol):
         """`model`: what runs forward (an engine or a plain model); `loss`: how log-probabilities and losses
         are computed (loss_impl); returns metric name -> value."""
 
+    def metric_names(self) -> list[str]:
+        """The metric names each call will report, known before any model is loaded (preflight checks
+        `prediction_cfg.metric` against them)."""
+
 
 def run_evaluators(evaluators: dict[str, Evaluator], model, tokenizer, output_dir: Path, tag: str,
                    loss: LossSettings) -> dict[str, float]:

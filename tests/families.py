@@ -14,8 +14,7 @@ CACHE = REPO / ".cache" / "tiny_families"
 TOKENIZER_FILES = {"llama2": "llama2", "mistral": "llama2", "llama3": "llama3"}  # the rest: qwen2
 # tokenizers without a pad token of their own get an existing token (no new vocabulary row)
 PAD = {"llama3": ["tokenizer.pad_token='<|finetune_right_pad_id|>'"]}
-PACKING = ["train_dataset.packing=true", "collator._target_=data.collators.PackedCollator",
-           "+collator.attn_implementation=${model.attn_implementation}", "train_dataset.max_seq_length=64",
+PACKING = ["train_dataset.packing=true", "train_dataset.max_seq_length=64",
            "learning_rate=1e-2", "warmup_proportion=0"]
 
 

@@ -223,14 +223,16 @@ def moe_run(tmp_path, coefficient, logged):
 
 def test_moe_training_adds_the_router_loss_logs_it_and_counts_active_parameters(tmp_path):
     """train/aux_loss of step 1 is transformers' aux_loss of the first batch; the coefficient (the model's 0.001;
-    moe_aux_loss_coef=0 logs it only) changes the updates; MFU counts a token's 2 of 4 experts, not all 4."""
+    moe_aux_loss_coef=0 logs it only) weighs it into train/loss (as transformers' own MoE `loss`) and changes the
+    updates; MFU counts a token's 2 of 4 experts, not all 4."""
     default, zero = [], []
     trainer, first_aux, row_length = moe_run(tmp_path, "null", default)
     moe_run(tmp_path, 0, zero)
-    assert trainer.aux_coef == 0.001
+    assert trainer.objective.router_loss_coef == 0.001
     for logged in (default, zero):
         assert len(logged) == 3 and logged[0]["train/aux_loss"] == pytest.approx(first_aux, rel=1e-6)
-        assert logged[0]["train/loss"] == default[0]["train/loss"]  # the same first step
+    # the same first step: its cross entropy, plus 0.001 × the aux loss where the coefficient is the model's
+    assert default[0]["train/loss"] == pytest.approx(zero[0]["train/loss"] + 0.001 * first_aux, rel=1e-6)
     assert zero[1]["train/loss"] != default[1]["train/loss"]
     module = trainer.engine.module
     total = sum(p.numel() for p in module.parameters())

@@ -73,7 +73,8 @@ def frozen_copy(cfg: DictConfig, tokenizer, ctx: DistContext) -> torch.nn.Module
             fully_shard(layer, mesh=mesh, mp_policy=mixed)
         fully_shard(model, mesh=mesh, mp_policy=mixed)
         return model
-    import deepspeed
+    from training.deepspeed_engine import join_process_group
+    deepspeed = join_process_group()
     config = copy.deepcopy(deepspeed_config(cfg))
     for key in ("optimizer", "scheduler"):
         config.pop(key, None)
