@@ -1,0 +1,144 @@
+"""Group-relative policy optimisation: advantages and the clipped policy-gradient loss, with TRL's names and
+definitions (trl 1.16.0, trl/trainer/grpo_trainer.py, GRPOTrainer._generate_and_score_completions and
+_compute_loss), so that numbers compare.
+
+Advantages: the G completions of a prompt form a group; a completion's advantage is its reward minus the group
+mean, divided by the group's standard deviation (Bessel-corrected) + 1e-4 (`scale_rewards: group`), by the whole
+batch's (`batch`), or not at all (`none`, Dr. GRPO). Completions no reward function could score (NaN) get 0.
+
+Loss per completion token t, ratio r = exp(log π(t) - log π_old(t)):
+
+    -min(r·A, clip(r, 1 - epsilon, 1 + epsilon_high)·A) + beta · KL_k3(π_ref ‖ π)
+
+and its aggregation (`loss_type`), as a loss *sum* over the micro-batch and a *normaliser* counted from the batch
+alone (the loop divides the global sum by the global count, so the loss does not depend on world size or
+accumulation):
+- `grpo`: each completion's token mean, averaged over completions (normaliser: completions);
+- `dapo`: the token mean over all completion tokens of the global batch (normaliser: tokens);
+- `dr_grpo`: the token sum divided by completions × `max_completion_length` (a constant normaliser)."""
+from dataclasses import dataclass
+
+import torch
+
+from general_util.errors import ConfigError
+
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+SCALE_REWARDS = ("group", "batch", "none")
+STD_EPSILON = 1e-4  # TRL's: advantages / (std + 1e-4)
+
+
+def nan_std(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Bessel-corrected standard deviation ignoring NaNs (NaN where fewer than two values)."""
+    keep = dim if dim is not None else tuple(range(values.dim()))
+    mean = torch.nanmean(values, dim=keep, keepdim=True)
+    variance = torch.nanmean((values - mean) ** 2, dim=keep, keepdim=True)
+    count = (~torch.isnan(values)).sum(dim=keep, keepdim=True)
+    variance = variance * torch.where(count > 1, count / (count - 1), torch.full_like(variance, float("nan")))
+    return variance.sqrt().squeeze() if dim is None else variance.sqrt().squeeze(dim)
+
+
+def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group") -> torch.Tensor:
+    """Advantage of each completion; `rewards` [N·G] holds the G completions of each prompt one after another
+    (NaN: unscorable)."""
+    if scale_rewards not in SCALE_REWARDS:
+        raise ConfigError(f"scale_rewards={scale_rewards!r}: use one of {', '.join(SCALE_REWARDS)}")
+    grouped = rewards.view(-1, num_generations)
+    mean = torch.nanmean(grouped, dim=1).repeat_interleave(num_generations)
+    advantages = rewards - mean
+    if scale_rewards == "group":
+        std = nan_std(grouped, dim=1).repeat_interleave(num_generations) if num_generations > 1 \
+            else torch.zeros_like(rewards)
+        advantages = advantages / (std + STD_EPSILON)
+    elif scale_rewards == "batch":
+        std = nan_std(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
+        advantages = advantages / (std + STD_EPSILON)
+    return torch.nan_to_num(advantages, nan=0.0)
+
+
+def reward_table(rewards: dict, prompts: list[str], completions: list[str], samples: list[dict],
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every reward function (name -> callable with `.weight`, post_processors/rewards.py) on every completion:
+    [N, F] rewards in float64 (None -> NaN) and the [F] weights, in the order of `rewards`."""
+    columns = []
+    for name, reward in rewards.items():
+        values = reward(prompts, completions, samples)
+        if len(values) != len(completions):
+            raise ConfigError(f"rewards.{name}: {len(values)} rewards for {len(completions)} completions")
+        columns.append([float("nan") if v is None else float(v) for v in values])
+    weights = torch.tensor([float(reward.weight) for reward in rewards.values()], dtype=torch.float64)
+    return torch.tensor(columns, dtype=torch.float64).T.reshape(len(completions), len(rewards)), weights
+
+
+def weighted_rewards(per_function: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[N, F] rewards of F functions -> [N] weighted sum (NaN entries count 0; all-NaN rows stay NaN)."""
+    total = (per_function * weights.to(per_function).unsqueeze(0)).nansum(dim=1)
+    return total.masked_fill(torch.isnan(per_function).all(dim=1), float("nan"))
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    loss_type: str = "dapo"         # grpo | dapo | dr_grpo
+    epsilon: float = 0.2            # lower clip: ratios below 1 - epsilon stop pulling
+    epsilon_high: float = 0.2       # upper clip (DAPO's clip-higher: larger than epsilon)
+    beta: float = 0.0               # KL coefficient (0: no reference model)
+    max_completion_length: int = 256  # dr_grpo's constant normaliser
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"loss_type={self.loss_type!r}: use one of {', '.join(LOSS_TYPES)}")
+        if not 0 <= self.epsilon < 1 or self.epsilon_high < 0:
+            raise ConfigError(f"epsilon={self.epsilon}, epsilon_high={self.epsilon_high}: need 0 ≤ epsilon < 1 and "
+                              "epsilon_high ≥ 0")
+        if self.beta < 0:
+            raise ConfigError(f"beta={self.beta}: the KL coefficient must be ≥ 0")
+
+
+@dataclass
+class PolicyLoss:
+    loss_sum: torch.Tensor          # differentiable, [] — divide by the global normaliser
+    per_token_kl: torch.Tensor | None
+    low_clipped: torch.Tensor       # bool [B, T]: ratio < 1 - epsilon with a negative advantage
+    high_clipped: torch.Tensor      # bool [B, T]: ratio > 1 + epsilon_high with a positive advantage
+
+
+def normaliser(mask: torch.Tensor, settings: ClipSettings) -> torch.Tensor:
+    """What the loss sum of a micro-batch with completion mask `mask` [B, T] is divided by (summed over ranks
+    and the accumulation window before use)."""
+    rows = torch.tensor(float(mask.size(0)), dtype=torch.float64)
+    if settings.loss_type == "grpo":
+        return rows
+    if settings.loss_type == "dr_grpo":
+        return rows * settings.max_completion_length
+    return mask.sum().double().cpu()
+
+
+def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                settings: ClipSettings, ref_logps: torch.Tensor | None = None) -> PolicyLoss:
+    """The clipped surrogate of a micro-batch: per-token log-probs [B, T] of the completion tokens under the
+    current, sampling (`old`) and reference policies, advantages [B], completion mask [B, T]."""
+    advantages = advantages.unsqueeze(1)
+    ratio = torch.exp(logps - old_logps)
+    clipped = torch.clamp(ratio, 1 - settings.epsilon, 1 + settings.epsilon_high)
+    per_token = -torch.min(ratio * advantages, clipped * advantages)
+    kl = None
+    if settings.beta != 0.0:
+        delta = ref_logps - logps
+        kl = torch.exp(delta) - delta - 1  # k3, an unbiased non-negative estimate of KL(π ‖ π_ref)
+        per_token = per_token + settings.beta * kl
+    mask = mask.to(per_token.dtype)
+    if settings.loss_type == "grpo":
+        loss_sum = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum()
+    else:
+        loss_sum = (per_token * mask).sum()
+    return PolicyLoss(loss_sum, kl, (ratio < 1 - settings.epsilon) & (advantages < 0),
+                      (ratio > 1 + settings.epsilon_high) & (advantages > 0))
+
+
+def token_logps_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each target token and the entropy of each position's distribution, from logits
+    [B, T, V] aligned with targets [B, T], the logits divided by the sampling temperature first (as TRL)."""
+    log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logps = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return logps, entropy
