@@ -8,7 +8,9 @@ batch's (`batch`), or not at all (`none`, Dr. GRPO). Completions no reward funct
 
 Loss per completion token t, ratio r = exp(log π(t) - log π_old(t)):
 
-    -min(r·A, clip(r, 1 - epsilon, 1 + epsilon_high)·A) + beta · KL_k3(π_ref ‖ π)
+    -min(r·A, clip(r, 1 - epsilon, 1 + epsilon_high)·A) + beta · r · KL_k3(π_ref ‖ π)
+
+(the factor r on the KL: `use_bias_correction_kl`, TRL's default since the samples come from π_old)
 
 and its aggregation (`loss_type`), as a loss *sum* over the micro-batch and a *normaliser* counted from the batch
 alone (the loop divides the global sum by the global count, so the loss does not depend on world size or
@@ -82,6 +84,7 @@ class ClipSettings:
     epsilon_high: float = 0.2       # upper clip (DAPO's clip-higher: larger than epsilon)
     beta: float = 0.0               # KL coefficient (0: no reference model)
     max_completion_length: int = 256  # dr_grpo's constant normaliser
+    use_bias_correction_kl: bool = True  # the KL term times the importance ratio (TRL 1.16's default)
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -124,6 +127,8 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
     if settings.beta != 0.0:
         delta = ref_logps - logps
         kl = torch.exp(delta) - delta - 1  # k3, an unbiased non-negative estimate of KL(π ‖ π_ref)
+        if settings.use_bias_correction_kl:  # the samples came from π_old: importance-weight the estimate
+            kl = kl * ratio
         per_token = per_token + settings.beta * kl
     mask = mask.to(per_token.dtype)
     if settings.loss_type == "grpo":
@@ -132,6 +137,33 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
         loss_sum = (per_token * mask).sum()
     return PolicyLoss(loss_sum, kl, (ratio < 1 - settings.epsilon) & (advantages < 0),
                       (ratio > 1 + settings.epsilon_high) & (advantages > 0))
+
+
+def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> dict:
+    """Rows of prompt + completion as TRL lays them out — prompts left-padded, completions right-padded, so
+    every completion starts at the same column — with position ids counted from each row's first real token
+    (as `generate` counts them) and the completion mask [B, C]."""
+    width, length = max(len(p) for p in prompt_ids), max(max(len(c) for c in completion_ids), 1)
+    ids, attention, completion_mask = [], [], []
+    for prompt, completion in zip(prompt_ids, completion_ids):
+        pad_left, pad_right = width - len(prompt), length - len(completion)
+        ids.append([pad_id] * pad_left + list(prompt) + list(completion) + [pad_id] * pad_right)
+        attention.append([0] * pad_left + [1] * (len(prompt) + len(completion)) + [0] * pad_right)
+        completion_mask.append([1] * len(completion) + [0] * pad_right)
+    attention_mask = torch.tensor(attention)
+    return {"input_ids": torch.tensor(ids), "attention_mask": attention_mask,
+            "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
+            "completion_mask": torch.tensor(completion_mask)}
+
+
+def completion_logps(model, batch: dict, device: torch.device, temperature: float = 1.0,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities and entropies [B, C] of the completion tokens of a `rollout_batch`, the
+    logits of the completion positions only (`logits_to_keep`)."""
+    length = batch["completion_mask"].size(1)
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                   position_ids=batch["position_ids"].to(device), logits_to_keep=length + 1, use_cache=False).logits
+    return token_logps_and_entropy(logits[:, :-1], batch["input_ids"][:, -length:].to(device), temperature)
 
 
 def token_logps_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
