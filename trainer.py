@@ -22,7 +22,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from data.collators import model_inputs
 from general_util import faults
 from general_util.cli import convert_legacy_arguments
 from general_util.dist import (DistContext, all_reduce, consume_local_rank_arg, decided_by_rank0, exit_process,
@@ -34,8 +33,7 @@ from general_util.logging import MetricsWriter, setup_logging
 from general_util.seeding import set_seed
 from modules.flops import device_peak_flops, training_flops_per_token
 from modules import sequence_parallel
-from modules.loss import batch_targets, count_targets
-from modules.loss_impl import LossSettings, causal_lm_loss_sum
+from modules.loss_impl import LossSettings
 from post_processors.run import run_evaluators
 from post_processors.summary import write_summary
 from training import checkpoints as ckpt
@@ -43,6 +41,7 @@ from training.best import BestTracker
 from training.config import human_bytes, memory_estimate_bytes, optimizer_steps, validate, zero_stage
 from training.engine import build_engine, load_model
 from training.hf_export import HFExport, save_hf_weights
+from training.reference import attach_reference
 from training.rng_state import restore_rng_state
 from training.run_folder import OutputDirError, OutputDirLock, check_fresh_start
 from training.saving import check_free_space, save_checkpoint
@@ -65,15 +64,21 @@ def count_parameters(cfg: DictConfig, tokenizer) -> int:
 @dataclass
 class LogWindow:
     """What the optimizer steps since the last log add up to; the loop starts a new one at every log."""
-    losses: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (loss sum, label tokens) per step
+    losses: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (loss sums, normalisers) per step
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # the objective's metrics: name -> [sum, count]
     tokens: int = 0    # non-padding tokens
     slots: int = 0     # token positions, padding included
     rows: int = 0
     samples: int = 0
     row_shards: int = 1  # sequence_parallel_size: each rank holds 1/row_shards of every row
 
-    def add_step(self, loss_sum: torch.Tensor, label_tokens: torch.Tensor) -> None:
-        self.losses.append((loss_sum, label_tokens))
+    def add_step(self, loss_sums: torch.Tensor, normalisers: torch.Tensor) -> None:
+        self.losses.append((loss_sums, normalisers))
+
+    def add_metrics(self, metrics: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for name, (total, count) in metrics.items():
+            pair = torch.stack([total.detach().double().reshape(()), count.detach().double().reshape(())])
+            self.metrics[name] = self.metrics[name] + pair if name in self.metrics else pair
 
     def add_batch(self, batch: dict) -> None:
         self.tokens += int(batch["num_tokens"])
@@ -123,6 +128,7 @@ class Trainer:
         self.peak_flops = device_peak_flops(cfg.peak_flops_per_gpu)
         self.resume_point = self.checked_resume_point()
         self.loss_settings = LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens)
+        self.objective = instantiate(cfg.objective)
 
     # ---- set-up -------------------------------------------------------------------------------------
     def checked_resume_point(self) -> tuple[Path | None, dict | None]:
@@ -148,6 +154,7 @@ class Trainer:
                                                self.cfg.seed, self.cfg.per_gpu_train_batch_size,
                                                self.cfg.gradient_accumulation_steps)
         self.collator = instantiate(self.cfg.collator, tokenizer=self.tokenizer)
+        attach_reference(self.objective, self.cfg, self.tokenizer, self.engine, self.ctx, self.loss_settings)
         if resume_from is not None:
             self.resume(resume_from, state)
         self.metrics = MetricsWriter(self.output_dir, self.ctx, self.total_steps, self.step, self.cfg.report_to,
@@ -279,45 +286,52 @@ class Trainer:
 
     def optimizer_step(self, window: list[dict]) -> bool:
         """One optimizer step over an accumulation window; returns whether any rank was asked to stop.
-        The loss is normalised by the number of label tokens in the whole global batch, so it is
-        independent of world size, sequence parallelism and accumulation (a sequence-parallel rank counts and
-        scores the targets of its shard only)."""
-        targets = [batch_targets(b) for b in window]
-        label_tokens = torch.stack([count_targets(t) for t in targets]).sum().double()
-        # one collective agrees on both the token count and a stop request (all ranks stop at the same step)
-        agreed = all_reduce(torch.stack([label_tokens, torch.tensor(float(self.stop_requested), dtype=torch.float64)])
+        Each loss sum of the objective (modules/objectives.py) is normalised by its count over the whole global
+        batch (causal LM: label tokens), so the loss is independent of world size, sequence parallelism and
+        accumulation (a sequence-parallel rank counts and scores the targets of its shard only)."""
+        normalisers = torch.stack([self.objective.normalisers(b) for b in window]).sum(0)
+        # one collective agrees on the normalisers and a stop request (all ranks stop at the same step)
+        agreed = all_reduce(torch.cat([normalisers.reshape(-1).double(), torch.tensor([float(self.stop_requested)],
+                                                                                      dtype=torch.float64)])
                             .to(self.ctx.device))
-        label_tokens = agreed[0]
+        normalisers = agreed[:-1].reshape(normalisers.shape)
         # the engine turns this into the global batch's gradient (the sum over a sequence-parallel group is
         # wanted: each rank's shard loss reaches every rank's weights through the attention all-to-all)
-        scale = 1.0 / label_tokens.clamp(min=1)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
-        for batch, batch_target in zip(window, targets):
+        scale = 1.0 / normalisers.clamp(min=1)
+        loss_sums = torch.zeros(normalisers.shape, dtype=torch.float64, device=self.ctx.device)
+        for batch in window:
             self.window.add_batch(batch)
-            micro_loss = causal_lm_loss_sum(self.engine.model, model_inputs(batch, self.ctx.device), batch_target,
-                                            self.loss_settings)
-            self.engine.backward(micro_loss * scale.to(micro_loss.dtype))
+            output = self.objective.loss(self.engine.model, batch, self.loss_settings, self.ctx.device)
+            self.engine.backward((output.loss_sums * scale.to(output.loss_sums.dtype)).sum())
             self.engine.step()
-            loss_sum += micro_loss.detach().double()
-        self.window.add_step(loss_sum, label_tokens)
-        return bool(agreed[1].item())
+            loss_sums += output.loss_sums.detach().double()
+            self.window.add_metrics(output.metrics)
+        self.window.add_step(loss_sums, normalisers)
+        return bool(agreed[-1].item())
 
     def log(self) -> None:
         """Mean loss over the steps since the last log (exact global token mean per step), lr, grad norm,
         throughput; one collective per logging step."""
         window = self.window
-        local = torch.stack([loss for loss, _ in window.losses]
-                            + [torch.tensor(float(n), dtype=torch.float64, device=self.ctx.device)
-                               for n in (window.tokens, window.slots, window.samples)])
+        names = sorted(window.metrics)  # every rank's objective reports the same names
+        local = torch.cat([loss.reshape(-1) for loss, _ in window.losses] + [window.metrics[n] for n in names]
+                          + [torch.tensor([float(n) for n in (window.tokens, window.slots, window.samples)],
+                                          dtype=torch.float64, device=self.ctx.device)])
         totals = all_reduce(local)
-        losses = totals[:-3] / torch.stack([tokens for _, tokens in window.losses])
+        losses, offset = [], 0
+        for _, normalisers in window.losses:  # a step's loss: Σ over the objective's loss sums of sum / count
+            width = normalisers.numel()
+            losses.append((totals[offset:offset + width] / normalisers.reshape(-1)).sum())
+            offset += width
+        metrics = totals[offset:offset + 2 * len(names)].reshape(-1, 2)
         elapsed = time.perf_counter() - self.last_log_time
         grad_norm = self.engine.grad_norm()
-        values = {"train/loss": losses.mean().item(), "train/lr": self.engine.lr(),
+        values = {"train/loss": torch.stack(losses).mean().item(), "train/lr": self.engine.lr(),
                   "train/grad_norm": grad_norm if grad_norm is not None else float("nan"),
                   "train/tokens_per_second": totals[-3].item() / elapsed,
                   "train/samples_per_second": totals[-1].item() / elapsed,
-                  "train/non_pad_fraction": totals[-3].item() / totals[-2].item()}
+                  "train/non_pad_fraction": totals[-3].item() / totals[-2].item(),
+                  **{f"train/{name}": (total / count).item() for name, (total, count) in zip(names, metrics) if count > 0}}
         if self.peak_flops:
             config = self.engine.module.config
             flops_per_token = training_flops_per_token(self.num_params, config.num_hidden_layers, config.hidden_size,
@@ -332,7 +346,7 @@ class Trainer:
             postfix["mfu"] = f"{values['train/mfu']:.1%}"
         self.metrics.advance(0, postfix)
         logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
-                    " ".join(f"{k.split('/')[1]}={v:.6g}" for k, v in values.items()))
+                    " ".join(f"{k.split('/', 1)[1]}={v:.6g}" for k, v in values.items()))
         self.window = LogWindow(row_shards=self.parallel.sp_size)
         self.last_log_time = time.perf_counter()
 

@@ -39,6 +39,7 @@ import numpy as np
 from data.formats import Example, RecordOptions, to_examples
 from data.labels import IGNORE_INDEX
 from data.packing import pack_lengths
+from data.preference import PairTokenizer, to_pair
 from data.readers import read_records
 from data.records import BadRecords, DataError
 from data.templates import ChatTemplate, PromptTemplate
@@ -64,8 +65,10 @@ class BuildSettings:
 
     def __init__(self, files: list[Path], tokenizer, template: PromptTemplate | ChatTemplate, max_seq_length: int,
                  packing: bool, on_bad_record: str, shard_tokens: int, num_proc: int, truncation: str = "proportional",
-                 record_options: RecordOptions = RecordOptions(), text_documents: str = "auto", name: str = "main"):
+                 record_options: RecordOptions = RecordOptions(), text_documents: str = "auto", name: str = "main",
+                 kind: str = "sft"):
         self.files, self.tokenizer, self.template = files, tokenizer, template
+        self.kind = kind  # sft: examples, a row per sample (or packed) | preference: pairs, a row per pair (data/preference.py)
         self.max_seq_length, self.packing, self.on_bad_record = max_seq_length, packing, on_bad_record
         self.shard_tokens, self.num_proc, self.truncation = shard_tokens, num_proc, truncation
         self.record_options, self.text_documents, self.name = record_options, text_documents, name
@@ -77,7 +80,16 @@ class BuildSettings:
                 "tokenizer": tokenizer_fingerprint(self.tokenizer), "template": template,
                 "max_seq_length": self.max_seq_length, "packing": self.packing, "truncation": self.truncation,
                 "record_options": asdict(self.record_options), "text_documents": self.text_documents,
-                "on_bad_record": self.on_bad_record, "shard_tokens": self.shard_tokens}
+                "on_bad_record": self.on_bad_record, "shard_tokens": self.shard_tokens,
+                **({"kind": self.kind} if self.kind != "sft" else {})}
+
+    def converter(self):
+        """record → its examples (sft) or pairs (preference)."""
+        return to_pair if self.kind == "preference" else to_examples
+
+    def example_tokenizer(self):
+        kind = PairTokenizer if self.kind == "preference" else ExampleTokenizer
+        return kind(self.tokenizer, self.max_seq_length, self.truncation)
 
 
 def cache_key(inputs: dict) -> str:
@@ -137,12 +149,20 @@ class ShardWriter:
         self.directory, self.max_seq_length, self.packing = directory, max_seq_length, packing
         self.shard_tokens = shard_tokens
         self.buffer: list[tuple[Segment, int, int]] = []  # (segment, file index, line)
+        self.joins: list[bool] = []  # per buffered segment: it shares the previous one's row (a preference pair)
         self.buffered_tokens = 0
         self.shards: list[dict] = []
 
     def add(self, segment: Segment, file_index: int, line: int) -> None:
-        self.buffer.append((segment, file_index, line))
-        self.buffered_tokens += len(segment.input_ids)
+        self.add_row([segment], file_index, line)
+
+    def add_row(self, segments: list[Segment], file_index: int, line: int) -> None:
+        """Segments that share one row without packing (a preference pair: chosen, rejected; so a pair is never
+        split across micro-batches or ranks)."""
+        for number, segment in enumerate(segments):
+            self.buffer.append((segment, file_index, line))
+            self.joins.append(number > 0)
+            self.buffered_tokens += len(segment.input_ids)
         if self.buffered_tokens >= self.shard_tokens:
             self.flush()
 
@@ -150,7 +170,10 @@ class ShardWriter:
         if not self.buffer:
             return
         lengths = [len(segment.input_ids) for segment, _, _ in self.buffer]
-        rows = pack_lengths(lengths, self.max_seq_length) if self.packing else [[i] for i in range(len(lengths))]
+        rows = pack_lengths(lengths, self.max_seq_length) if self.packing else []
+        if not self.packing:
+            for i, join in enumerate(self.joins):
+                rows[-1:] = [rows[-1] + [i]] if join else rows[-1:] + [[i]]
         order = [i for row in rows for i in row]
         segments = [self.buffer[i] for i in order]
         row_ids = np.concatenate([[0], np.cumsum([len(row) for row in rows])])
@@ -166,7 +189,7 @@ class ShardWriter:
             np.save(self.directory / f"{name}.{part}.npy", array)
         self.shards.append({"name": name, "rows": len(rows), "samples": len(segments),
                             "tokens": int(token_ends[-1]), "trained_tokens": int(arrays["trained"].sum())})
-        self.buffer, self.buffered_tokens = [], 0
+        self.buffer, self.joins, self.buffered_tokens = [], [], 0
 
 
 def _batches(settings: BuildSettings, bad: BadRecords, progress: "BuildProgress",
@@ -177,13 +200,13 @@ def _batches(settings: BuildSettings, bad: BadRecords, progress: "BuildProgress"
         counts["records"] += 1
         bad(error)
 
-    batch = []
+    batch, convert = [], settings.converter()
     for file_index, path in enumerate(settings.files):
         for record in read_records(path, rejected, settings.text_documents, progress.read):
             counts["records"] += 1
             try:
                 batch += [((file_index, record.line), example)
-                          for example in to_examples(record, settings.template, settings.record_options)]
+                          for example in convert(record, settings.template, settings.record_options)]
             except DataError as error:
                 bad(error)
             if len(batch) >= BATCH_EXAMPLES:
@@ -231,7 +254,7 @@ def build(directory: Path, settings: BuildSettings) -> dict:
     bad = BadRecords(settings.on_bad_record)
     writer = ShardWriter(directory, settings.max_seq_length, settings.packing, settings.shard_tokens)
     counts = {"records": 0, "examples": 0, "truncated": 0, "prompt_lost": 0, "dropped_too_long": 0}
-    tokenizer = ExampleTokenizer(settings.tokenizer, settings.max_seq_length, settings.truncation)
+    tokenizer = settings.example_tokenizer()
     progress = BuildProgress(settings)
     try:
         for results in tokenize_batches(_batches(settings, bad, progress, counts), tokenizer, settings.num_proc):
@@ -245,9 +268,10 @@ def build(directory: Path, settings: BuildSettings) -> dict:
                 counts["examples"] += 1
                 counts["truncated"] += result.truncated
                 counts["prompt_lost"] += result.prompt_lost
-                for segment in result.segments:
-                    writer.add(segment, file_index, line)
-                    progress.add_tokens(len(segment.input_ids))
+                rows = [result.segments] if settings.kind == "preference" else [[s] for s in result.segments]
+                for segments in rows:
+                    writer.add_row(segments, file_index, line)
+                    progress.add_tokens(sum(len(segment.input_ids) for segment in segments))
             progress.refresh()
         writer.flush()
     finally:

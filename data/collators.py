@@ -15,7 +15,7 @@ from data.labels import IGNORE_INDEX
 from data.packing import block_causal_mask, segment_positions
 from general_util.errors import ConfigError
 
-BATCH_METADATA = ("labels", "shift_labels", "index", "num_tokens", "num_samples")
+BATCH_METADATA = ("labels", "shift_labels", "index", "num_tokens", "num_samples", "ref_logps")
 MASKED_ATTENTION = ("eager", "sdpa")
 
 
@@ -57,6 +57,33 @@ class PaddingCollator:
             raise ConfigError("the dataset packs several samples per row (packing: true); use "
                              "collator._target_=data.collators.PackedCollator")
         batch = _padded(rows, self.pad_token_id, self.pad_to_multiple_of)
+        num_tokens = torch.tensor(sum(len(row["input_ids"]) for row in rows))
+        return {**batch, "num_tokens": num_tokens, "num_samples": torch.tensor(len(rows))}
+
+
+class PreferenceCollator:
+    """Rows of preference pairs (data.datasets.PreferenceDataset: `seq_lens` [chosen, rejected]) → 2B rows, the B
+    chosen sides first, then the B rejected sides in the same order (TRL's layout), padded on the right without an
+    attention mask (as PaddingCollator). `num_samples` counts pairs. Rows carrying precomputed reference
+    log-probabilities (`ref_logps`: chosen, rejected) give `ref_logps` [2B] in the same order."""
+
+    def __init__(self, tokenizer, pad_to_multiple_of: int = 1):
+        self.pad_token_id = _pad_token_id(tokenizer)
+        self.pad_to_multiple_of = max(1, pad_to_multiple_of)
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        sides = [[], []]
+        for row in rows:
+            lengths = list(row.get("seq_lens", ()))
+            if len(lengths) != 2:
+                raise ConfigError("PreferenceCollator needs rows of pairs (data.datasets.PreferenceDataset)")
+            for side, (start, end) in zip(sides, ((0, lengths[0]), (lengths[0], sum(lengths)))):
+                side.append({"input_ids": row["input_ids"][start:end], "labels": row["labels"][start:end],
+                             "index": row["index"]})
+        batch = _padded(sides[0] + sides[1], self.pad_token_id, self.pad_to_multiple_of)
+        batch["index"] = torch.tensor([row["index"] for row in rows])
+        if all("ref_logps" in row for row in rows):
+            batch["ref_logps"] = torch.tensor([row["ref_logps"][k] for k in (0, 1) for row in rows], dtype=torch.float64)
         num_tokens = torch.tensor(sum(len(row["input_ids"]) for row in rows))
         return {**batch, "num_tokens": num_tokens, "num_samples": torch.tensor(len(rows))}
 

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 class TokenizedDataset(Dataset):
     """Rows of the sources' token caches, mixed by weight: {input_ids, labels, seq_lens, index}."""
+    kind = "sft"  # what the caches hold (data/cache.py BuildSettings.kind)
 
     def __init__(self, sources: Mapping[str, Mapping], tokenizer, max_seq_length: int = 2048,
                  template: str | Mapping = "zh", truncation: str = "proportional", packing: bool = False,
@@ -65,7 +66,7 @@ class TokenizedDataset(Dataset):
                                                                     wudao_listed(source))
             settings = BuildSettings(files, tokenizer, prompt_template,
                                      max_seq_length, packing, on_bad_record, shard_tokens, num_proc, truncation,
-                                     record_options, text_documents, name=f"{name}/{source_name}")
+                                     record_options, text_documents, name=f"{name}/{source_name}", kind=self.kind)
             self.caches.append(load_or_build(settings, cache_dir))
         self.blocks = mixture_blocks([len(cache) for cache in self.caches], weights, seed)
         if not self.blocks:
@@ -129,6 +130,18 @@ class TokenizedDataset(Dataset):
         r = self.report
         logger.info("data %s: %d records read, %d skipped, %d trained on → %d rows", self.name, r["records"],
                     r["skipped"], r["examples"], r["rows"])
+
+
+class PreferenceDataset(TokenizedDataset):
+    """Preference pairs (data/preference.py): each row is one pair, `seq_lens` [chosen, rejected], only the last
+    response of each side labelled. The settings are TokenizedDataset's; packing does not apply (a row is a pair).
+    Use `data.collators.PreferenceCollator`."""
+    kind = "preference"
+
+    def __init__(self, sources: Mapping[str, Mapping], tokenizer, packing: bool = False, **settings):
+        if packing:
+            raise ConfigError("packing=true: a preference dataset's row is one pair (chosen, rejected); set packing: false")
+        super().__init__(sources, tokenizer, packing=False, **settings)
 
 
 def wudao_listed(source: Mapping) -> set[Path] | None:

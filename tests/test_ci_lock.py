@@ -38,7 +38,7 @@ def test_the_lock_pins_every_package_exactly_and_leaves_torch_to_pip():
 
 def test_every_pin_of_the_requirement_files_is_the_locked_version():
     locked = pins(requirement_lines(LOCK))
-    files = ["requirements.txt", "requirements-loggers.txt", "requirements-bench.txt"]
+    files = ["requirements.txt", "requirements-loggers.txt", "requirements-bench.txt", "requirements-preference.txt"]
     checked = 0
     for name, number, text in (line for file in files for line in requirement_lines(REPO / file)):
         requirement = Requirement(text)

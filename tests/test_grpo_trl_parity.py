@@ -1,4 +1,4 @@
-"""GRPO with TRL as the oracle (trl==1.16.0, requirements-trl.txt): for fixed prompts, completions and rewards, our
+"""GRPO with TRL as the oracle (trl==1.16.0, requirements-preference.txt): for fixed prompts, completions and rewards, our
 advantages, loss (each loss_type) and gradients (modules/grpo.py) equal those of TRL's own GRPOTrainer —
 its `_generate_and_score_completions` (advantages, reference log-probs, token counts) and `_compute_loss`
 (clipped ratios, k3 KL, aggregation), run on a real trainer whose `_generate` returns the fixed completions.
@@ -19,7 +19,7 @@ from post_processors.rewards import Reward
 from tests.trainer_runs import REPO
 
 if importlib.util.find_spec("trl") is None and not os.environ.get("LLAMA_TRAINER_REQUIRE_OPTIONAL_DEPS"):
-    pytest.skip("trl is not installed (pip install -r requirements-trl.txt)", allow_module_level=True)
+    pytest.skip("trl is not installed (pip install -r requirements-preference.txt)", allow_module_level=True)
 
 TINY = REPO / "models" / "tiny_llama"
 G, MAX_LEN, TEMPERATURE = 4, 6, 0.7

@@ -1,0 +1,77 @@
+"""DPO training through the trainer (conf/demo/dpo.yaml, 4 steps, global batch 4 pairs): 2 ranks under ZeRO-3 (the
+policy and its frozen reference copy partitioned) equal 1 rank; FSDP2 equals ZeRO-3; a run killed after step 3 and
+resumed with resume=auto is bitwise the uninterrupted one; LoRA DPO with the base model as reference trains and
+exports; TRL's reward metrics reach the trackers."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
+
+DPO = ("conf/demo", "dpo")
+TINY = REPO / "models" / "tiny_llama"
+STEPS = 4
+RUN = FAST + [f"max_steps={STEPS}", "train_dataset.max_seq_length=128", "data.cache_dir=null"]
+ZERO3 = ["deepspeed@ds_cfg=zero3"]
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+           "logps/rejected")
+
+
+def batch(nproc: int) -> list[str]:
+    return [f"per_gpu_train_batch_size={4 // nproc}"]
+
+
+def logged(output_dir, tag="train/loss") -> list[float]:
+    return [value for _, value in read_scalars(output_dir)[tag]]
+
+
+@pytest.fixture(scope="module")
+def zero3_one_rank(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dpo_zero3_1")
+    run_trainer(out, RUN + ZERO3 + batch(1), config=DPO)
+    return out
+
+
+def test_two_ranks_zero3_equal_one_rank_and_log_the_reward_metrics(zero3_one_rank, tmp_path):
+    run_trainer(tmp_path, RUN + ZERO3 + batch(2), nproc=2, config=DPO)
+    one, two = logged(zero3_one_rank), logged(tmp_path)
+    assert len(one) == STEPS and one[0] == pytest.approx(0.6931, abs=2e-3)  # log 2: the policy starts as the reference
+    assert two == pytest.approx(one, rel=1e-5)
+    scalars = read_scalars(zero3_one_rank)
+    for name in METRICS:
+        assert len(scalars[f"train/{name}"]) == STEPS, name
+    assert logged(tmp_path, "train/rewards/margins") == pytest.approx(logged(zero3_one_rank, "train/rewards/margins"),
+                                                                      rel=1e-4, abs=1e-6)
+
+
+def test_fsdp2_equals_zero3(zero3_one_rank, tmp_path):
+    run_trainer(tmp_path, RUN + ["engine=fsdp2"] + batch(1), config=DPO)
+    assert logged(tmp_path) == pytest.approx(logged(zero3_one_rank), rel=1e-5)
+
+
+def test_killed_and_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path):
+    whole, faulted = tmp_path / "whole", tmp_path / "faulted"
+    save = ["save_steps=2"]
+    run_trainer(whole, RUN + save + batch(1), config=DPO)
+    killed = run_trainer(faulted, RUN + save + batch(1), config=DPO, check=False,
+                         env={"LLAMA_TRAINER_FAULT": "kill@step=3"})
+    assert killed.returncode == -9
+    run_trainer(faulted, RUN + save + batch(1) + ["resume=auto"], config=DPO)
+    for tag in ("train/loss", "train/rewards/chosen", "train/logps/rejected"):
+        assert dict(read_scalars(faulted)[tag]) == dict(read_scalars(whole)[tag]), tag
+    final = [load_file(out / f"checkpoint-{STEPS}" / "model.safetensors") for out in (whole, faulted)]
+    assert all((final[0][k] == final[1][k]).all() for k in final[0])
+
+
+def test_lora_dpo_with_the_base_as_reference_trains_and_exports(tmp_path):
+    run_trainer(tmp_path, RUN + batch(1) + ["model.use_peft=true", "model.lora_config.dropout=0.0",
+                                           "learning_rate=1e-2", "save_merged=true"], config=DPO)
+    losses = logged(tmp_path)
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # adapter B = 0: the policy is the base, the reference
+    assert len(set(losses)) == STEPS
+    checkpoint = tmp_path / f"checkpoint-{STEPS}"
+    adapter = load_file(checkpoint / "adapter_model.safetensors")
+    assert any("lora_B" in k for k in adapter) and all(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)
+    merged, base = load_file(checkpoint / "merged" / "model.safetensors"), load_file(TINY / "model.safetensors")
+    assert merged.keys() == base.keys()
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
