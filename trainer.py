@@ -267,6 +267,8 @@ class Trainer:
         accumulation = self.cfg.gradient_accumulation_steps
         while self.step < self.total_steps:
             window = [next(stream) for _ in range(accumulation)]
+            if hasattr(self.objective, "rollout"):  # RL: prompts -> sampled, scored completions (modules/grpo.py)
+                window = self.objective.rollout(window, self.engine.model, self.tokenizer, self.ctx, self.step)
             stop = self.optimizer_step(window)
             self.step += 1
             self.advance_data_position()

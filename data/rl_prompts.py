@@ -7,6 +7,8 @@
 - `AnswerPrompts`: SFT files (any format data/readers.py reads) whose records carry an answer field; the prompt is
   the record's instruction (and input) rendered by a prompt template (data/templates.py), the answer kept as it is
   (GSM8K's `#### 72` included: the numeric reward reads the number after `####`)."""
+import hashlib
+import json
 from pathlib import Path
 
 from data.benchmarks.items import LETTERS
@@ -17,7 +19,7 @@ from general_util.errors import ConfigError
 from general_util.paths import resolve_path
 
 
-def BenchmarkPrompts(reader, prompt, data_dir: str | Path, limit: int | None = None) -> list[dict]:
+def BenchmarkPrompts(reader, prompt, data_dir: str | Path, limit: int | None = None, tokenizer=None) -> list[dict]:
     """`reader`: a callable taking `data_dir=` (a `_partial_: true` reader node); `prompt`: a MultipleChoicePrompt."""
     benchmark = reader(data_dir=resolve_path(data_dir))
     items = benchmark.items()[:limit]
@@ -33,7 +35,7 @@ def BenchmarkPrompts(reader, prompt, data_dir: str | Path, limit: int | None = N
 
 def AnswerPrompts(files: str | list[str], template: str | dict = "zh", prompt_field: str = "instruction",
                   input_field: str | None = "input", answer_field: str = "answer", limit: int | None = None,
-                  ) -> list[dict]:
+                  tokenizer=None) -> list[dict]:
     """Records of `files` with `prompt_field` (+ `input_field`) and `answer_field`; every other field is kept for
     user reward functions."""
     chosen = get_template(template)
@@ -57,3 +59,37 @@ def AnswerPrompts(files: str | list[str], template: str | dict = "zh", prompt_fi
             if limit is not None and len(records) >= limit:
                 return records
     return records
+
+
+class PromptDataset:
+    """The prompts of `prompts` (a list of records from BenchmarkPrompts / AnswerPrompts) tokenized as training and
+    the evaluators do: the whole prompt text, the tokenizer's BOS first when `add_bos`. Items are the records with
+    `prompt_ids` added; `fingerprint` identifies them (resume checks it)."""
+
+    def __init__(self, prompts: list[dict], tokenizer, add_bos: bool = True):
+        if not prompts:
+            raise ConfigError("train_dataset.prompts: no prompts")
+        self.records = [{**record, "prompt_ids": tokenizer(record["prompt"], add_special_tokens=False)["input_ids"]}
+                        for record in prompts]
+        if add_bos and tokenizer.bos_token_id is not None:
+            for record in self.records:
+                record["prompt_ids"] = [tokenizer.bos_token_id] + record["prompt_ids"]
+        digest = hashlib.sha256(json.dumps([[r["prompt_ids"], r["answer"]] for r in self.records]).encode())
+        self.fingerprint = digest.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.records[index]
+
+
+class PromptCollator:
+    """A micro-batch of prompt records, as they are: the GRPO objective generates, then pads the completions to a
+    multiple of `pad_to_multiple_of` (modules/grpo.py)."""
+
+    def __init__(self, tokenizer=None, pad_to_multiple_of: int | None = None):
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, records: list[dict]) -> dict:
+        return {"records": list(records), "pad_to_multiple_of": self.pad_to_multiple_of}

@@ -18,11 +18,17 @@ accumulation):
 - `grpo`: each completion's token mean, averaged over completions (normaliser: completions);
 - `dapo`: the token mean over all completion tokens of the global batch (normaliser: tokens);
 - `dr_grpo`: the token sum divided by completions × `max_completion_length` (a constant normaliser)."""
+import importlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from general_util.dist import gather_objects
 from general_util.errors import ConfigError
+from modules.generation import needs_synced_generation
+from modules.objectives import Objective, ObjectiveOutput
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -139,11 +145,14 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
                       (ratio > 1 + settings.epsilon_high) & (advantages > 0))
 
 
-def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> dict:
+def rollout_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+                  pad_to_multiple_of: int | None = None) -> dict:
     """Rows of prompt + completion as TRL lays them out — prompts left-padded, completions right-padded, so
     every completion starts at the same column — with position ids counted from each row's first real token
     (as `generate` counts them) and the completion mask [B, C]."""
     width, length = max(len(p) for p in prompt_ids), max(max(len(c) for c in completion_ids), 1)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     ids, attention, completion_mask = [], [], []
     for prompt, completion in zip(prompt_ids, completion_ids):
         pad_left, pad_right = width - len(prompt), length - len(completion)
@@ -174,3 +183,122 @@ def token_logps_and_entropy(logits: torch.Tensor, targets: torch.Tensor, tempera
     logps = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     return logps, entropy
+
+
+class GRPO(Objective):
+    """`objective: grpo` (conf/objective/grpo.yaml). Before each optimizer step the loop hands the step's prompt
+    micro-batches (data.rl_prompts.PromptCollator) to `rollout`: every prompt gets `num_generations` completions
+    sampled from the current policy (the engine's model, `generate`; every rank steps in lockstep under ZeRO-3 and
+    FSDP2), scored by the `rewards` (name -> post_processors.rewards component), turned into group-relative
+    advantages, and written to `<rollouts_dir>/step-<n>.jsonl` by rank 0. `loss` is then the clipped surrogate of the
+    rollouts (one optimizer step per generation batch: the sampling policy is the current one, so the ratio is 1
+    in value and its gradient is the policy gradient, as TRL's num_iterations=1).
+
+    `completion_hook`: test-only, an import path `module:function(prompt_records, completion_ids, tokenizer) ->
+    completion ids` replacing the sampled completions (so runs of different world sizes can be compared on the same ones)."""
+    name = "grpo"
+
+    def __init__(self, rewards: dict, num_generations: int = 4, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 16, loss_type: str = "dapo", epsilon: float = 0.2, epsilon_high: float = 0.28,
+                 scale_rewards: str = "group", rollouts_dir: str | None = None, completion_hook: str | None = None):
+        if not rewards:
+            raise ConfigError("objective.rewards: name at least one reward (post_processors/rewards.py)")
+        if num_generations < 2:
+            raise ConfigError(f"objective.num_generations={num_generations}: a group needs at least 2 completions")
+        if scale_rewards not in ("group", "none"):
+            raise ConfigError(f"objective.scale_rewards={scale_rewards!r}: use group or none (a rank holds whole "
+                              "groups, so both are exact at any world size)")
+        self.rewards, self.num_generations = dict(rewards), num_generations
+        self.sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0,
+                         "max_new_tokens": max_new_tokens, "num_beams": 1}
+        self.temperature, self.scale_rewards = temperature, scale_rewards
+        self.settings = ClipSettings(loss_type, epsilon, epsilon_high, 0.0, max_new_tokens)
+        self.rollouts_dir = Path(rollouts_dir) if rollouts_dir else None
+        self.completion_hook = completion_hook
+
+    # ---- rollouts --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, window: list[dict], model, tokenizer, ctx, step: int) -> list[dict]:
+        """The step's prompt micro-batches -> scored rollout micro-batches (see the class docstring)."""
+        was_training = model.training
+        model.eval()
+        batches = [self._rollout_batch(batch["records"], model, tokenizer, ctx, batch["pad_to_multiple_of"])
+                   for batch in window]
+        model.train(was_training)
+        rows = [row for batch in batches for row in batch.pop("rows")]
+        gathered = gather_objects(rows)
+        if ctx.is_main and self.rollouts_dir is not None:
+            self.rollouts_dir.mkdir(parents=True, exist_ok=True)
+            lines = [json.dumps(row, ensure_ascii=False) for rank_rows in gathered for row in rank_rows]
+            (self.rollouts_dir / f"step-{step + 1}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return batches
+
+    def _rollout_batch(self, records: list[dict], model, tokenizer, ctx, pad_to_multiple_of: int | None) -> dict:
+        records = [record for record in records for _ in range(self.num_generations)]
+        prompt_ids = [record["prompt_ids"] for record in records]
+        completion_ids = sample_completions(model, tokenizer, prompt_ids, self.sampling, ctx)
+        if self.completion_hook:
+            completion_ids = import_path(self.completion_hook)(records, completion_ids, tokenizer)
+        completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        prompts = [record["prompt"] for record in records]
+        per_function, weights = reward_table(self.rewards, prompts, completions, records)
+        rewards = weighted_rewards(per_function, weights)
+        advantages = group_advantages(rewards, self.num_generations, self.scale_rewards)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        batch = rollout_batch(prompt_ids, completion_ids, pad_id, pad_to_multiple_of)
+        lengths = torch.tensor([float(len(c)) for c in completion_ids], dtype=torch.float64)
+        clipped = torch.tensor([float(len(c) >= self.sampling["max_new_tokens"] and (not c or c[-1] != tokenizer.eos_token_id))
+                                for c in completion_ids], dtype=torch.float64)
+        group_std = nan_std(rewards.view(-1, self.num_generations), dim=1)
+        stats = {"reward": rewards, "reward_std": group_std,
+                 "completions/mean_length": lengths, "completions/clipped_ratio": clipped,
+                 **{f"rewards/{name}/mean": per_function[:, i] for i, name in enumerate(self.rewards)},
+                 **{f"rewards/{name}/std": nan_std(per_function[:, i].view(-1, self.num_generations), dim=1)
+                    for i, name in enumerate(self.rewards)}}
+        rows = [{"prompt": p, "completion": c, "rewards": {name: (None if torch.isnan(v).item() else v.item())
+                                                           for name, v in zip(self.rewards, per_function[i])},
+                 "reward": None if torch.isnan(rewards[i]) else rewards[i].item(), "advantage": advantages[i].item()}
+                for i, (p, c) in enumerate(zip(prompts, completions))]
+        return {**batch, "advantages": advantages, "stats": stats, "rows": rows,
+                "num_tokens": int(batch["attention_mask"].sum()), "num_samples": len(records)}
+
+    # ---- the objective seam -----------------------------------------------------------------------------
+    def normalisers(self, batch: dict) -> torch.Tensor:
+        return normaliser(batch["completion_mask"], self.settings)
+
+    def loss(self, model, batch: dict, settings, device: torch.device) -> ObjectiveOutput:
+        mask = batch["completion_mask"].to(device)
+        logps, entropy = completion_logps(model, batch, device, self.temperature)
+        out = policy_loss(logps, logps.detach(), batch["advantages"].to(device), mask, self.settings)
+        tokens = mask.sum().double()
+        metrics = {name: masked_pair(values) for name, values in batch["stats"].items()}
+        metrics["entropy"] = ((entropy.detach() * mask).sum().double(), tokens)
+        metrics["clip_ratio/region_mean"] = (((out.low_clipped | out.high_clipped) * mask).sum().double(), tokens)
+        return ObjectiveOutput(out.loss_sum, metrics)
+
+
+def masked_pair(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) over the non-NaN values (the loop averages sums over counts across ranks and steps)."""
+    keep = ~torch.isnan(values)
+    return values[keep].sum().double(), keep.sum().double()
+
+
+def import_path(path: str):
+    module_name, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def sample_completions(model, tokenizer, prompt_ids: list[list[int]], sampling: dict, ctx) -> list[list[int]]:
+    """Sampled completion ids per prompt, up to and including the first EOS (TRL's completion ids)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(p) for p in prompt_ids)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompt_ids], device=ctx.device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=ctx.device)
+    output = getattr(model, "module", model).generate(
+        input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+        use_cache=True, synced_gpus=needs_synced_generation(model, ctx.world_size), **sampling)
+    completions = []
+    for row in output[:, width:].tolist():
+        cut = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+        completions.append(row[:cut])
+    return completions
