@@ -190,7 +190,8 @@ class GRPO(Objective):
     micro-batches (data.rl_prompts.PromptCollator) to `rollout`: every prompt gets `num_generations` completions
     sampled from the current policy (the engine's model, `generate`; every rank steps in lockstep under ZeRO-3 and
     FSDP2), scored by the `rewards` (name -> post_processors.rewards component), turned into group-relative
-    advantages, and written to `<rollouts_dir>/step-<n>.jsonl` by rank 0. `loss` is then the clipped surrogate of the
+    advantages (with `beta` > 0 also the reference's log-probs: the KL penalty, logged as `kl`), and written to
+    `<rollouts_dir>/step-<n>.jsonl` by rank 0. `loss` is then the clipped surrogate of the
     rollouts (one optimizer step per generation batch: the sampling policy is the current one, so the ratio is 1
     in value and its gradient is the policy gradient, as TRL's num_iterations=1).
 
@@ -200,7 +201,8 @@ class GRPO(Objective):
 
     def __init__(self, rewards: dict, num_generations: int = 4, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 16, loss_type: str = "dapo", epsilon: float = 0.2, epsilon_high: float = 0.28,
-                 scale_rewards: str = "group", rollouts_dir: str | None = None, completion_hook: str | None = None):
+                 scale_rewards: str = "group", beta: float = 0.0, use_bias_correction_kl: bool = True,
+                 reference: str = "model", rollouts_dir: str | None = None, completion_hook: str | None = None):
         if not rewards:
             raise ConfigError("objective.rewards: name at least one reward (post_processors/rewards.py)")
         if num_generations < 2:
@@ -212,7 +214,12 @@ class GRPO(Objective):
         self.sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0,
                          "max_new_tokens": max_new_tokens, "num_beams": 1}
         self.temperature, self.scale_rewards = temperature, scale_rewards
-        self.settings = ClipSettings(loss_type, epsilon, epsilon_high, 0.0, max_new_tokens)
+        self.settings = ClipSettings(loss_type, epsilon, epsilon_high, beta, max_new_tokens, use_bias_correction_kl)
+        if reference != "model":
+            raise ConfigError(f"objective.reference={reference!r}: GRPO scores fresh completions, so its reference is a "
+                              "model (the frozen starting weights, or the LoRA base); use reference: model")
+        # beta > 0: the trainer attaches `with_reference` (training/reference.py), as for DPO
+        self.needs_reference, self.reference_kind = beta != 0.0, reference
         self.rollouts_dir = Path(rollouts_dir) if rollouts_dir else None
         self.completion_hook = completion_hook
 
@@ -259,6 +266,9 @@ class GRPO(Objective):
                                                            for name, v in zip(self.rewards, per_function[i])},
                  "reward": None if torch.isnan(rewards[i]) else rewards[i].item(), "advantage": advantages[i].item()}
                 for i, (p, c) in enumerate(zip(prompts, completions))]
+        if self.settings.beta != 0.0:  # the reference's log-probs of the completions, computed once per rollout
+            batch["ref_logps"], _ = self.with_reference(
+                lambda reference: completion_logps(reference, batch, ctx.device, self.temperature))
         return {**batch, "advantages": advantages, "stats": stats, "rows": rows,
                 "num_tokens": int(batch["attention_mask"].sum()), "num_samples": len(records)}
 
@@ -269,10 +279,13 @@ class GRPO(Objective):
     def loss(self, model, batch: dict, settings, device: torch.device) -> ObjectiveOutput:
         mask = batch["completion_mask"].to(device)
         logps, entropy = completion_logps(model, batch, device, self.temperature)
-        out = policy_loss(logps, logps.detach(), batch["advantages"].to(device), mask, self.settings)
+        out = policy_loss(logps, logps.detach(), batch["advantages"].to(device), mask, self.settings,
+                          batch.get("ref_logps"))
         tokens = mask.sum().double()
         metrics = {name: masked_pair(values) for name, values in batch["stats"].items()}
         metrics["entropy"] = ((entropy.detach() * mask).sum().double(), tokens)
+        if out.per_token_kl is not None:
+            metrics["kl"] = ((out.per_token_kl.detach() * mask).sum().double(), tokens)
         metrics["clip_ratio/region_mean"] = (((out.low_clipped | out.high_clipped) * mask).sum().double(), tokens)
         return ObjectiveOutput(out.loss_sum, metrics)
 

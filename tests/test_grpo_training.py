@@ -1,5 +1,5 @@
 """`objective: grpo` through the trainer (conf/demo/grpo.yaml, 4 steps of 2 prompts × 4 completions): rollouts
-written per step; 2 ranks (ZeRO-3, FSDP2) equal 1 rank given the same completions (the objective's test hook
+written per step; the KL to the frozen reference (beta); 2 ranks (ZeRO-3, FSDP2) equal 1 rank given the same completions (the objective's test hook
 feeds them); a run killed after step 3 and resumed with resume=auto is bitwise the uninterrupted one, sampling
 included."""
 import json
@@ -13,9 +13,9 @@ from tests.trainer_runs import FAST, read_scalars, run_trainer
 GRPO = ("conf/demo", "grpo")
 STEPS = 4
 RUN = FAST + [f"max_steps={STEPS}"]
-HOOK = ["objective.completion_hook=tests.test_grpo_training:fixed_completions"]
+HOOK = ["objective.completion_hook=tests.test_grpo_training:fixed_completions", "objective.beta=0.04"]
 METRICS = ("reward", "reward_std", "rewards/answer/mean", "rewards/answer/std", "completions/mean_length",
-           "completions/clipped_ratio", "entropy", "clip_ratio/region_mean")
+           "completions/clipped_ratio", "entropy", "clip_ratio/region_mean", "kl")
 
 
 def fixed_completions(records, completion_ids, tokenizer):
@@ -55,13 +55,16 @@ def test_rollouts_rewards_and_metrics(one_rank):
         assert len(scalars[f"train/{name}"]) == STEPS, name
     assert logged(one_rank, "train/reward") == pytest.approx([0.25] * STEPS)
     assert all(loss != 0 for loss in logged(one_rank)) and all(g > 0 for g in logged(one_rank, "train/grad_norm"))
+    kl = logged(one_rank, "train/kl")  # the reference is the starting policy: KL 0 until the first update
+    assert kl[0] == 0 and all(value > 0 for value in kl[1:])
 
 
 @pytest.mark.parametrize("engine", [["deepspeed@ds_cfg=zero3"], ["engine=fsdp2"]], ids=["zero3", "fsdp2"])
 def test_two_ranks_equal_one_rank_given_the_same_completions(one_rank, tmp_path, engine):
     run_trainer(tmp_path, RUN + HOOK + batch(2) + engine, nproc=2, config=GRPO)
     assert logged(tmp_path) == pytest.approx(logged(one_rank), rel=1e-5)
-    assert logged(tmp_path, "train/entropy") == pytest.approx(logged(one_rank, "train/entropy"), rel=1e-5)
+    for tag in ("train/entropy", "train/kl"):
+        assert logged(tmp_path, tag) == pytest.approx(logged(one_rank, tag), rel=1e-5, abs=1e-9), tag
     assert (tmp_path / "rollouts" / "step-4.jsonl").read_text() == (one_rank / "rollouts" / "step-4.jsonl").read_text()
 
 
