@@ -1,9 +1,12 @@
 """bench/grpo_throughput.py --quick: the GRPO bench measures steps, generation and completions/s consistently."""
 import json
 
+import pytest
+
 from tests.forked_ranks import run_script
 
 
+@pytest.mark.slow  # a bench's --quick mode
 def test_quick_bench_reports_consistent_figures(tmp_path):
     result = run_script("bench/grpo_throughput.py", ["--quick", "--output", str(tmp_path / "grpo.json")])
     assert result.returncode == 0, result.stderr[-3000:]

@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 
 from tests.trainer_runs import FAST, read_scalars, run_trainer
 
+pytestmark = pytest.mark.slow  # the end-to-end tier: trainer.py in forked ranks, 2 ranks, kill and resume
+
 GRPO = ("conf/demo", "grpo")
 STEPS = 4
 RUN = FAST + [f"max_steps={STEPS}"]
