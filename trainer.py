@@ -129,6 +129,7 @@ class Trainer:
         self.resume_point = self.checked_resume_point()
         self.loss_settings = LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens)
         self.objective = instantiate(cfg.objective)
+        self.updates_per_step = getattr(self.objective, "num_iterations", 1)  # optimizer updates per loop step
 
     # ---- set-up -------------------------------------------------------------------------------------
     def checked_resume_point(self) -> tuple[Path | None, dict | None]:
@@ -147,7 +148,9 @@ class Trainer:
         resume_from, state = self.resume_point
         self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
         reshard_from = state["world_size"] if state and state["world_size"] != self.ctx.world_size else None
-        self.engine = build_engine(self.cfg, model, self.ctx, self.parallel, self.total_steps, reshard_from)
+        # the lr schedule counts optimizer updates: a step of GRPO with num_iterations μ makes μ of them
+        self.engine = build_engine(self.cfg, model, self.ctx, self.parallel, self.total_steps * self.updates_per_step,
+                                   reshard_from)
         from data.sampler import DistributedEpochSampler
         # the ranks of a sequence-parallel group read the same samples
         self.sampler = DistributedEpochSampler(len(self.train_data), self.parallel.dp_rank, self.parallel.dp_size,
@@ -269,11 +272,13 @@ class Trainer:
             window = [next(stream) for _ in range(accumulation)]
             if hasattr(self.objective, "rollout"):  # RL: prompts -> sampled, scored completions (modules/grpo.py)
                 window = self.objective.rollout(window, self.engine.model, self.tokenizer, self.ctx, self.step)
-            stop = self.optimizer_step(window)
+            stop = False
+            for _ in range(self.updates_per_step):  # GRPO's num_iterations: updates on one generation batch
+                stop = self.optimizer_step(window) or stop
+                if not self.engine.was_step_applied():
+                    self.non_finite_step(window)
             self.step += 1
             self.advance_data_position()
-            if not self.engine.was_step_applied():
-                self.non_finite_step(window)
             self.metrics.advance()
             if self.step % self.cfg.logging_steps == 0 or self.step == self.total_steps or stop:
                 self.log()

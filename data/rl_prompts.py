@@ -81,7 +81,7 @@ class PromptDataset:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        return self.records[index]
+        return {**self.records[index], "index": index}
 
 
 class PromptCollator:

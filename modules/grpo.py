@@ -191,9 +191,10 @@ class GRPO(Objective):
     sampled from the current policy (the engine's model, `generate`; every rank steps in lockstep under ZeRO-3 and
     FSDP2), scored by the `rewards` (name -> post_processors.rewards component), turned into group-relative
     advantages (with `beta` > 0 also the reference's log-probs: the KL penalty, logged as `kl`), and written to
-    `<rollouts_dir>/step-<n>.jsonl` by rank 0. `loss` is then the clipped surrogate of the
-    rollouts (one optimizer step per generation batch: the sampling policy is the current one, so the ratio is 1
-    in value and its gradient is the policy gradient, as TRL's num_iterations=1).
+    `<rollouts_dir>/step-<n>.jsonl` by rank 0. The loop then takes `num_iterations` (μ) optimizer updates on these
+    rollouts (one loop step = one generation batch = μ updates; the lr schedule counts updates): the first update's
+    forward, before any weight changed, gives the sampling policy's log-probs, kept as the ratio's denominator for the
+    later ones, whose ratios leave 1 and are clipped (TRL's old_per_token_logps).
 
     `completion_hook`: test-only, an import path `module:function(prompt_records, completion_ids, tokenizer) ->
     completion ids` replacing the sampled completions (so runs of different world sizes can be compared on the same ones)."""
@@ -202,7 +203,8 @@ class GRPO(Objective):
     def __init__(self, rewards: dict, num_generations: int = 4, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 16, loss_type: str = "dapo", epsilon: float = 0.2, epsilon_high: float = 0.28,
                  scale_rewards: str = "group", beta: float = 0.0, use_bias_correction_kl: bool = True,
-                 reference: str = "model", rollouts_dir: str | None = None, completion_hook: str | None = None):
+                 reference: str = "model", num_iterations: int = 1, rollouts_dir: str | None = None,
+                 completion_hook: str | None = None):
         if not rewards:
             raise ConfigError("objective.rewards: name at least one reward (post_processors/rewards.py)")
         if num_generations < 2:
@@ -210,7 +212,9 @@ class GRPO(Objective):
         if scale_rewards not in ("group", "none"):
             raise ConfigError(f"objective.scale_rewards={scale_rewards!r}: use group or none (a rank holds whole "
                               "groups, so both are exact at any world size)")
-        self.rewards, self.num_generations = dict(rewards), num_generations
+        if num_iterations < 1:
+            raise ConfigError(f"objective.num_iterations={num_iterations}: must be ≥ 1")
+        self.rewards, self.num_generations, self.num_iterations = dict(rewards), num_generations, num_iterations
         self.sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0,
                          "max_new_tokens": max_new_tokens, "num_beams": 1}
         self.temperature, self.scale_rewards = temperature, scale_rewards
@@ -270,6 +274,7 @@ class GRPO(Objective):
             batch["ref_logps"], _ = self.with_reference(
                 lambda reference: completion_logps(reference, batch, ctx.device, self.temperature))
         return {**batch, "advantages": advantages, "stats": stats, "rows": rows,
+                "index": torch.tensor(sorted({record["index"] for record in records})),
                 "num_tokens": int(batch["attention_mask"].sum()), "num_samples": len(records)}
 
     # ---- the objective seam -----------------------------------------------------------------------------
@@ -279,7 +284,9 @@ class GRPO(Objective):
     def loss(self, model, batch: dict, settings, device: torch.device) -> ObjectiveOutput:
         mask = batch["completion_mask"].to(device)
         logps, entropy = completion_logps(model, batch, device, self.temperature)
-        out = policy_loss(logps, logps.detach(), batch["advantages"].to(device), mask, self.settings,
+        if "old_logps" not in batch:  # the first update on these rollouts: no update since they were sampled, so
+            batch["old_logps"] = logps.detach()  # these are the sampling policy's log-probs (TRL's old_per_token_logps)
+        out = policy_loss(logps, batch["old_logps"], batch["advantages"].to(device), mask, self.settings,
                           batch.get("ref_logps"))
         tokens = mask.sum().double()
         metrics = {name: masked_pair(values) for name, values in batch["stats"].items()}

@@ -1,5 +1,5 @@
 """`objective: grpo` through the trainer (conf/demo/grpo.yaml, 4 steps of 2 prompts × 4 completions): rollouts
-written per step; the KL to the frozen reference (beta); 2 ranks (ZeRO-3, FSDP2) equal 1 rank given the same completions (the objective's test hook
+written per step; the KL to the frozen reference (beta); num_iterations=2 updates per generation batch; 2 ranks (ZeRO-3, FSDP2) equal 1 rank given the same completions (the objective's test hook
 feeds them); a run killed after step 3 and resumed with resume=auto is bitwise the uninterrupted one, sampling
 included."""
 import json
@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow  # the end-to-end tier: trainer.py in forked ranks
 GRPO = ("conf/demo", "grpo")
 STEPS = 4
 RUN = FAST + [f"max_steps={STEPS}"]
-HOOK = ["objective.completion_hook=tests.test_grpo_training:fixed_completions", "objective.beta=0.04"]
+HOOK = ["objective.completion_hook=tests.test_grpo_training:fixed_completions", "objective.beta=0.04",
+        "objective.num_iterations=2"]
 METRICS = ("reward", "reward_std", "rewards/answer/mean", "rewards/answer/std", "completions/mean_length",
            "completions/clipped_ratio", "entropy", "clip_ratio/region_mean", "kl")
 
@@ -57,8 +58,10 @@ def test_rollouts_rewards_and_metrics(one_rank):
         assert len(scalars[f"train/{name}"]) == STEPS, name
     assert logged(one_rank, "train/reward") == pytest.approx([0.25] * STEPS)
     assert all(loss != 0 for loss in logged(one_rank)) and all(g > 0 for g in logged(one_rank, "train/grad_norm"))
-    kl = logged(one_rank, "train/kl")  # the reference is the starting policy: KL 0 until the first update
-    assert kl[0] == 0 and all(value > 0 for value in kl[1:])
+    kl = logged(one_rank, "train/kl")  # the reference is the starting policy: KL 0 until the first update ...
+    assert 0 < kl[0] < kl[1] < kl[2]  # ... which the second of step 1's two updates (num_iterations=2) follows
+    # that second update's ratios are those of the updated policy over the sampling one: some are clipped
+    assert logged(one_rank, "train/clip_ratio/region_mean")[0] > 0
 
 
 @pytest.mark.parametrize("engine", [["deepspeed@ds_cfg=zero3"], ["engine=fsdp2"]], ids=["zero3", "fsdp2"])
@@ -72,7 +75,7 @@ def test_two_ranks_equal_one_rank_given_the_same_completions(one_rank, tmp_path,
 
 def test_killed_and_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path):
     whole, faulted = tmp_path / "whole", tmp_path / "faulted"
-    save = ["save_steps=2"] + batch(1)
+    save = ["save_steps=2", "objective.num_iterations=2"] + batch(1)
     run_trainer(whole, RUN + save, config=GRPO)
     killed = run_trainer(faulted, RUN + save, config=GRPO, check=False, env={"LLAMA_TRAINER_FAULT": "kill@step=3"})
     assert killed.returncode == -9
