@@ -272,13 +272,14 @@ class Trainer:
             window = [next(stream) for _ in range(accumulation)]
             if hasattr(self.objective, "rollout"):  # RL: prompts -> sampled, scored completions (modules/grpo.py)
                 window = self.objective.rollout(window, self.engine.model, self.tokenizer, self.ctx, self.step)
-            stop = False
+            stop, skipped = False, 0
             for _ in range(self.updates_per_step):  # GRPO's num_iterations: updates on one generation batch
                 stop = self.optimizer_step(window) or stop
-                if not self.engine.was_step_applied():
-                    self.non_finite_step(window)
+                skipped += not self.engine.was_step_applied()
             self.step += 1
             self.advance_data_position()
+            for _ in range(skipped):
+                self.non_finite_step(window)
             self.metrics.advance()
             if self.step % self.cfg.logging_steps == 0 or self.step == self.total_steps or stop:
                 self.log()
