@@ -157,7 +157,8 @@ class Trainer:
                                                self.cfg.seed, self.cfg.per_gpu_train_batch_size,
                                                self.cfg.gradient_accumulation_steps)
         self.collator = instantiate(self.cfg.collator, tokenizer=self.tokenizer)
-        attach_reference(self.objective, self.cfg, self.tokenizer, self.engine, self.ctx, self.loss_settings)
+        self.train_data = attach_reference(self.objective, self.cfg, self.tokenizer, self.engine, self.ctx,
+                                           self.loss_settings, self.train_data, self.collator)
         if resume_from is not None:
             self.resume(resume_from, state)
         self.metrics = MetricsWriter(self.output_dir, self.ctx, self.total_steps, self.step, self.cfg.report_to,

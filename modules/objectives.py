@@ -17,8 +17,11 @@ The interface (two calls per micro-batch; a new objective subclasses `Objective`
         and named metrics as (sum, count) pairs: the loop logs Σ sum / Σ count over ranks and the steps of a log
         window under the metric's name (TRL's names, e.g. `rewards/chosen`, logged as `train/rewards/chosen`).
 
-Objectives that need a reference model or precomputed reference log-probabilities get them from the trainer
-through `prepare(trainer_context)` before training (modules/preference.py); the causal LM needs none.
+Objectives that need a reference model set `needs_reference = True` and `reference_kind` ("model" or
+"precomputed"); before training the trainer (training/reference.py `attach_reference`) sets
+`objective.reference(inputs, targets) -> float64 log-probabilities per row` (a frozen copy under the engine, or the
+LoRA model with its adapter disabled), or, for "precomputed", makes every row carry `ref_logps`
+(modules/preference.py reads either). The causal LM needs none.
 """
 from dataclasses import dataclass, field
 
@@ -38,7 +41,8 @@ class ObjectiveOutput:
 class Objective:
     """Base class: see the module docstring. `name` labels the run's logs."""
     name = "objective"
-    needs_reference = False  # true: the trainer provides reference log-probabilities (modules/preference.py)
+    needs_reference = False  # true: the trainer provides reference log-probabilities (see the module docstring)
+    reference_kind = "model"  # with needs_reference: model (objective.reference is attached) | precomputed (rows' ref_logps)
 
     def normalisers(self, batch: dict) -> torch.Tensor:
         raise NotImplementedError

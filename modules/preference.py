@@ -134,6 +134,10 @@ class PairObjective(Objective):
         self.reference: Callable[[dict, torch.Tensor], torch.Tensor] | None = None  # see the module docstring
 
     def normalisers(self, batch: dict) -> torch.Tensor:
+        if "shift_labels" in batch or 2 * int(batch["num_samples"]) != batch["input_ids"].shape[0]:
+            raise ConfigError(f"objective {self.name}: the micro-batches must hold pairs (chosen rows, then rejected): "
+                              "use train_dataset from conf/data/dpo.yaml, collator._target_=data.collators."
+                              "PreferenceCollator and sequence_parallel_size=1")
         targets = pair_targets(batch)
         pairs = targets.shape[0] // 2
         return torch.stack([torch.tensor(float(pairs), dtype=torch.float64),

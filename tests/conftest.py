@@ -32,7 +32,8 @@ if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
 # The files that take longest on 2 cores (measured: 12–80 s), longest first, ahead of the rest: pytest-xdist
 # hands out whole files (--dist=loadfile) in collection order (--no-loadscope-reorder, pytest.ini), so that
 # no long file starts last and leaves the other worker idle. Only the order changes.
-LONGEST_FIRST = ["test_repeated_jobs.py", "test_lm_eval_evaluator.py", "test_fsdp2.py", "test_rank_failure.py",
+LONGEST_FIRST = ["test_repeated_jobs.py", "test_lm_eval_evaluator.py", "test_fsdp2.py", "test_preference_training.py",
+                 "test_preference_parity.py", "test_rank_failure.py",
                  "test_deepspeed_multinode.py", "test_sequence_parallel.py", "test_trainer_e2e.py",
                  "test_bench_delta_memory.py", "test_elastic_resume.py", "test_save_failures.py",
                  "test_bench_loss_memory.py", "test_seed_multi_run.py", "test_bench_long_context.py",

@@ -49,6 +49,8 @@ OVERRIDES = {
     "llama_65b_qlora_train_new": PANDA_FOLDER + COMBINED_WUDAO + ["model.load_in_4bit=false"],
     "test": ["dev_file=data/samples/alpaca_zh_en_dev.jsonl"],
     "llama_7b_zh_lora_sft": ALPACA,
+    "llama_7b_zh_dpo": ["train_file=data/samples/dpo_zh_en_train.json"],
+    "llama_7b_zh_lora_dpo": ["train_file=data/samples/dpo_zh_en_train.json"],
     "llama_7b_zh_qlora_sft": ALPACA + ["model.load_in_4bit=false"],  # 4-bit weights need CUDA
 }
 EXPECTED = {  # what the dry run must report for the configs of the data issue

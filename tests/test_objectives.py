@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer_runs import FAST, compose_config
+from tests.objective_runs import logged_values
+from tests.trainer_runs import FAST
 
 FIXTURE = Path(__file__).parent / "fixtures" / "objectives" / "sft_losses.json"
 RUNS = {"chunked": ["loss_impl=chunked", "loss_chunk_tokens=64"],
@@ -17,21 +18,8 @@ RUNS = {"chunked": ["loss_impl=chunked", "loss_chunk_tokens=64"],
 
 def sft_losses(output_dir: Path, overrides: list[str]) -> list[str]:
     """The logged float64 training loss of each of 4 optimizer steps, as `float.hex`."""
-    from general_util.dist import init_distributed
-    from trainer import TrainerHooks, build_trainer
-    import torch
-    ctx = init_distributed()
-    cfg = compose_config(FAST + ["max_steps=4", "data.cache_dir=null"] + overrides, output_dir=output_dir)
-    logged = []
-    trainer = build_trainer(cfg, ctx, hooks=TrainerHooks(on_log=lambda step, values: logged.append(values["train/loss"]),
-                                                        save_checkpoints=False))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the fixture was recorded
-    try:
-        trainer.run()
-    finally:
-        torch.set_num_threads(threads)
-    return [float(v).hex() for v in logged]
+    values = logged_values(output_dir, FAST + ["max_steps=4", "data.cache_dir=null"] + overrides)
+    return [float(v["train/loss"]).hex() for v in values]
 
 
 @pytest.mark.parametrize("name", RUNS)

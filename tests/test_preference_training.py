@@ -2,16 +2,20 @@
 policy and its frozen reference copy partitioned) equal 1 rank; FSDP2 equals ZeRO-3; a run killed after step 3 and
 resumed with resume=auto is bitwise the uninterrupted one; LoRA DPO with the base model as reference trains and
 exports; TRL's reward metrics reach the trackers."""
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
 
+pytestmark = pytest.mark.slow  # the trainer in forked ranks (pytest.ini's end-to-end tier)
 DPO = ("conf/demo", "dpo")
 TINY = REPO / "models" / "tiny_llama"
 STEPS = 4
-RUN = FAST + [f"max_steps={STEPS}", "train_dataset.max_seq_length=128", "data.cache_dir=null"]
+STEPS_AND_LENGTH = FAST + [f"max_steps={STEPS}", "train_dataset.max_seq_length=128"]
+RUN = STEPS_AND_LENGTH + ["data.cache_dir=null"]
 ZERO3 = ["deepspeed@ds_cfg=zero3"]
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected")
@@ -28,8 +32,20 @@ def logged(output_dir, tag="train/loss") -> list[float]:
 @pytest.fixture(scope="module")
 def zero3_one_rank(tmp_path_factory):
     out = tmp_path_factory.mktemp("dpo_zero3_1")
-    run_trainer(out, RUN + ZERO3 + batch(1), config=DPO)
+    run_trainer(out, RUN + ZERO3 + batch(1) + ["do_eval=true", "evaluate_during_training=true", "eval_steps=2"],
+                config=DPO)
     return out
+
+
+def test_the_preference_evaluator_ranks_checkpoints(zero3_one_rank):
+    """The held-out pairs' reward accuracy is logged at every evaluation and ranks the steps (prediction_cfg)."""
+    scalars = read_scalars(zero3_one_rank)
+    assert [step for step, _ in scalars["eval/prefs/accuracy"]] == [2, 4]
+    assert all(0 <= value <= 1 for _, value in scalars["eval/prefs/accuracy"])
+    assert [value for _, value in scalars["eval/prefs/pairs"]] == [8, 8]
+    assert [step for step, _ in scalars["eval/c3_d/acc"]] == [2, 4]  # the benchmark evaluators run unchanged
+    best = json.loads((zero3_one_rank / "best_checkpoint.json").read_text())
+    assert best["metric"] == "prefs/accuracy" and best["step"] in (2, 4)
 
 
 def test_two_ranks_zero3_equal_one_rank_and_log_the_reward_metrics(zero3_one_rank, tmp_path):
@@ -75,3 +91,17 @@ def test_lora_dpo_with_the_base_as_reference_trains_and_exports(tmp_path):
     merged, base = load_file(checkpoint / "merged" / "model.safetensors"), load_file(TINY / "model.safetensors")
     assert merged.keys() == base.keys()
     assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_precomputed_reference_equals_the_live_one(tmp_path):
+    """(b) == (a): the reference log-probs computed once before training (stored beside the token cache, reused by a
+    second run) give the live frozen copy's losses within 1e-6."""
+    from tests.objective_runs import logged_values
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    live = logged_values(tmp_path / "live", STEPS_AND_LENGTH + batch(1) + [cache], DPO)
+    precomputed = logged_values(tmp_path / "pre", STEPS_AND_LENGTH + batch(1) + ["objective.reference=precomputed", cache], DPO)
+    assert len(list((tmp_path / "cache" / "reference_logps").glob("*.npy"))) == 1
+    again = logged_values(tmp_path / "again", STEPS_AND_LENGTH + batch(1) + ["objective.reference=precomputed", cache], DPO)
+    for name in ("train/loss", "train/rewards/chosen", "train/rewards/margins"):
+        assert [v[name] for v in precomputed] == pytest.approx([v[name] for v in live], rel=1e-6, abs=1e-9), name
+        assert [v[name] for v in again] == [v[name] for v in precomputed]

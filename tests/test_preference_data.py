@@ -1,0 +1,143 @@
+"""Preference records in the layouts users bring (data/preference.py), checked on the publishers' files: excerpts of
+hiyouga/LLaMA-Factory@ff6d4d1 data/dpo_{en,zh}_demo.json (sharegpt ranking, with and without a system turn) and the
+record layouts of TRL (explicit prompt as strings or messages; implicit prompt: UltraFeedback binarized as
+HuggingFaceH4/ultrafeedback_binarized publishes it, prompt + chosen/rejected message lists repeating it) and
+HH-RLHF (Anthropic/hh-rlhf: whole transcripts, as LLaMA-Factory's data/hh_rlhf_en/hh_rlhf_en.py parses them)."""
+import json
+
+import numpy as np
+import pytest
+
+from data.preference import PairTokenizer, to_pair
+from data.records import DataError, Record
+from data.templates import get_template
+from tests.trainer_runs import REPO
+
+FIXTURES = REPO / "tests" / "fixtures" / "preference"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from models.loading import load_tokenizer
+    return load_tokenizer(str(REPO / "models" / "tiny_llama"))
+
+
+def pair(data, template="zh"):
+    return to_pair(Record(data, "f.json", 1), get_template(template))[0]
+
+
+def decoded(tokenizer, segment, trained=None):
+    ids = segment.input_ids if trained is None else segment.input_ids[segment.trained == trained]
+    return tokenizer.decode([int(i) for i in ids])
+
+
+def test_llama_factory_ranking_files_become_pairs_that_share_their_prompt(tokenizer):
+    records = json.loads((FIXTURES / "dpo_zh_demo.json").read_text()) + json.loads((FIXTURES / "dpo_en_demo.json").read_text())
+    assert any(r["conversations"][0]["from"] == "system" for r in records)
+    for template in ("zh", "en", "none"):
+        pairs = [pair(r, template) for r in records]
+        for result, record in zip(PairTokenizer(tokenizer, 1 << 16)(pairs), records):
+            chosen, rejected = result.segments
+            assert not result.truncated
+            # canonical tokens: each side is its whole rendered text encoded once; only the last response is trained
+            assert decoded(tokenizer, chosen, True).strip() == (record["chosen"]["value"] + "</s>").strip()
+            assert decoded(tokenizer, rejected, True).strip() == (record["rejected"]["value"] + "</s>").strip()
+            start = min(np.flatnonzero(chosen.trained)[0], np.flatnonzero(rejected.trained)[0])
+            assert np.array_equal(chosen.input_ids[:start], rejected.input_ids[:start])
+
+
+def test_alpaca_ranking_trl_ultrafeedback_and_hh_rlhf_layouts():
+    alpaca = pair({"instruction": "翻译", "input": "hello", "chosen": "你好", "rejected": "哈喽"})
+    assert alpaca.chosen.pieces[:-1] == alpaca.rejected.pieces[:-1] and alpaca.chosen.pieces[-1][0].startswith("你好")
+    trl_strings = pair({"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}, "en")
+    assert "What is 2+2?" in trl_strings.chosen.pieces[0][0]
+    ultrafeedback = {"prompt": "Name a colour.", "prompt_id": "abc",
+                     "chosen": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."}],
+                     "rejected": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "No."}],
+                     "messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."}],
+                     "score_chosen": 8.0, "score_rejected": 2.0}
+    implicit = pair(ultrafeedback, "en")
+    assert implicit.chosen.pieces[0][0].count("Name a colour.") == 1  # the prompt string is not repeated
+    explicit = pair({"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}],
+                     "rejected": [{"role": "assistant", "content": "Go away"}]}, "en")
+    assert explicit.chosen.pieces[-1][0].startswith("Hello") and explicit.rejected.pieces[-1][0].startswith("Go away")
+    hh = pair({"chosen": "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: How are you?\n\nAssistant: Fine, thanks.",
+               "rejected": "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: How are you?\n\nAssistant: Go away."}, "en")
+    assert hh.chosen.pieces[-1][0].startswith("Fine, thanks.") and hh.rejected.pieces[-1][0].startswith("Go away.")
+    assert len(hh.chosen.pieces) == 4 and hh.chosen.pieces[:-1] == hh.rejected.pieces[:-1]
+
+
+def test_chat_template_sides_have_exact_masks(tokenizer):
+    from tests.tokenizer_kinds import tokenizer as tokenizer_of_kind
+    chat = tokenizer_of_kind("llama3")  # Meta-Llama-3-8B-Instruct's chat template (tests/tokenizer_kinds.py)
+    record = {"prompt": [{"role": "user", "content": "Name a colour."}], "chosen": [{"role": "assistant", "content": "Red."}],
+              "rejected": [{"role": "assistant", "content": "Blue, I think."}]}
+    result = PairTokenizer(chat, 512)([pair(record, "chat")])[0]
+    chosen, rejected = result.segments
+    assert decoded(chat, chosen, True) == "Red.<|eot_id|>"
+    assert decoded(chat, rejected, True) == "Blue, I think.<|eot_id|>"
+    assert decoded(chat, chosen, False) == decoded(chat, rejected, False)
+
+
+def test_a_pair_is_cut_the_same_way_on_both_sides(tokenizer):
+    record = {"instruction": "长" * 300, "chosen": "好" * 40, "rejected": "坏" * 90}
+    result = PairTokenizer(tokenizer, 128)([pair(record)])[0]
+    chosen, rejected = result.segments
+    assert result.truncated and max(len(chosen.input_ids), len(rejected.input_ids)) == 128
+    prompt = [ids[:np.flatnonzero(s.trained)[0]] for s, ids in ((s, s.input_ids) for s in (chosen, rejected))]
+    assert np.array_equal(prompt[0], prompt[1]) and len(prompt[0]) > 1
+    assert chosen.input_ids[0] == tokenizer.bos_token_id and chosen.input_ids[-1] == tokenizer.eos_token_id
+    assert rejected.input_ids[-1] == tokenizer.eos_token_id
+    assert PairTokenizer(tokenizer, 128, "drop")([pair(record)])[0].dropped
+
+
+@pytest.mark.parametrize("data, reason", [
+    ({"conversations": [{"from": "human", "value": "hi"}], "chosen": "a string", "rejected": {"from": "gpt", "value": "x"}},
+     "field 'chosen' is str"),
+    ({"instruction": "x", "chosen": "", "rejected": "y"}, "empty response"),
+    ({"chosen": "no transcript", "rejected": "no transcript"}, "not an HH-RLHF transcript"),
+    ({"prompt": "p", "chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+      "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "c"}]}, "do not share their prompt"),
+    ({"instruction": "x", "output": "y"}, "not a preference record"),
+])
+def test_bad_records_are_refused_in_one_line(data, reason):
+    with pytest.raises(DataError, match=reason) as error:
+        pair(data)
+    assert str(error.value).startswith("f.json:1: ")
+
+
+def test_the_token_cache_stores_a_pair_per_row(tokenizer, tmp_path):
+    from data.collators import PreferenceCollator
+    from data.datasets import PreferenceDataset
+    dataset = PreferenceDataset({"main": {"files": str(REPO / "data" / "samples" / "dpo_zh_en_dev.json")}}, tokenizer,
+                                max_seq_length=256, cache_dir=str(tmp_path))
+    assert len(dataset) == 8 and all(len(dataset[i]["seq_lens"]) == 2 for i in range(8))
+    reopened = PreferenceDataset({"main": {"files": str(REPO / "data" / "samples" / "dpo_zh_en_dev.json")}}, tokenizer,
+                                 max_seq_length=256, cache_dir=str(tmp_path))
+    assert not reopened.report["sources"]["main"]["cache_built_now"] and reopened[3] == {**dataset[3]}
+    batch = PreferenceCollator(tokenizer)([dataset[0], dataset[1]])
+    assert batch["input_ids"].shape[0] == 4 and int(batch["num_samples"]) == 2
+    chosen_length = dataset[1]["seq_lens"][0]
+    assert batch["input_ids"][1, :chosen_length].tolist() == dataset[1]["input_ids"][:chosen_length]
+
+
+def test_a_pair_objective_refuses_batches_that_are_not_pairs(tokenizer):
+    from data.collators import PaddingCollator
+    from general_util.errors import ConfigError
+    from modules.preference import DPO
+    batch = PaddingCollator(tokenizer)([{"input_ids": [1, 5, 6], "labels": [-100, 5, 6], "index": 0},
+                                        {"input_ids": [1, 7], "labels": [-100, 7], "index": 1}])
+    with pytest.raises(ConfigError, match="PreferenceCollator"):
+        DPO().normalisers(batch)
+
+
+def test_llama_factory_declares_these_files_with_the_columns_we_recognise():
+    """dataset_info.json (hiyouga/LLaMA-Factory@ff6d4d1) declares its dpo demo files as sharegpt ranking data whose
+    columns are the field names data/preference.py recognises without a mapping."""
+    info = json.loads((FIXTURES / "dataset_info.json").read_text())
+    for name in ("dpo_en_demo", "dpo_zh_demo"):
+        entry = info[name]
+        assert entry["ranking"] is True and entry["formatting"] == "sharegpt"
+        assert entry["columns"] == {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}
+        records = json.loads((FIXTURES / entry["file_name"]).read_text())
+        assert all(set(r) == set(entry["columns"].values()) for r in records)
