@@ -136,6 +136,7 @@ class Trainer:
         self.resume_point = self.checked_resume_point()
         self.loss_settings = LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens)
         self.objective = instantiate(cfg.objective)
+        self.updates_per_step = getattr(self.objective, "num_iterations", 1)  # optimizer updates per loop step
 
     # ---- set-up -------------------------------------------------------------------------------------
     def checked_resume_point(self) -> tuple[Path | None, dict | None]:
@@ -158,7 +159,9 @@ class Trainer:
         self.objective.router_loss_coef = coef if coef is None or self.cfg.moe_aux_loss_coef is None \
             else self.cfg.moe_aux_loss_coef
         reshard_from = state["world_size"] if state and state["world_size"] != self.ctx.world_size else None
-        self.engine = build_engine(self.cfg, model, self.ctx, self.parallel, self.total_steps, reshard_from)
+        # the lr schedule counts optimizer updates: a step of GRPO with num_iterations μ makes μ of them
+        self.engine = build_engine(self.cfg, model, self.ctx, self.parallel, self.total_steps * self.updates_per_step,
+                                   reshard_from)
         from data.sampler import DistributedEpochSampler
         # the ranks of a sequence-parallel group read the same samples
         self.sampler = DistributedEpochSampler(len(self.train_data), self.parallel.dp_rank, self.parallel.dp_size,
@@ -290,10 +293,15 @@ class Trainer:
         accumulation = self.cfg.gradient_accumulation_steps
         while self.step < self.total_steps:
             window = [next(stream) for _ in range(accumulation)]
-            stop = self.optimizer_step(window)
+            if hasattr(self.objective, "rollout"):  # RL: prompts -> sampled, scored completions (modules/grpo.py)
+                window = self.objective.rollout(window, self.engine.model, self.tokenizer, self.ctx, self.step)
+            stop, skipped = False, 0
+            for _ in range(self.updates_per_step):  # GRPO's num_iterations: updates on one generation batch
+                stop = self.optimizer_step(window) or stop
+                skipped += not self.engine.was_step_applied()
             self.step += 1
             self.advance_data_position()
-            if not self.engine.was_step_applied():
+            for _ in range(skipped):
                 self.non_finite_step(window)
             self.metrics.advance()
             if self.step % self.cfg.logging_steps == 0 or self.step == self.total_steps or stop:

@@ -18,6 +18,7 @@ ALPACA = ["train_file=data/samples/alpaca_zh_en_train.jsonl", "max_steps=10"]
 PANDA_FOLDER = ["train_file=tests/fixtures/data/panda_mixed"]  # raw text + instructions + COIG, valid/test files
 COMBINED_WUDAO = ["train_dataset.sources.wudao.files=data/samples/wudao_sample.json", "max_steps=2"]
 OVERRIDES = {
+    "llama_7b_zh_grpo_logiqa": ["train_file=data/samples/logiqa_v2"],
     "llama_7b_zh_pretrain_packed": WUDAO,
     "llama_13b_zh_pretrain_packed_zero3": WUDAO,
     "llama_7b_zh_belle_coig_sft_packed": ALPACA + ["train_dataset.sources.coig.files=data/samples/coig_sample.json"],

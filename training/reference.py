@@ -1,5 +1,6 @@
 """The reference model of a preference objective (modules/preference.py: `needs_reference`), attached before
-training as `objective.reference(inputs, targets) -> float64 log-probabilities per row`:
+training as `objective.reference(inputs, targets) -> float64 log-probabilities per row`, and as
+`objective.with_reference(score) -> score(reference model)` for objectives that score otherwise (GRPO: per token):
 
     LoRA (model.use_peft)   the policy itself with its adapter disabled: the base weights, no second copy
     full weights            a frozen copy of the starting weights (`model_name_or_path`, also after a resume) under
@@ -48,12 +49,17 @@ def attach_reference(objective, cfg: DictConfig, tokenizer, engine, ctx: DistCon
         def base_logps(inputs, targets):
             with engine.module.disable_adapter():
                 return reference_logps(engine.model, inputs, targets, settings)
-        objective.reference = base_logps
+
+        def with_base(score):
+            with engine.module.disable_adapter():
+                return score(engine.model)
+        objective.reference, objective.with_reference = base_logps, with_base
         return dataset
     frozen = frozen_copy(cfg, tokenizer, ctx)
     logger.info("reference model: a frozen copy of %s under %s", cfg.model_name_or_path,
                 "FSDP2" if cfg.engine == "fsdp2" else f"DeepSpeed ZeRO-{3 if zero_stage(cfg) == 3 else 0}")
     objective.reference = lambda inputs, targets: reference_logps(frozen, inputs, targets, settings)
+    objective.with_reference = lambda score: score(frozen)
     return dataset
 
 
