@@ -67,6 +67,7 @@ class LogWindow:
     """What the optimizer steps since the last log add up to; the loop starts a new one at every log."""
     losses: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (loss sums, normalisers) per step
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # the objective's metrics: name -> [sum, count]
+    maxima: dict[str, torch.Tensor] = field(default_factory=dict)  # the objective's maxima: name -> largest so far
     tokens: int = 0    # non-padding tokens
     slots: int = 0     # token positions, padding included
     rows: int = 0
@@ -81,6 +82,11 @@ class LogWindow:
         for name, (total, count) in metrics.items():
             pair = torch.stack([total.detach().double().reshape(()), count.detach().double().reshape(())])
             self.metrics[name] = self.metrics[name] + pair if name in self.metrics else pair
+
+    def add_maxima(self, maxima: dict[str, torch.Tensor]) -> None:
+        for name, value in maxima.items():
+            value = value.detach().double().reshape(())
+            self.maxima[name] = torch.maximum(self.maxima[name], value) if name in self.maxima else value
 
     def add_batch(self, batch: dict) -> None:
         self.tokens += int(batch["num_tokens"])
@@ -339,6 +345,7 @@ class Trainer:
             self.engine.step()
             loss_sums += output.loss_sums.detach().double()
             self.window.add_metrics(output.metrics)
+            self.window.add_maxima(output.maxima)
         self.window.add_step(loss_sums, normalisers)
         return bool(agreed[-1].item())
 
@@ -352,7 +359,7 @@ class Trainer:
 
     def log(self) -> None:
         """Mean loss over the steps since the last log (exact global token mean per step), lr, grad norm,
-        throughput; one collective per logging step."""
+        throughput; one collective per logging step (a second for an objective's maxima)."""
         window = self.window
         names = sorted(window.metrics)  # every rank's objective reports the same names
         counts = [*window.source_tokens, window.tokens, window.slots, window.samples]
@@ -376,6 +383,10 @@ class Trainer:
                   "train/non_pad_fraction": totals[-3].item() / totals[-2].item(),
                   **{f"train/{name}": (total / count).item() for name, (total, count) in zip(names, metrics) if count > 0},
                   **{f"train/tokens/{name}": tokens for name, tokens in zip(self.sources, by_source)}}
+        if window.maxima:  # a second collective, only for an objective that reports maxima (GRPO's lengths)
+            names = sorted(window.maxima)
+            largest = all_reduce(torch.stack([window.maxima[n] for n in names]).to(self.ctx.device), "max")
+            values.update({f"train/{name}": value for name, value in zip(names, largest.tolist())})
         if self.peak_flops:
             config = self.engine.module.config
             flops_per_token = training_flops_per_token(self.active_params, config.num_hidden_layers,

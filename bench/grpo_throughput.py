@@ -1,4 +1,4 @@
-"""GRPO throughput on the tiny LLaMA (conf/demo/grpo.yaml): completions per second, the optimizer-step time and the
+"""GRPO throughput on the tiny LLaMA (conf/demo/grpo_logiqa.yaml): completions per second, the optimizer-step time and the
 share of it spent generating (the objective's rollout: sampling, decoding, rewards, advantages), with the engine's
 own `generate` (HF). One process, CPU or the first GPU; the first step (warm-up) is left out.
 
@@ -22,7 +22,7 @@ def measure(steps: int, prompts: int, generations: int, max_new_tokens: int) -> 
     from trainer import TrainerHooks, build_trainer
     fill_single_process_env()
     with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(REPO / "conf" / "demo"), version_base="1.3"):
-        cfg = compose("grpo", overrides=[
+        cfg = compose("grpo_logiqa", overrides=[
             f"output_dir={out}", f"max_steps={steps}", f"per_gpu_train_batch_size={prompts}", "logging_steps=1",
             f"objective.num_generations={generations}", f"objective.max_new_tokens={max_new_tokens}",
             "objective.rollouts_dir=null", "report_to=[]", f"train_file={REPO / 'data/samples/logiqa_v2'}"])

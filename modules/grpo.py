@@ -294,7 +294,8 @@ class GRPO(Objective):
         if out.per_token_kl is not None:
             metrics["kl"] = ((out.per_token_kl.detach() * mask).sum().double(), tokens)
         metrics["clip_ratio/region_mean"] = (((out.low_clipped | out.high_clipped) * mask).sum().double(), tokens)
-        return ObjectiveOutput(out.loss_sum, metrics)
+        longest = batch["stats"]["completions/mean_length"].max()  # the lengths of the micro-batch's completions
+        return ObjectiveOutput(out.loss_sum, metrics, {"completions/max_length": longest})
 
 
 def masked_pair(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

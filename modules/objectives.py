@@ -15,7 +15,9 @@ The interface (two calls per micro-batch; a new objective subclasses `Objective`
         honoured by every objective that scores sequences. Returns the loss sums (the shape of `normalisers`;
         the step's loss is Σ_k sum_k / global normaliser_k, and its gradient is what the loop back-propagates)
         and named metrics as (sum, count) pairs: the loop logs Σ sum / Σ count over ranks and the steps of a log
-        window under the metric's name (TRL's names, e.g. `rewards/chosen`, logged as `train/rewards/chosen`).
+        window under the metric's name (TRL's names, e.g. `rewards/chosen`, logged as `train/rewards/chosen`);
+        and, where a mean is not the statistic, named maxima: the loop logs the largest over ranks and the log
+        window's steps (e.g. GRPO's `completions/max_length`; an objective without maxima adds no collective).
 
 Objectives that need a reference model set `needs_reference = True` and `reference_kind` ("model" or
 "precomputed"); before training the trainer (training/reference.py `attach_reference`) sets
@@ -36,6 +38,7 @@ from modules.loss_impl import LossSettings, causal_lm_loss_terms
 class ObjectiveOutput:
     loss_sums: torch.Tensor  # differentiable; the shape of the objective's normalisers
     metrics: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # name -> (sum, count), no grad
+    maxima: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> a value logged as its maximum, no grad
 
 
 class Objective:

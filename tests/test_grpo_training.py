@@ -1,4 +1,4 @@
-"""`objective: grpo` through the trainer (conf/demo/grpo.yaml, 4 steps of 2 prompts × 4 completions): rollouts
+"""`objective: grpo` through the trainer (conf/demo/grpo_logiqa.yaml, 4 steps of 2 prompts × 4 completions): rollouts
 written per step; the KL to the frozen reference (beta); num_iterations=2 updates per generation batch; 2 ranks (ZeRO-3, FSDP2) equal 1 rank given the same completions (the objective's test hook
 feeds them); a run killed after step 3 and resumed with resume=auto is bitwise the uninterrupted one, sampling
 included."""
@@ -7,18 +7,20 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
+from tests.forked_ranks import REPO
 from tests.trainer_runs import FAST, read_scalars, run_trainer
 
 pytestmark = pytest.mark.slow  # the end-to-end tier: trainer.py in forked ranks, 2 ranks, kill and resume
 
-GRPO = ("conf/demo", "grpo")
+GRPO = ("conf/demo", "grpo_logiqa")
 STEPS = 4
 RUN = FAST + [f"max_steps={STEPS}"]
 HOOK = ["objective.completion_hook=tests.test_grpo_training:fixed_completions", "objective.beta=0.04",
         "objective.num_iterations=2"]
 METRICS = ("reward", "reward_std", "rewards/answer/mean", "rewards/answer/std", "completions/mean_length",
-           "completions/clipped_ratio", "entropy", "clip_ratio/region_mean", "kl")
+           "completions/max_length", "completions/clipped_ratio", "entropy", "clip_ratio/region_mean", "kl")
 
 
 def fixed_completions(records, completion_ids, tokenizer):
@@ -57,6 +59,10 @@ def test_rollouts_rewards_and_metrics(one_rank):
     for name in METRICS:
         assert len(scalars[f"train/{name}"]) == STEPS, name
     assert logged(one_rank, "train/reward") == pytest.approx([0.25] * STEPS)
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "models/tiny_llama")
+    longest = max(len(tokens) for tokens in fixed_completions([None] * 4, None, tokenizer))  # the same every step
+    assert logged(one_rank, "train/completions/max_length") == [longest] * STEPS
+    assert all(mean < longest for mean in logged(one_rank, "train/completions/mean_length"))
     assert all(loss != 0 for loss in logged(one_rank)) and all(g > 0 for g in logged(one_rank, "train/grad_norm"))
     kl = logged(one_rank, "train/kl")  # the reference is the starting policy: KL 0 until the first update ...
     assert 0 < kl[0] < kl[1] < kl[2]  # ... which the second of step 1's two updates (num_iterations=2) follows
@@ -68,7 +74,7 @@ def test_rollouts_rewards_and_metrics(one_rank):
 def test_two_ranks_equal_one_rank_given_the_same_completions(one_rank, tmp_path, engine):
     run_trainer(tmp_path, RUN + HOOK + batch(2) + engine, nproc=2, config=GRPO)
     assert logged(tmp_path) == pytest.approx(logged(one_rank), rel=1e-5)
-    for tag in ("train/entropy", "train/kl"):
+    for tag in ("train/entropy", "train/kl", "train/completions/max_length"):  # the maximum over both ranks
         assert logged(tmp_path, tag) == pytest.approx(logged(one_rank, tag), rel=1e-5, abs=1e-9), tag
     assert (tmp_path / "rollouts" / "step-4.jsonl").read_text() == (one_rank / "rollouts" / "step-4.jsonl").read_text()
 
