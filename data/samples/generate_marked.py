@@ -1,7 +1,8 @@
 """Regenerate data/samples/marked_letter.jsonl (deterministic): the GRPO demo's task (conf/demo/grpo.yaml), a
-multiple-choice "question" whose answer is the letter the prompt marks, at the same place in every prompt (three
-tokens before its end), so a policy learns from the reward alone to copy it — one attention step for the tiny
-model. Records carry `instruction` and `answer` (read by data.rl_prompts.AnswerPrompts).
+multiple-choice "question" whose answer is the letter the prompt marks, the prompt's last token (the demo's template
+adds nothing after the instruction), so the tiny random model learns from the reward alone to repeat it: the letter
+is in the last position's residual stream, no attention to learn. Records carry `instruction` and `answer` (read by
+data.rl_prompts.AnswerPrompts).
 
     python -m data.samples.generate_marked
 """
