@@ -209,6 +209,13 @@ class PreferenceDataset(TokenizedDataset):
         super().__init__(sources, tokenizer, packing=False, **settings)
 
 
+class KtoDataset(PreferenceDataset):
+    """KTO's unpaired examples (data/preference.py `to_kto`): each row is one example with its `label` (true:
+    desirable), only its last response labelled. The settings are TokenizedDataset's; packing does not apply. Use
+    `data.collators.KtoCollator`."""
+    kind = "kto"
+
+
 def wudao_listed(source: Mapping) -> set[Path] | None:
     """The WuDao files a source with `skip_wudao` reads: those its `wudao_sample_list` (a JSON list of paths,
     as the original's) names, none without one; None: WuDao files are read like any other."""
