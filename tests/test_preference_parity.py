@@ -6,6 +6,9 @@ within 1e-5 relative (a reward, a difference of two log-probability sums, within
                            (TRL 1.16's DPOTrainer has no label-smoothed sigmoid; CPO's is the same formula)
     SimPO                  CPOTrainer.cpo_loss (loss_type simpo) on CPOTrainer.get_batch_logps(average_log_prob=True)
     ORPO                   ORPOTrainer.odds_ratio_loss (the odds-ratio term; our NLL term counts response tokens only)
+    KTO                    trl.KTOTrainer._compute_loss (loss_type kto, its fused LM head, precomputed reference
+                           log-probs of the rows and of the mismatched KL rows; TRL 1.16 has no separate kto_loss), on
+                           the 8 records of LLaMA-Factory's kto_en_demo.json (tests/fixtures/preference)
 Both sides run under loss_impl full and chunked."""
 import importlib.util
 import json
