@@ -290,6 +290,9 @@ class KTO(Objective):
         if "kto_label" not in batch:
             raise ConfigError("objective kto: the micro-batches must hold KTO examples: use train_dataset from "
                               "conf/data/kto.yaml and collator._target_=data.collators.KtoCollator")
+        if batch["kto_label"].numel() < 2:
+            raise ConfigError("objective kto: a micro-batch of one example has no mismatched completion for the KL "
+                              "term (TRL refuses it too): set per_gpu_train_batch_size ≥ 2")
         return torch.tensor([float(batch["kto_label"].numel())], dtype=torch.float64)
 
     def loss(self, model, batch: dict, settings: LossSettings, device: torch.device) -> ObjectiveOutput:

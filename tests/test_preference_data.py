@@ -214,3 +214,19 @@ def test_the_token_cache_stores_the_kto_label_with_the_row_and_the_collator_mism
     sft = TokenizedDataset({"main": {"files": sample}}, tokenizer, template="en", max_seq_length=256,
                            cache_dir=str(tmp_path))
     assert "label" not in sft[0] and sft.report["sources"]["main"]["cache_built_now"]
+
+
+def test_the_kto_objective_refuses_batches_without_labels_or_with_one_example(tokenizer):
+    from data.collators import KtoCollator, PreferenceCollator
+    from general_util.errors import ConfigError
+    from modules.preference import KTO
+    rows = [{"input_ids": [1, 5, 6, 7], "labels": [-100, -100, 6, 7], "seq_lens": [4], "index": 0, "label": True},
+            {"input_ids": [1, 8, 9], "labels": [-100, -100, 9], "seq_lens": [3], "index": 1, "label": False}]
+    assert KTO().normalisers(KtoCollator(tokenizer)(rows)).tolist() == [2.0]
+    with pytest.raises(ConfigError, match="per_gpu_train_batch_size"):
+        KTO().normalisers(KtoCollator(tokenizer)(rows[:1]))
+    pair = {"input_ids": [1, 5, 6, 1, 8], "labels": [-100, 5, 6, -100, 8], "seq_lens": [3, 2], "index": 0}
+    with pytest.raises(ConfigError, match="KtoCollator"):
+        KTO().normalisers(PreferenceCollator(tokenizer)([pair]))
+    with pytest.raises(ConfigError, match="precomputed"):
+        KTO(reference="precomputed")
