@@ -171,6 +171,18 @@ def test_kto_records_of_llama_factory_and_trl_become_labelled_examples_with_exac
     assert messages.label and messages.example.pieces[-1][0].startswith("Hey")
 
 
+def test_kto_completions_under_a_chat_template_have_exact_masks():
+    from data.preference import KtoTokenizer
+    from tests.tokenizer_kinds import tokenizer as tokenizer_of_kind
+    chat = tokenizer_of_kind("llama3")  # Meta-Llama-3-8B-Instruct's chat template (tests/tokenizer_kinds.py)
+    record = {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."},
+                           {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Blue."}],
+              "kto_tag": False}
+    result = KtoTokenizer(chat, 512)([kto(record, "chat")])[0]
+    (segment,) = result.segments
+    assert result.label is False and decoded(chat, segment, True) == "Blue.<|eot_id|>"  # earlier turns are context
+
+
 @pytest.mark.parametrize("data, reason", [
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "label": "yes"},
      "field 'label' is str"),
