@@ -205,7 +205,8 @@ class PreferenceDataset(TokenizedDataset):
 
     def __init__(self, sources: Mapping[str, Mapping], tokenizer, packing: bool = False, **settings):
         if packing:
-            raise ConfigError("packing=true: a preference dataset's row is one pair (chosen, rejected); set packing: false")
+            raise ConfigError("packing=true: a preference dataset's row is one pair (chosen, rejected), a KTO "
+                              "dataset's one example; set packing: false")
         super().__init__(sources, tokenizer, packing=False, **settings)
 
 
