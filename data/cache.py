@@ -58,7 +58,7 @@ from data.labels import IGNORE_INDEX
 from data.packing import pack_lengths
 from data.columnar import parquet_row_groups
 from data.readers import Span, file_format, json_layout, opened, read_records
-from data.preference import PairTokenizer, to_pair
+from data.preference import KtoTokenizer, PairTokenizer, to_kto, to_pair
 from data.records import BadRecords, DataError
 from data.templates import ChatTemplate, PromptTemplate
 from data.tokenization import ExampleTokenizer, Segment, tokenize_batches
@@ -89,6 +89,7 @@ class BuildSettings:
                  piece_bytes: int = 1 << 26, kind: str = "sft"):
         self.files, self.tokenizer, self.template = files, tokenizer, template
         self.kind = kind  # sft: examples, a row per sample (or packed) | preference: pairs, a row per pair (data/preference.py)
+        # | kto: unpaired examples, a row each with its label (data/preference.py)
         self.max_seq_length, self.packing, self.on_bad_record = max_seq_length, packing, on_bad_record
         self.shard_tokens, self.num_proc, self.truncation = shard_tokens, num_proc, truncation
         self.record_options, self.text_documents, self.name = record_options, text_documents, name
@@ -106,11 +107,11 @@ class BuildSettings:
                 **({"kind": self.kind} if self.kind != "sft" else {})}
 
     def converter(self):
-        """record → its examples (sft) or pairs (preference)."""
-        return to_pair if self.kind == "preference" else to_examples
+        """record → its examples (sft), pairs (preference) or labelled examples (kto)."""
+        return {"preference": to_pair, "kto": to_kto}.get(self.kind, to_examples)
 
     def example_tokenizer(self):
-        kind = PairTokenizer if self.kind == "preference" else ExampleTokenizer
+        kind = {"preference": PairTokenizer, "kto": KtoTokenizer}.get(self.kind, ExampleTokenizer)
         return kind(self.tokenizer, self.max_seq_length, self.truncation)
 
 
@@ -137,15 +138,17 @@ class TokenCache:
     def _shard(self, number: int) -> dict[str, np.ndarray]:
         if number not in self._shards:
             name = self.meta["shards"][number]["name"]
+            parts = ("tokens", "trained", "rows", "segments") + (("label",) if "label" in self.meta["shards"][number] else ())
             self._shards[number] = {part: np.load(self.directory / f"{name}.{part}.npy", mmap_mode="r")
-                                    for part in ("tokens", "trained", "rows", "segments")}
+                                    for part in parts}
         return self._shards[number]
 
     def _number(self, index: int) -> int:
         return int(np.searchsorted(self.row_ends, index, side="right"))
 
     def _span(self, index: int) -> tuple[dict[str, np.ndarray], slice, slice]:
-        """Shard arrays of row `index`, and the row's token and segment slices in them."""
+        """Shard arrays of row `index`, and the row's token and segment slices in them (a labelled shard's
+        segment slice also indexes its `label` array, one per row: KTO rows hold one segment)."""
         number = self._number(index)
         shard = self._shard(number)
         local = index - (int(self.row_ends[number - 1]) if number else 0)
@@ -162,8 +165,11 @@ class TokenCache:
         shard, tokens, segments = self._span(index)
         input_ids = shard["tokens"][tokens].astype(np.int64)
         labels = np.where(shard["trained"][tokens], input_ids, IGNORE_INDEX)
-        return {"input_ids": input_ids.tolist(), "labels": labels.tolist(),
-                "seq_lens": shard["segments"][segments]["length"].tolist()}
+        row = {"input_ids": input_ids.tolist(), "labels": labels.tolist(),
+               "seq_lens": shard["segments"][segments]["length"].tolist()}
+        if "label" in shard:  # a KTO row: its example's label
+            row["label"] = bool(shard["label"][segments.start])
+        return row
 
     def locations(self, index: int) -> list[str]:
         """"file:line" of every sample in row `index`."""
@@ -181,18 +187,20 @@ class ShardWriter:
         self.shard_tokens = shard_tokens
         self.buffer: list[tuple[Segment, int, int]] = []  # (segment, file index, line)
         self.joins: list[bool] = []  # per buffered segment: it shares the previous one's row (a preference pair)
+        self.labels: list[bool | None] = []  # per buffered segment: its row's KTO label (None: unlabelled)
         self.buffered_tokens = 0
         self.shards: list[dict] = []
 
     def add(self, segment: Segment, file_index: int, line: int) -> None:
         self.add_row([segment], file_index, line)
 
-    def add_row(self, segments: list[Segment], file_index: int, line: int) -> None:
+    def add_row(self, segments: list[Segment], file_index: int, line: int, label: bool | None = None) -> None:
         """Segments that share one row without packing (a preference pair: chosen, rejected; so a pair is never
         split across micro-batches or ranks)."""
         for number, segment in enumerate(segments):
             self.buffer.append((segment, file_index, line))
             self.joins.append(number > 0)
+            self.labels.append(label)
             self.buffered_tokens += len(segment.input_ids)
         if self.buffered_tokens >= self.shard_tokens:
             self.flush()
@@ -216,13 +224,17 @@ class ShardWriter:
             "rows": np.array(list(zip(token_ends[row_ids], row_ids)), dtype=ROW),
             "segments": np.array([(lengths[i], f, line) for i, (_, f, line) in zip(order, segments)], dtype=SEGMENT),
         }
+        labelled = any(label is not None for label in self.labels)
+        if labelled:  # KTO: per segment (a row's first segment's is read), only in caches of labelled examples
+            arrays["label"] = np.array([bool(self.labels[i]) for i in order], dtype=np.bool_)
         for part, array in arrays.items():  # written aside and renamed: a file of this name is always whole
             temporary = self.directory / f".{name}.{part}.{uuid.uuid4().hex[:8]}.npy"
             np.save(temporary, array)
             os.replace(temporary, self.directory / f"{name}.{part}.npy")
         self.shards.append({"name": name, "rows": len(rows), "samples": len(segments),
-                            "tokens": int(token_ends[-1]), "trained_tokens": int(arrays["trained"].sum())})
-        self.buffer, self.joins, self.buffered_tokens = [], [], 0
+                            "tokens": int(token_ends[-1]), "trained_tokens": int(arrays["trained"].sum()),
+                            **({"label": True} if labelled else {})})
+        self.buffer, self.joins, self.labels, self.buffered_tokens = [], [], [], 0
 
 
 @dataclass
@@ -337,9 +349,9 @@ class PieceBuild:
                 self.counts["examples"] += 1
                 self.counts["truncated"] += result.truncated
                 self.counts["prompt_lost"] += result.prompt_lost
-                rows = [result.segments] if self.settings.kind == "preference" else [[s] for s in result.segments]
-                for segments in rows:  # a preference pair shares one row
-                    self.writer.add_row(segments, file_index, line)
+                rows = [result.segments] if self.settings.kind != "sft" else [[s] for s in result.segments]
+                for segments in rows:  # a preference pair shares one row; a KTO row carries its label
+                    self.writer.add_row(segments, file_index, line, result.label)
                     progress.add_tokens(sum(len(segment.input_ids) for segment in segments))
         except DataError as error:
             self.failed = True

@@ -15,7 +15,8 @@ from data.labels import IGNORE_INDEX
 from data.packing import attention_window, block_causal_mask, segment_positions
 from general_util.errors import ConfigError
 
-BATCH_METADATA = ("labels", "shift_labels", "index", "num_tokens", "num_samples", "ref_logps")
+BATCH_METADATA = ("labels", "shift_labels", "index", "num_tokens", "num_samples", "ref_logps", "kto_label",
+                  "kl_input_ids", "kl_labels")
 MASKED_ATTENTION = ("eager", "sdpa")
 
 
@@ -89,6 +90,36 @@ class PreferenceCollator:
         batch["index"] = torch.tensor([row["index"] for row in rows])
         if all("ref_logps" in row for row in rows):
             batch["ref_logps"] = torch.tensor([row["ref_logps"][k] for k in (0, 1) for row in rows], dtype=torch.float64)
+        num_tokens = torch.tensor(sum(len(row["input_ids"]) for row in rows))
+        return {**batch, "num_tokens": num_tokens, "num_samples": torch.tensor(len(rows))}
+
+
+class KtoCollator(PreferenceCollator):
+    """Rows of KTO examples (data.datasets.KtoDataset: one example and its `label`) → B rows padded as
+    PaddingCollator, `kto_label` [B] (bool), and the B mismatched rows TRL's KTOTrainer estimates the KL term from:
+    `kl_input_ids`, `kl_labels` [B], row i = row i's prompt + row i-1's completion (row 0 takes the last row's),
+    the completions rotated by one within the micro-batch as TRL does (trl 1.16.0 KTOTrainer `_prepare_dataset`,
+    `add_kl_completion_ids`); a completion is the row's labelled tokens, its prompt what precedes them (token ids
+    joined as TRL joins prompt and completion ids). A mismatched row longer than the micro-batch's longest row loses
+    the tail of its completion. `num_samples` counts the examples."""
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if not all("label" in row and len(row.get("seq_lens", ())) == 1 for row in rows):
+            raise ConfigError("KtoCollator needs rows of KTO examples (data.datasets.KtoDataset)")
+        batch = _padded(rows, self.pad_token_id, self.pad_to_multiple_of)
+        batch["kto_label"] = torch.tensor([bool(row["label"]) for row in rows])
+        parts = []
+        for row in rows:
+            scored = [i for i, label in enumerate(row["labels"]) if label != IGNORE_INDEX]
+            parts.append((list(row["input_ids"][:scored[0]]), list(row["input_ids"][scored[0]:scored[-1] + 1])))
+        longest = max(len(row["input_ids"]) for row in rows)
+        mismatched = []
+        for i, (prompt, _) in enumerate(parts):
+            completion = parts[i - 1][1][:longest - len(prompt)]
+            mismatched.append({"input_ids": prompt + completion, "labels": [IGNORE_INDEX] * len(prompt) + completion,
+                               "index": rows[i]["index"]})
+        kl = _padded(mismatched, self.pad_token_id, self.pad_to_multiple_of)
+        batch["kl_input_ids"], batch["kl_labels"] = kl["input_ids"], kl["labels"]
         num_tokens = torch.tensor(sum(len(row["input_ids"]) for row in rows))
         return {**batch, "num_tokens": num_tokens, "num_samples": torch.tensor(len(rows))}
 

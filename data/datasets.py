@@ -205,8 +205,16 @@ class PreferenceDataset(TokenizedDataset):
 
     def __init__(self, sources: Mapping[str, Mapping], tokenizer, packing: bool = False, **settings):
         if packing:
-            raise ConfigError("packing=true: a preference dataset's row is one pair (chosen, rejected); set packing: false")
+            raise ConfigError("packing=true: a preference dataset's row is one pair (chosen, rejected), a KTO "
+                              "dataset's one example; set packing: false")
         super().__init__(sources, tokenizer, packing=False, **settings)
+
+
+class KtoDataset(PreferenceDataset):
+    """KTO's unpaired examples (data/preference.py `to_kto`): each row is one example with its `label` (true:
+    desirable), only its last response labelled. The settings are TokenizedDataset's; packing does not apply. Use
+    `data.collators.KtoCollator`."""
+    kind = "kto"
 
 
 def wudao_listed(source: Mapping) -> set[Path] | None:

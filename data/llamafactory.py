@@ -16,7 +16,8 @@ response is a document of its first user turn, as LLaMA-Factory's pretraining re
 `split`, `folder` and `subset` pick the files; text files are read a document per line (as `datasets` reads
 them). `hf_hub_url` entries are read from the local hub cache (HF_HUB_CACHE, else HF_HOME/hub, else
 ~/.cache/huggingface/hub): nothing is downloaded. Refused, each in one line: preference (`ranking: true`) and
-KTO entries (preference training does not exist here yet), images/videos/audios columns, `num_samples`,
+KTO entries (preference training reads such files itself: conf/data/dpo.yaml, conf/data/kto.yaml recognise their
+records), images/videos/audios columns, `num_samples`,
 ModelScope/OpenMind-only, script and cloud entries, and formattings other than alpaca and sharegpt.
 """
 import json
@@ -67,7 +68,7 @@ def load_entry(info_path: str | Path, name: str) -> dict:
     entry = info[name]
     if entry.get("ranking"):
         raise ConfigError(f"{where}: ranking: true (a preference dataset) is not supported: preference training "
-                          "(DPO, ORPO, reward models) does not exist here yet")
+                          "reads its file itself (train_dataset from conf/data/dpo.yaml; KTO data: conf/data/kto.yaml)")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATTINGS:
         raise ConfigError(f"{where}: formatting {formatting!r} is not supported; use one of {', '.join(FORMATTINGS)}")

@@ -1,4 +1,5 @@
-"""Preference records → pairs of examples (chosen, rejected) that share their prompt, and their tokens.
+"""Preference records → pairs of examples (chosen, rejected) that share their prompt, and their tokens; KTO's
+unpaired records → one example with its label (desirable or not).
 
 Each layout is recognised per record (the first whose fields are all present wins); each side is rewritten into
 an SFT layout of data/formats.py and converted by it, so both sides render with every template (the text
@@ -13,6 +14,12 @@ templates and the tokenizer's chat template) exactly as SFT data does:
                                        the first user message again and is then not repeated)
     HH-RLHF                           {"chosen": str, "rejected": str}: whole transcripts "\\n\\nHuman: … \\n\\nAssistant: …"
                                        sharing everything but the last assistant turn
+
+KTO's unpaired records (one completion and a boolean label, true = desirable), also recognised per record:
+
+    LLaMA-Factory kto, sharegpt       {"messages" | "conversations": [...], "label" | "kto_tag": bool, "system"?}
+                                       (data/kto_en_demo.json: messages + label, its dataset_info column kto_tag)
+    TRL, unpaired                     {"prompt": str | [messages], "completion": str | [messages], "label": bool}
 
 Tokens: each side is its whole rendered text encoded once (the canonical-token rule of data/tokenization.py);
 only the last response is trained (scored). Too long for max_seq_length: the pair is cut the same way on both
@@ -31,6 +38,7 @@ from data.tokenization import ExampleTokenizer, Segment, Tokenized
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 PAIR_FIELDS = ("chosen", "rejected")
+KTO_LABELS = ("label", "kto_tag")  # TRL's and LLaMA-Factory's name of an unpaired record's label
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,47 @@ def to_pair(record: Record, template, options: RecordOptions = RecordOptions()) 
     return [PairExample(chosen, rejected)]
 
 
+@dataclass(frozen=True)
+class KtoExample:
+    example: Example
+    label: bool  # desirable
+
+
+def _kto_sft_record(record: Record) -> dict:
+    """An unpaired KTO record as a record of an SFT layout."""
+    data = record.data
+    if "completion" in data:  # TRL unpaired
+        prompt, completion = data.get("prompt"), data["completion"]
+        if isinstance(prompt, str) and isinstance(completion, str):
+            return {"instruction": prompt, "output": completion}
+        prefix = [{"role": "user", "content": prompt}] if isinstance(prompt, str) \
+            else _messages_side(record, prompt, "prompt")
+        answer = [{"role": "assistant", "content": completion}] if isinstance(completion, str) \
+            else _messages_side(record, completion, "completion")
+        return {"messages": prefix + answer}
+    return {k: data[k] for k in ("messages", "conversations", "system", "tools") if k in data}
+
+
+def to_kto(record: Record, template, options: RecordOptions = RecordOptions()) -> list[KtoExample]:
+    """An unpaired KTO record → its example (the last assistant turn is the completion) and label."""
+    data = record.data
+    found = [name for name in KTO_LABELS if isinstance(data, dict) and name in data]
+    if not found or not any(k in data for k in ("messages", "conversations", "completion")):
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise DataError(record.source, record.line, f"not a KTO record (keys {keys}): expected 'messages' (or "
+                        "'conversations', or 'prompt' + 'completion') and a boolean 'label' (or 'kto_tag')",
+                        kind="unrecognised record")
+    label = data[found[0]]
+    if not isinstance(label, bool):
+        raise DataError(record.source, record.line, f"field '{found[0]}' is {type(label).__name__}, expected a "
+                        "boolean (true: desirable)", kind="wrong type")
+    example = _one(record, _kto_sft_record(record), template, options, "completion")
+    if example.messages and example.messages[-1]["role"] != "assistant":
+        raise DataError(record.source, record.line, "the record does not end with an assistant turn",
+                        kind="empty response")
+    return [KtoExample(example, label)]
+
+
 def last_response(segment: Segment) -> tuple[int, int]:
     """[start, end) of the last trained run of a segment (the scored response with its closing token)."""
     trained = np.flatnonzero(segment.trained)
@@ -169,6 +218,25 @@ class PairTokenizer:
             cut_segments.append(Segment(s.input_ids[keep], s.trained[keep]))
         prompt_lost = kept_prompt == 0 and prompt > 0
         return Tokenized(cut_segments, truncated=True, prompt_lost=prompt_lost)
+
+
+class KtoTokenizer:
+    """Callable: a batch of KtoExamples → for each, a `Tokenized` with one segment, only its last response trained
+    (the completion), and the example's label. Rendering, the canonical-token rule and truncation are
+    ExampleTokenizer's (SFT's)."""
+
+    def __init__(self, tokenizer, max_seq_length: int, truncation: str = "proportional"):
+        self.examples = ExampleTokenizer(tokenizer, max_seq_length, truncation)
+
+    def __call__(self, batch: list[KtoExample]) -> list[Tokenized]:
+        results = self.examples([item.example for item in batch])
+        return [Tokenized([scored_only(s) for s in result.segments], result.truncated, result.prompt_lost,
+                          result.error, item.label) if result.error is None and result.segments else result
+                for item, result in zip(batch, results)]
+
+    def tagged(self, batch):
+        results = self([item for _, item in batch])
+        return [(tag, result) for (tag, _), result in zip(batch, results)]
 
 
 def scored_only(segment: Segment) -> Segment:

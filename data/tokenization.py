@@ -49,6 +49,7 @@ class Tokenized:
     truncated: bool = False
     prompt_lost: bool = False
     error: DataError | None = None  # the example could not be rendered (its location is the caller's to add)
+    label: bool | None = None  # KTO (data/preference.py): the example is desirable (true) or undesirable; stored with the row
 
     @property
     def dropped(self) -> bool:

@@ -1,6 +1,7 @@
-"""Preference objectives (DPO, IPO, conservative DPO, ORPO, SimPO) on the objective seam of modules/objectives.py,
+"""Preference objectives (DPO, IPO, conservative DPO, ORPO, SimPO, KTO) on the objective seam of modules/objectives.py,
 with TRL's definitions and metric names (trl 1.16.0: trainer/dpo_trainer.py `_compute_loss`,
-experimental/orpo/orpo_trainer.py `odds_ratio_loss`, experimental/cpo/cpo_trainer.py `cpo_loss`; the parity test is
+experimental/orpo/orpo_trainer.py `odds_ratio_loss`, experimental/cpo/cpo_trainer.py `cpo_loss`,
+trainer/kto_trainer.py `KTOTrainer._compute_loss`; the parity test is
 tests/test_preference_parity.py).
 
 A micro-batch holds B pairs as 2B rows, the chosen sides first (data.collators.PreferenceCollator); only each side's
@@ -257,6 +258,81 @@ class SimPO(PairObjective):
         eps = self.label_smoothing
         losses = -(1 - eps) * F.logsigmoid(self.beta * logits) - eps * F.logsigmoid(-self.beta * logits)
         return losses, self.beta * chosen.detach(), self.beta * rejected.detach()
+
+
+class KTO(Objective):
+    """TRL's KTOTrainer (loss_type kto, trl 1.16.0 `_compute_loss`) on unpaired examples (data.collators.KtoCollator):
+    r = log p - ref log p of each completion (summed over its tokens), z = max(0, mean over the micro-batch's
+    mismatched rows of their log p - ref log p) without gradient (the KL estimate), and per example
+    desirable_weight·(1 - σ(β(r - z))) or undesirable_weight·(1 - σ(β(z - r))), averaged over the examples of
+    the global batch (TRL: the mean over a device's micro-batch; z is the mean over the ranks' micro-batches
+    there, over this micro-batch's rows here). Metrics as TRL logs them: rewards/chosen, rewards/rejected (β·r
+    averaged over the desirable / undesirable examples), logps/chosen, logps/rejected, rewards/margins (per
+    micro-batch holding both kinds: the difference of the two means), kl. The reference is a model (a frozen
+    copy, or the LoRA base): the mismatched rows depend on the micro-batch, so they are not precomputed."""
+    name = "kto"
+    needs_reference = True
+
+    def __init__(self, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+                 reference: str = "model"):
+        if beta <= 0:
+            raise ConfigError(f"objective.beta={beta}: must be > 0")
+        if desirable_weight < 0 or undesirable_weight < 0:
+            raise ConfigError(f"objective.desirable_weight={desirable_weight}, undesirable_weight="
+                              f"{undesirable_weight}: must be ≥ 0")
+        if reference != "model":
+            raise ConfigError(f"objective.reference={reference!r}: KTO's reference is a model (its mismatched KL "
+                              "rows depend on the micro-batch, so they are not precomputed)")
+        self.beta, self.desirable_weight, self.undesirable_weight = beta, desirable_weight, undesirable_weight
+        self.reference: Callable[[dict, torch.Tensor], torch.Tensor] | None = None
+
+    def normalisers(self, batch: dict) -> torch.Tensor:
+        if "kto_label" not in batch:
+            raise ConfigError("objective kto: the micro-batches must hold KTO examples: use train_dataset from "
+                              "conf/data/kto.yaml and collator._target_=data.collators.KtoCollator")
+        if batch["kto_label"].numel() < 2:
+            raise ConfigError("objective kto: a micro-batch of one example has no mismatched completion for the KL "
+                              "term (TRL refuses it too): set per_gpu_train_batch_size ≥ 2")
+        return torch.tensor([float(batch["kto_label"].numel())], dtype=torch.float64)
+
+    def loss(self, model, batch: dict, settings: LossSettings, device: torch.device) -> ObjectiveOutput:
+        if self.reference is None:
+            raise RuntimeError("objective kto needs a reference model: none is attached")
+        inputs, targets = model_inputs(batch, device), pair_targets(batch).to(device)
+        kl_inputs = {"input_ids": batch["kl_input_ids"].to(device)}
+        kl_targets = next_token_targets(batch["kl_labels"]).to(device)
+        kl = (reference_logps(model, kl_inputs, kl_targets, settings) - self.reference(kl_inputs, kl_targets))
+        kl = kl.mean().clamp(min=0)
+        reference = self.reference(inputs, targets)
+        desirable = batch["kto_label"].to(device)
+        _, _, rows = scored_positions(targets)
+
+        def reduce(token_logps: torch.Tensor):
+            logps = row_sums(token_logps, rows, targets.shape[0])
+            ratios = logps - reference.to(logps.dtype)
+            z = kl.to(logps.dtype)
+            losses = torch.where(desirable, self.desirable_weight * (1 - torch.sigmoid(self.beta * (ratios - z))),
+                                 self.undesirable_weight * (1 - torch.sigmoid(self.beta * (z - ratios))))
+            return losses.sum().reshape(1), kto_metrics(self.beta * ratios.detach(), logps.detach(), desirable, kl)
+
+        loss_sums, metrics = scored_loss(model, inputs, targets, settings, reduce)
+        return ObjectiveOutput(loss_sums, metrics)
+
+
+def kto_metrics(rewards: torch.Tensor, logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor) -> dict:
+    """TRL's KTO metrics as (sum, count): per kind of example, and per micro-batch (margins, kl). Every name is
+    reported by every micro-batch (count 0 where it has no such example: the loop skips a name counted 0)."""
+    one = torch.ones((), dtype=torch.float64, device=rewards.device)
+    metrics = {"kl": (kl.detach().double(), one)}
+    means = []
+    for kind, mask in (("chosen", desirable), ("rejected", ~desirable)):
+        count = mask.sum().double()
+        metrics[f"rewards/{kind}"] = (rewards[mask].double().sum(), count)
+        metrics[f"logps/{kind}"] = (logps[mask].double().sum(), count)
+        means.append(rewards[mask].double().sum() / count.clamp(min=1))
+    both = bool(desirable.any() and not desirable.all())
+    metrics["rewards/margins"] = ((means[0] - means[1]) * both, one * both)
+    return metrics
 
 
 REFERENCES = ("model", "precomputed")

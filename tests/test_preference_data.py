@@ -141,3 +141,104 @@ def test_llama_factory_declares_these_files_with_the_columns_we_recognise():
         assert entry["columns"] == {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}
         records = json.loads((FIXTURES / entry["file_name"]).read_text())
         assert all(set(r) == set(entry["columns"].values()) for r in records)
+
+
+def kto(data, template="en"):
+    from data.preference import to_kto
+    return to_kto(Record(data, "f.json", 1), get_template(template))[0]
+
+
+def test_kto_records_of_llama_factory_and_trl_become_labelled_examples_with_exact_masks(tokenizer):
+    """kto_en_demo.json (hiyouga/LLaMA-Factory@ff6d4d1: messages + boolean label; its dataset_info entry names the
+    label column kto_tag) and TRL's unpaired layout (prompt, completion, label)."""
+    from data.preference import KtoTokenizer
+    info = json.loads((FIXTURES / "dataset_info.json").read_text())["kto_en_demo"]
+    assert info["formatting"] == "sharegpt" and info["columns"] == {"messages": "messages", "kto_tag": "label"}
+    records = json.loads((FIXTURES / "kto_en_demo.json").read_text())
+    assert {r["label"] for r in records} == {True, False}
+    for template in ("en", "zh"):
+        items = [kto(r, template) for r in records]
+        assert [item.label for item in items] == [r["label"] for r in records]
+        for result, record in zip(KtoTokenizer(tokenizer, 1 << 16)(items), records):
+            (segment,) = result.segments
+            assert result.label == record["label"] and not result.truncated
+            # canonical tokens, the last assistant turn alone is scored
+            assert decoded(tokenizer, segment, True).strip() == (record["messages"][-1]["content"] + "</s>").strip()
+    trl = kto({"prompt": "What is 2+2?", "completion": "5", "label": False})
+    assert not trl.label and "What is 2+2?" in trl.example.pieces[0][0] and trl.example.pieces[-1][0].startswith("5")
+    messages = kto({"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hey"}],
+                    "kto_tag": True})
+    assert messages.label and messages.example.pieces[-1][0].startswith("Hey")
+
+
+def test_kto_completions_under_a_chat_template_have_exact_masks():
+    from data.preference import KtoTokenizer
+    from tests.tokenizer_kinds import tokenizer as tokenizer_of_kind
+    chat = tokenizer_of_kind("llama3")  # Meta-Llama-3-8B-Instruct's chat template (tests/tokenizer_kinds.py)
+    record = {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."},
+                           {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Blue."}],
+              "kto_tag": False}
+    result = KtoTokenizer(chat, 512)([kto(record, "chat")])[0]
+    (segment,) = result.segments
+    assert result.label is False and decoded(chat, segment, True) == "Blue.<|eot_id|>"  # earlier turns are context
+
+
+@pytest.mark.parametrize("data, reason", [
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "label": "yes"},
+     "field 'label' is str"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "not a KTO record"),
+    ({"prompt": "p", "completion": "", "label": True}, "empty response"),
+])
+def test_bad_kto_records_are_refused_in_one_line(data, reason):
+    with pytest.raises(DataError, match=reason) as error:
+        kto(data)
+    assert str(error.value).startswith("f.json:1: ")
+
+
+def test_the_token_cache_stores_the_kto_label_with_the_row_and_the_collator_mismatches_completions(tokenizer, tmp_path):
+    from data.collators import KtoCollator
+    from data.datasets import KtoDataset, TokenizedDataset
+    sample = str(REPO / "data" / "samples" / "kto_en_train.json")
+    dataset = KtoDataset({"main": {"files": sample}}, tokenizer, template="en", max_seq_length=256,
+                         cache_dir=str(tmp_path))
+    records = json.loads((REPO / "data" / "samples" / "kto_en_train.json").read_text())
+    assert len(dataset) == len(records) == 32
+    assert [dataset[i]["label"] for i in range(32)] == [r["label"] for r in records]
+    reopened = KtoDataset({"main": {"files": sample}}, tokenizer, template="en", max_seq_length=256,
+                          cache_dir=str(tmp_path))
+    assert not reopened.report["sources"]["main"]["cache_built_now"] and reopened[5] == dataset[5]
+    rows = [dataset[i] for i in range(3)]
+    batch = KtoCollator(tokenizer)(rows)
+    assert batch["kto_label"].tolist() == [r["label"] for r in records[:3]] and int(batch["num_samples"]) == 3
+    longest = max(len(row["input_ids"]) for row in rows)
+    cut = 0
+    for i, row in enumerate(rows):
+        start = [k for k, label in enumerate(row["labels"]) if label != -100][0]
+        previous = rows[i - 1]
+        other = [t for t, label in zip(previous["input_ids"], previous["labels"]) if label != -100]
+        other = other[:longest - start]  # a mismatched row is no longer than the micro-batch's longest row
+        cut += len(other) < len([t for t in previous["labels"] if t != -100])
+        kl_ids = batch["kl_input_ids"][i].tolist()[:start + len(other)]
+        assert kl_ids == row["input_ids"][:start] + other  # row i's prompt + row i-1's completion
+        assert [t for t in batch["kl_labels"][i].tolist() if t != -100] == other
+    assert cut >= 1 and batch["kl_input_ids"].shape[1] <= batch["input_ids"].shape[1]
+    # the SFT cache of the same file is another cache and carries no label (its key is unchanged: kind sft)
+    sft = TokenizedDataset({"main": {"files": sample}}, tokenizer, template="en", max_seq_length=256,
+                           cache_dir=str(tmp_path))
+    assert "label" not in sft[0] and sft.report["sources"]["main"]["cache_built_now"]
+
+
+def test_the_kto_objective_refuses_batches_without_labels_or_with_one_example(tokenizer):
+    from data.collators import KtoCollator, PreferenceCollator
+    from general_util.errors import ConfigError
+    from modules.preference import KTO
+    rows = [{"input_ids": [1, 5, 6, 7], "labels": [-100, -100, 6, 7], "seq_lens": [4], "index": 0, "label": True},
+            {"input_ids": [1, 8, 9], "labels": [-100, -100, 9], "seq_lens": [3], "index": 1, "label": False}]
+    assert KTO().normalisers(KtoCollator(tokenizer)(rows)).tolist() == [2.0]
+    with pytest.raises(ConfigError, match="per_gpu_train_batch_size"):
+        KTO().normalisers(KtoCollator(tokenizer)(rows[:1]))
+    pair = {"input_ids": [1, 5, 6, 1, 8], "labels": [-100, 5, 6, -100, 8], "seq_lens": [3, 2], "index": 0}
+    with pytest.raises(ConfigError, match="KtoCollator"):
+        KTO().normalisers(PreferenceCollator(tokenizer)([pair]))
+    with pytest.raises(ConfigError, match="precomputed"):
+        KTO(reference="precomputed")

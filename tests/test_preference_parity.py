@@ -6,6 +6,9 @@ within 1e-5 relative (a reward, a difference of two log-probability sums, within
                            (TRL 1.16's DPOTrainer has no label-smoothed sigmoid; CPO's is the same formula)
     SimPO                  CPOTrainer.cpo_loss (loss_type simpo) on CPOTrainer.get_batch_logps(average_log_prob=True)
     ORPO                   ORPOTrainer.odds_ratio_loss (the odds-ratio term; our NLL term counts response tokens only)
+    KTO                    trl.KTOTrainer._compute_loss (loss_type kto, its fused LM head, precomputed reference
+                           log-probs of the rows and of the mismatched KL rows; TRL 1.16 has no separate kto_loss), on
+                           the 8 records of LLaMA-Factory's kto_en_demo.json (tests/fixtures/preference)
 Both sides run under loss_impl full and chunked."""
 import importlib.util
 import json
@@ -179,3 +182,73 @@ def test_conservative_dpo_simpo_and_orpo_equal_trl(setup, impl):
     objective = ORPO(BETA)
     objective.sft_weight = lambda: 0.0  # the odds-ratio term alone (see the module docstring)
     assert_matches(ours(objective, model, reference, batch, impl), orpo)
+
+
+KTO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected", "kl")
+
+
+def kto_batch(tokenizer, max_seq_length: int = 96) -> dict:
+    """The 8 records of LLaMA-Factory's kto_en_demo.json (4 desirable, 4 undesirable) as one micro-batch."""
+    from data.collators import KtoCollator
+    from data.preference import KtoTokenizer, to_kto
+    from data.records import Record
+    from data.templates import get_template
+    records = json.loads((FIXTURES / "kto_en_demo.json").read_text())
+    items = [to_kto(Record(r, "kto_en_demo.json", i), get_template("en"))[0] for i, r in enumerate(records)]
+    rows = []
+    for index, result in enumerate(KtoTokenizer(tokenizer, max_seq_length)(items)):
+        (segment,) = result.segments
+        ids = [int(t) for t in segment.input_ids]
+        rows.append({"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, segment.trained)],
+                     "seq_lens": [len(ids)], "index": index, "label": result.label})
+    return KtoCollator(tokenizer)(rows)
+
+
+def trl_kto(model, reference, batch, desirable_weight, undesirable_weight):
+    """TRL's KTOTrainer._compute_loss (loss_type kto, its fused LM head, precomputed reference log-probs of the rows
+    and of the mismatched KL rows) on a stand-in for the trainer (its attributes, an identity accelerator)."""
+    import copy
+
+    from trl.trainer.kto_trainer import KTOTrainer
+    from trl.trainer.utils import add_fused_lm_head
+    from modules.loss import next_token_targets
+    from modules.loss_impl import LossSettings
+    from modules.preference import pair_targets, reference_logps
+    policy = copy.deepcopy(model)
+    add_fused_lm_head(policy, outputs=("log_probs", "entropy", "mean_logits"))
+    full = LossSettings("full")
+    ref = reference_logps(reference, {"input_ids": batch["input_ids"]}, pair_targets(batch), full).float()
+    ref_kl = reference_logps(reference, {"input_ids": batch["kl_input_ids"]}, next_token_targets(batch["kl_labels"]),
+                             full).float()
+    accelerator = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x,
+                                  unwrap_model=lambda m: m)
+    trainer = SimpleNamespace(model=policy, accelerator=accelerator, aux_loss_enabled=False, calculate_KL=True,
+                              precompute_ref_logps=True, loss_type="kto", beta=BETA, desirable_weight=desirable_weight,
+                              undesirable_weight=undesirable_weight, _metrics=defaultdict(lambda: defaultdict(list)),
+                              _total_train_tokens=0, _tp_size=1, args=SimpleNamespace())
+    trainer._compute_kl_logps = lambda m, b: KTOTrainer._compute_kl_logps(trainer, m, b)
+    policy.train()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": torch.ones_like(batch["input_ids"]),
+              "completion_mask": completion_mask(batch), "KL_input_ids": batch["kl_input_ids"],
+              "KL_attention_mask": torch.ones_like(batch["kl_input_ids"]),
+              "KL_completion_mask": (batch["kl_labels"] != -100).long(), "label": batch["kto_label"].clone(),
+              "ref_logps": ref, "ref_KL_logps": ref_kl}
+    assert torch.equal(inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100), batch["labels"])
+    loss = KTOTrainer._compute_loss(trainer, policy, inputs, return_outputs=False)
+    loss.backward()
+    return loss.detach(), gradient(policy), {name: trainer._metrics["train"][name][0] for name in KTO_METRICS}
+
+
+@pytest.mark.parametrize("impl", ["full", "chunked"])
+@pytest.mark.parametrize("desirable_weight, undesirable_weight", [(1.0, 1.0), (1.33, 0.75)])
+def test_kto_equals_trl(setup, impl, desirable_weight, undesirable_weight):
+    from models.loading import load_tokenizer
+    from modules.preference import KTO
+    model, reference, _ = setup
+    batch = kto_batch(load_tokenizer(str(TINY)))
+    assert batch["kto_label"].any() and not batch["kto_label"].all()
+    mine = ours(KTO(BETA, desirable_weight, undesirable_weight), model, reference, batch, impl)
+    theirs = trl_kto(model, reference, batch, desirable_weight, undesirable_weight)
+    assert theirs[2]["kl"] > 0  # the KL estimate is not clamped away: its term is exercised
+    assert_matches(mine, theirs, KTO_METRICS[:5])
+    assert mine[2]["kl"] == pytest.approx(theirs[2]["kl"], rel=1e-5, abs=1e-5 * BETA * abs(theirs[2]["logps/chosen"]))

@@ -1,7 +1,8 @@
 """DPO training through the trainer (conf/demo/dpo.yaml, 4 steps, global batch 4 pairs): 2 ranks under ZeRO-3 (the
 policy and its frozen reference copy partitioned) equal 1 rank; FSDP2 equals ZeRO-3; a run killed after step 3 and
 resumed with resume=auto is bitwise the uninterrupted one; LoRA DPO with the base model as reference trains and
-exports; TRL's reward metrics reach the trackers."""
+exports; TRL's reward metrics reach the trackers. KTO (conf/demo/kto.yaml) trains on the bundled unpaired examples with
+its frozen reference (1 rank, and 2 ranks under ZeRO-3), as a LoRA run with the base as reference."""
 import json
 
 import pytest
@@ -105,3 +106,32 @@ def test_precomputed_reference_equals_the_live_one(tmp_path):
     for name in ("train/loss", "train/rewards/chosen", "train/rewards/margins"):
         assert [v[name] for v in precomputed] == pytest.approx([v[name] for v in live], rel=1e-6, abs=1e-9), name
         assert [v[name] for v in again] == [v[name] for v in precomputed]
+
+
+KTO = ("conf/demo", "kto")
+KTO_METRICS = ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "kl")
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_kto_trains_on_unpaired_examples_with_its_reference(tmp_path, lora):
+    """4 steps of 4 examples: the policy starts as its reference (a frozen copy; LoRA: the base, adapter disabled),
+    so every example's loss is 1 - σ(0) = 0.5 at step 1; then it learns; TRL's KTO metrics reach TensorBoard."""
+    peft = ["model.use_peft=true", "model.lora_config.dropout=0.0", "learning_rate=1e-2"] if lora else []
+    run_trainer(tmp_path, RUN + ["per_gpu_train_batch_size=4"] + peft, config=KTO)
+    losses = logged(tmp_path)
+    assert len(losses) == STEPS and losses[0] == pytest.approx(0.5, abs=1e-6) and len(set(losses)) == STEPS
+    scalars = read_scalars(tmp_path)
+    for name in KTO_METRICS:
+        assert scalars[f"train/{name}"], name
+    assert all(value >= 0 for _, value in scalars["train/kl"])
+    assert scalars["train/rewards/chosen"][0][1] == pytest.approx(0.0, abs=1e-5)  # β·(log p - ref log p) = 0 at first
+    assert any(abs(value) > 1e-4 for _, value in scalars["train/rewards/chosen"][1:])
+
+
+def test_kto_on_two_ranks_under_zero3(tmp_path):
+    """The policy and its frozen reference partitioned over 2 ranks (2 examples per micro-batch each: the KL estimate
+    is each micro-batch's, see modules.preference.KTO): it starts at 0.5 and trains."""
+    run_trainer(tmp_path, RUN + ZERO3 + ["per_gpu_train_batch_size=2"], nproc=2, config=KTO)
+    losses = logged(tmp_path)
+    assert len(losses) == STEPS and losses[0] == pytest.approx(0.5, abs=1e-6) and len(set(losses)) == STEPS
+    assert all(value >= 0 for value in logged(tmp_path, "train/kl"))
