@@ -88,6 +88,11 @@ class TokenizedDataset(Dataset):
                     raise ConfigError(f"sources.{source_name}.dataset={source['dataset']}: set dataset_info to the "
                                       "dataset_info.json that defines it")
                 source = {**load_entry(dataset_info, source["dataset"]), **source}
+                if source["layout"]["ranking"] != (self.kind == "preference"):
+                    raise ConfigError(f"sources.{source_name}.dataset={source['dataset']}: " + (
+                        "a ranking entry (preference pairs): train it with a preference data node "
+                        "(- /data@train_dataset: dpo)" if source["layout"]["ranking"] else
+                        f"not a ranking entry, but {type(self).__name__} trains preference pairs"))
                 options = RecordOptions(coig_rounds, moss_meta_instruction, source["layout"])
                 documents = source["text_documents"]
             files, self.files_left_out[source_name] = expand_source(source["files"], DATA_SUFFIXES,

@@ -15,9 +15,10 @@ turns, in an even number, else the example is bad, which LLaMA-Factory skips). A
 response is a document of its first user turn, as LLaMA-Factory's pretraining reads `columns: {prompt: text}`.
 `split`, `folder` and `subset` pick the files; text files are read a document per line (as `datasets` reads
 them). `hf_hub_url` entries are read from the local hub cache (HF_HUB_CACHE, else HF_HOME/hub, else
-~/.cache/huggingface/hub): nothing is downloaded. Refused, each in one line: preference (`ranking: true`) and
-KTO entries (preference training reads such files itself: conf/data/dpo.yaml, conf/data/kto.yaml recognise their
-records), images/videos/audios columns, `num_samples`,
+~/.cache/huggingface/hub): nothing is downloaded. `ranking: true` entries are preference pairs (columns chosen
+and rejected; a sharegpt conversation then ends with a user turn, as LLaMA-Factory requires) for a preference
+dataset (data.datasets.PreferenceDataset). Refused, each in one line: KTO entries (conf/data/kto.yaml reads such
+files itself), images/videos/audios columns, `num_samples`,
 ModelScope/OpenMind-only, script and cloud entries, and formattings other than alpaca and sharegpt.
 """
 import json
@@ -29,11 +30,10 @@ from general_util.errors import ConfigError
 
 FORMATTINGS = ("alpaca", "sharegpt")
 COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": None,
-           "messages": "conversations", "system": None, "tools": None}
+           "messages": "conversations", "system": None, "tools": None, "chosen": "chosen", "rejected": "rejected"}
 TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
         "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
-REFUSED_COLUMNS = {"images": "image", "videos": "video", "audios": "audio", "chosen": "preference",
-                   "rejected": "preference", "kto_tag": "KTO"}
+REFUSED_COLUMNS = {"images": "image", "videos": "video", "audios": "audio", "kto_tag": "KTO"}
 # our ShareGPT layout's role names (data/formats.py) for LLaMA-Factory's tags
 ROLES = {"user_tag": "human", "assistant_tag": "gpt", "observation_tag": "observation", "function_tag": "function_call"}
 
@@ -66,9 +66,6 @@ def load_entry(info_path: str | Path, name: str) -> dict:
     if name not in info:
         raise ConfigError(f"{where}: no such dataset in it ({len(info)} entries)")
     entry = info[name]
-    if entry.get("ranking"):
-        raise ConfigError(f"{where}: ranking: true (a preference dataset) is not supported: preference training "
-                          "reads its file itself (train_dataset from conf/data/dpo.yaml; KTO data: conf/data/kto.yaml)")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in FORMATTINGS:
         raise ConfigError(f"{where}: formatting {formatting!r} is not supported; use one of {', '.join(FORMATTINGS)}")
@@ -89,12 +86,14 @@ def load_entry(info_path: str | Path, name: str) -> dict:
     for part in (entry.get("folder"), entry.get("subset")):
         root = root / part if part and (root / part).is_dir() else root
     layout = {"name": name, "formatting": formatting, "columns": {**COLUMNS, **(entry.get("columns") or {})},
-              "tags": {**TAGS, **(entry.get("tags") or {})}}
+              "tags": {**TAGS, **(entry.get("tags") or {})}, "ranking": bool(entry.get("ranking"))}
     return {"files": str(root), "split": entry.get("split", "train"), "layout": layout, "text_documents": "line"}
 
 
 def convert(record: Record, layout: dict) -> Record:
-    """The record as the sample LLaMA-Factory's converter makes of it, in our ShareGPT layout (or a document)."""
+    """The record as the sample LLaMA-Factory's converter makes of it, in our ShareGPT layout (or a document); a
+    `ranking` entry's record as LLaMA-Factory's sharegpt ranking layout (`conversations` ending with a user turn,
+    `chosen` and `rejected` assistant messages: data/preference.py)."""
     data, columns = record.data, layout["columns"]
     if not isinstance(data, dict):
         raise DataError(record.source, record.line, f"expected an object for dataset {layout['name']}",
@@ -111,6 +110,10 @@ def convert(record: Record, layout: dict) -> Record:
                 turns += [{"from": "human", "value": old_prompt}, {"from": "gpt", "value": old_response}]
         query = "\n".join(part for part in (column("prompt"), column("query")) if part)
         turns.append({"from": "human", "value": query})
+        system = column("system") or None
+        if layout["ranking"]:
+            return _pair(record, turns, system, None, [{"from": "gpt", "value": column(side)}
+                                                        for side in ("chosen", "rejected")])
         response = column("response")
         if not isinstance(response, str):  # unsupervised: LLaMA-Factory's pretraining reads the first user turn
             return Record({"text": turns[0]["value"]}, record.source, record.line)
@@ -119,6 +122,9 @@ def convert(record: Record, layout: dict) -> Record:
     else:
         turns, system = _sharegpt_turns(record, layout, column("messages"))
         system = system if system is not None else column("system") or None
+        if layout["ranking"]:
+            return _pair(record, turns, system, column("tools") or None,
+                         [_answer(record, layout, column(side), side) for side in ("chosen", "rejected")])
     converted = {"conversations": turns, "system": system, "tools": column("tools") or None}
     return Record(converted, record.source, record.line)
 
@@ -143,6 +149,23 @@ def _sharegpt_turns(record: Record, layout: dict, messages) -> tuple[list[dict],
         if message.get(role) not in accepted[number % 2]:
             raise bad(f"turn {number + 1} has role {message.get(role)!r}, expected one of {list(accepted[number % 2])}")
         turns.append({"from": by_tag[message[role]], "value": message.get(content)})
-    if len(turns) % 2:
-        raise bad(f"{len(turns)} turns: a conversation ends with an assistant turn")
+    if len(turns) % 2 != layout.get("ranking", False):
+        raise bad(f"{len(turns)} turns: a conversation ends with an assistant turn" if not layout.get("ranking") else
+                  f"{len(turns)} turns: a ranking conversation ends with a user turn (chosen and rejected answer it)")
     return turns, system
+
+
+def _answer(record: Record, layout: dict, message, side: str) -> dict:
+    """A ranking entry's chosen or rejected message in our ShareGPT layout (an assistant or function-call turn)."""
+    tags = layout["tags"]
+    if not isinstance(message, dict) or message.get(tags["role_tag"]) not in (tags["assistant_tag"], tags["function_tag"]):
+        raise DataError(record.source, record.line, f"column {layout['columns'][side]!r} is not an assistant message "
+                        f"(dataset {layout['name']}; LLaMA-Factory skips this example)", kind="invalid conversation")
+    by_tag = {tags[key]: name for key, name in ROLES.items()}
+    return {"from": by_tag[message[tags["role_tag"]]], "value": message.get(tags["content_tag"])}
+
+
+def _pair(record: Record, turns: list[dict], system, tools, sides: list[dict]) -> Record:
+    converted = {"conversations": turns, "chosen": sides[0], "rejected": sides[1]}
+    converted.update({key: value for key, value in (("system", system), ("tools", tools)) if value is not None})
+    return Record(converted, record.source, record.line)

@@ -27,10 +27,11 @@ sides — the same number of the oldest prompt tokens (after BOS) leaves both, c
 the longer side, and each response keeps its head and its closing token — or dropped (truncation: drop).
 """
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from data import llamafactory
 from data.formats import Example, RecordOptions, to_examples
 from data.labels import kept_lengths
 from data.records import DataError, Record
@@ -106,7 +107,11 @@ def _one(record: Record, data: dict, template, options: RecordOptions, name: str
 
 
 def to_pair(record: Record, template, options: RecordOptions = RecordOptions()) -> list[PairExample]:
-    """A preference record → its pair, both sides with the same prompt (else a DataError)."""
+    """A preference record → its pair, both sides with the same prompt (else a DataError). A record of a
+    LLaMA-Factory `ranking` entry (`options.layout`) is converted by its columns and tags first."""
+    if options.layout is not None:
+        record = llamafactory.convert(record, options.layout)
+        options = replace(options, layout=None)
     data = record.data
     if not isinstance(data, dict) or not all(data.get(name) is not None for name in PAIR_FIELDS):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__

@@ -97,7 +97,6 @@ def test_a_hub_entry_is_read_from_the_local_hub_cache(tmp_path, tokenizer, monke
 
 
 @pytest.mark.parametrize("name, message", [
-    ("dpo_zh_demo", "dpo_zh_demo: ranking: true (a preference dataset) is not supported: preference training"),
     ("kto_en_demo", "kto_en_demo: KTO columns are not supported"),
     ("mllm_demo", "mllm_demo: image columns are not supported"),
     ("no_such", "no_such: no such dataset in it"),

@@ -242,3 +242,48 @@ def test_the_kto_objective_refuses_batches_without_labels_or_with_one_example(to
         KTO().normalisers(PreferenceCollator(tokenizer)([pair]))
     with pytest.raises(ConfigError, match="precomputed"):
         KTO(reference="precomputed")
+
+
+def test_llama_factory_ranking_entries_give_the_pairs_of_their_files(tokenizer, tmp_path):
+    """`{dataset: <entry>}` sources of a dataset_info.json (hiyouga/LLaMA-Factory@ff6d4d1's own entries for its dpo
+    demos) build the same rows as the files read directly; an alpaca ranking entry whose columns rename the fields
+    (as `orca_pairs`: prompt → question) builds the rows of the pairs LLaMA-Factory's converter makes of its records
+    (one user turn, then the chosen or the rejected assistant turn), written out here in its sharegpt layout."""
+    from data.datasets import PreferenceDataset
+
+    def rows(sources, **settings):
+        dataset = PreferenceDataset(sources, tokenizer, max_seq_length=256, cache_dir=str(tmp_path), **settings)
+        return [(dataset[i]["input_ids"], dataset[i]["labels"], dataset[i]["seq_lens"]) for i in range(len(dataset))]
+
+    for name in ("dpo_en_demo", "dpo_zh_demo"):
+        listed = rows({"lf": {"dataset": name}}, dataset_info=str(FIXTURES / "dataset_info.json"))
+        assert listed and listed == rows({"direct": {"files": str(FIXTURES / f"{name}.json")}})
+    records = [{"question": f"问题 {i}：一加{i}等于几？", "good": f"{i + 1}", "bad": f"{i + 2}"} for i in range(4)]
+    (tmp_path / "renamed.json").write_text(json.dumps(records, ensure_ascii=False))
+    (tmp_path / "converted.json").write_text(json.dumps(
+        [{"conversations": [{"from": "human", "value": r["question"]}], "chosen": {"from": "gpt", "value": r["good"]},
+          "rejected": {"from": "gpt", "value": r["bad"]}} for r in records], ensure_ascii=False))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"pairs": {
+        "file_name": "renamed.json", "ranking": True,
+        "columns": {"prompt": "question", "chosen": "good", "rejected": "bad"}}}))
+    assert rows({"lf": {"dataset": "pairs"}}, dataset_info=str(tmp_path / "dataset_info.json")) == \
+        rows({"direct": {"files": str(tmp_path / "converted.json")}})
+
+
+def test_ranking_entries_and_their_records_are_checked_in_one_line(tokenizer, tmp_path):
+    from data.datasets import TokenizedDataset
+    from data.llamafactory import load_entry
+    from data.formats import RecordOptions
+    from general_util.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"dataset=dpo_en_demo: a ranking entry \(preference pairs\)"):
+        TokenizedDataset({"lf": {"dataset": "dpo_en_demo"}}, tokenizer, cache_dir=str(tmp_path),
+                         dataset_info=str(FIXTURES / "dataset_info.json"))
+    layout = load_entry(FIXTURES / "dataset_info.json", "dpo_en_demo")["layout"]
+    ends_answered = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}],
+                     "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}}
+    with pytest.raises(DataError, match="a ranking conversation ends with a user turn"):
+        to_pair(Record(ends_answered, "f.json", 1), get_template("zh"), RecordOptions(layout=layout))
+    user_side = {"conversations": [{"from": "human", "value": "hi"}], "chosen": {"from": "human", "value": "a"},
+                 "rejected": {"from": "gpt", "value": "b"}}
+    with pytest.raises(DataError, match="'chosen' is not an assistant message"):
+        to_pair(Record(user_side, "f.json", 1), get_template("zh"), RecordOptions(layout=layout))
