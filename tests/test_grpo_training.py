@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from tests.forked_ranks import REPO
-from tests.trainer_runs import FAST, read_scalars, run_trainer
+from tests.trainer_runs import FAST, read_scalars, run_trainer, scalar_values
 
 pytestmark = pytest.mark.slow  # the end-to-end tier: trainer.py in forked ranks, 2 ranks, kill and resume
 
@@ -34,10 +34,6 @@ def batch(nproc: int) -> list[str]:
     return [f"per_gpu_train_batch_size={2 // nproc}"]
 
 
-def logged(output_dir, tag="train/loss") -> list[float]:
-    return [value for _, value in read_scalars(output_dir)[tag]]
-
-
 @pytest.fixture(scope="module")
 def one_rank(tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo_1")
@@ -58,24 +54,24 @@ def test_rollouts_rewards_and_metrics(one_rank):
     scalars = read_scalars(one_rank)
     for name in METRICS:
         assert len(scalars[f"train/{name}"]) == STEPS, name
-    assert logged(one_rank, "train/reward") == pytest.approx([0.25] * STEPS)
+    assert scalar_values(one_rank, "train/reward") == pytest.approx([0.25] * STEPS)
     tokenizer = AutoTokenizer.from_pretrained(REPO / "models/tiny_llama")
     longest = max(len(tokens) for tokens in fixed_completions([None] * 4, None, tokenizer))  # the same every step
-    assert logged(one_rank, "train/completions/max_length") == [longest] * STEPS
-    assert all(mean < longest for mean in logged(one_rank, "train/completions/mean_length"))
-    assert all(loss != 0 for loss in logged(one_rank)) and all(g > 0 for g in logged(one_rank, "train/grad_norm"))
-    kl = logged(one_rank, "train/kl")  # the reference is the starting policy: KL 0 until the first update ...
+    assert scalar_values(one_rank, "train/completions/max_length") == [longest] * STEPS
+    assert all(mean < longest for mean in scalar_values(one_rank, "train/completions/mean_length"))
+    assert all(loss != 0 for loss in scalar_values(one_rank)) and all(g > 0 for g in scalar_values(one_rank, "train/grad_norm"))
+    kl = scalar_values(one_rank, "train/kl")  # the reference is the starting policy: KL 0 until the first update ...
     assert 0 < kl[0] < kl[1] < kl[2]  # ... which the second of step 1's two updates (num_iterations=2) follows
     # that second update's ratios are those of the updated policy over the sampling one: some are clipped
-    assert logged(one_rank, "train/clip_ratio/region_mean")[0] > 0
+    assert scalar_values(one_rank, "train/clip_ratio/region_mean")[0] > 0
 
 
 @pytest.mark.parametrize("engine", [["deepspeed@ds_cfg=zero3"], ["engine=fsdp2"]], ids=["zero3", "fsdp2"])
 def test_two_ranks_equal_one_rank_given_the_same_completions(one_rank, tmp_path, engine):
     run_trainer(tmp_path, RUN + HOOK + batch(2) + engine, nproc=2, config=GRPO)
-    assert logged(tmp_path) == pytest.approx(logged(one_rank), rel=1e-5)
+    assert scalar_values(tmp_path) == pytest.approx(scalar_values(one_rank), rel=1e-5)
     for tag in ("train/entropy", "train/kl", "train/completions/max_length"):  # the maximum over both ranks
-        assert logged(tmp_path, tag) == pytest.approx(logged(one_rank, tag), rel=1e-5, abs=1e-9), tag
+        assert scalar_values(tmp_path, tag) == pytest.approx(scalar_values(one_rank, tag), rel=1e-5, abs=1e-9), tag
     assert (tmp_path / "rollouts" / "step-4.jsonl").read_text() == (one_rank / "rollouts" / "step-4.jsonl").read_text()
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
+from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer, scalar_values
 
 pytestmark = pytest.mark.slow  # the trainer in forked ranks (pytest.ini's end-to-end tier)
 DPO = ("conf/demo", "dpo")
@@ -24,10 +24,6 @@ METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/
 
 def batch(nproc: int) -> list[str]:
     return [f"per_gpu_train_batch_size={4 // nproc}"]
-
-
-def logged(output_dir, tag="train/loss") -> list[float]:
-    return [value for _, value in read_scalars(output_dir)[tag]]
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +47,19 @@ def test_the_preference_evaluator_ranks_checkpoints(zero3_one_rank):
 
 def test_two_ranks_zero3_equal_one_rank_and_log_the_reward_metrics(zero3_one_rank, tmp_path):
     run_trainer(tmp_path, RUN + ZERO3 + batch(2), nproc=2, config=DPO)
-    one, two = logged(zero3_one_rank), logged(tmp_path)
+    one, two = scalar_values(zero3_one_rank), scalar_values(tmp_path)
     assert len(one) == STEPS and one[0] == pytest.approx(0.6931, abs=2e-3)  # log 2: the policy starts as the reference
     assert two == pytest.approx(one, rel=1e-5)
     scalars = read_scalars(zero3_one_rank)
     for name in METRICS:
         assert len(scalars[f"train/{name}"]) == STEPS, name
-    assert logged(tmp_path, "train/rewards/margins") == pytest.approx(logged(zero3_one_rank, "train/rewards/margins"),
+    assert scalar_values(tmp_path, "train/rewards/margins") == pytest.approx(scalar_values(zero3_one_rank, "train/rewards/margins"),
                                                                       rel=1e-4, abs=1e-6)
 
 
 def test_fsdp2_equals_zero3(zero3_one_rank, tmp_path):
     run_trainer(tmp_path, RUN + ["engine=fsdp2"] + batch(1), config=DPO)
-    assert logged(tmp_path) == pytest.approx(logged(zero3_one_rank), rel=1e-5)
+    assert scalar_values(tmp_path) == pytest.approx(scalar_values(zero3_one_rank), rel=1e-5)
 
 
 def test_killed_and_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path):
@@ -83,7 +79,7 @@ def test_killed_and_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path):
 def test_lora_dpo_with_the_base_as_reference_trains_and_exports(tmp_path):
     run_trainer(tmp_path, RUN + batch(1) + ["model.use_peft=true", "model.lora_config.dropout=0.0",
                                            "learning_rate=1e-2", "save_merged=true"], config=DPO)
-    losses = logged(tmp_path)
+    losses = scalar_values(tmp_path)
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # adapter B = 0: the policy is the base, the reference
     assert len(set(losses)) == STEPS
     checkpoint = tmp_path / f"checkpoint-{STEPS}"
@@ -118,7 +114,7 @@ def test_kto_trains_on_unpaired_examples_with_its_reference(tmp_path, lora):
     so every example's loss is 1 - σ(0) = 0.5 at step 1; then it learns; TRL's KTO metrics reach TensorBoard."""
     peft = ["model.use_peft=true", "model.lora_config.dropout=0.0", "learning_rate=1e-2"] if lora else []
     run_trainer(tmp_path, RUN + ["per_gpu_train_batch_size=4"] + peft, config=KTO)
-    losses = logged(tmp_path)
+    losses = scalar_values(tmp_path)
     assert len(losses) == STEPS and losses[0] == pytest.approx(0.5, abs=1e-6) and len(set(losses)) == STEPS
     scalars = read_scalars(tmp_path)
     for name in KTO_METRICS:
@@ -132,6 +128,6 @@ def test_kto_on_two_ranks_under_zero3(tmp_path):
     """The policy and its frozen reference partitioned over 2 ranks (2 examples per micro-batch each: the KL estimate
     is each micro-batch's, see modules.preference.KTO): it starts at 0.5 and trains."""
     run_trainer(tmp_path, RUN + ZERO3 + ["per_gpu_train_batch_size=2"], nproc=2, config=KTO)
-    losses = logged(tmp_path)
+    losses = scalar_values(tmp_path)
     assert len(losses) == STEPS and losses[0] == pytest.approx(0.5, abs=1e-6) and len(set(losses)) == STEPS
-    assert all(value >= 0 for value in logged(tmp_path, "train/kl"))
+    assert all(value >= 0 for value in scalar_values(tmp_path, "train/kl"))

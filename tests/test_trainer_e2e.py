@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from general_util.dist import free_port
 from models.convert import main as convert_main
 from tests.forked_ranks import run_script
-from tests.trainer_runs import FAST, REPO, child_env, read_scalars, run_trainer
+from tests.trainer_runs import FAST, REPO, child_env, read_scalars, run_trainer, scalar_values
 
 pytestmark = pytest.mark.slow
 STEPS = 15
@@ -32,10 +32,6 @@ def two_ranks_zero1(tmp_path_factory):
     out = tmp_path_factory.mktemp("two_ranks_zero1")
     run_trainer(out, FAST + GLOBAL_BATCH + ["per_gpu_train_batch_size=2"], nproc=2)
     return out
-
-
-def losses(output_dir):
-    return [value for _, value in read_scalars(output_dir)["train/loss"]]
 
 
 def engine_weights(checkpoint):
@@ -71,7 +67,7 @@ def assert_converts_to_hf(checkpoint, tmp_path, command_line=False):
 
 
 def assert_trained(output_dir):
-    values = losses(output_dir)
+    values = scalar_values(output_dir)
     assert len(values) == STEPS
     assert sum(values[-3:]) / 3 < sum(values[:3]) / 3 - 0.3, values
     final = output_dir / f"checkpoint-{STEPS}"
@@ -108,7 +104,7 @@ def test_two_ranks_zero1_shards_optimizer_and_matches_one_rank(one_rank_zero1, t
     shards = sorted(p.name for p in (two_ranks_zero1 / f"checkpoint-{STEPS}").glob("*optim_states.pt"))
     assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     # Same global batch (1 × 4 vs 2 × 2): the same samples, the same loss normalisation.
-    for one, two in zip(losses(one_rank_zero1)[:5], losses(two_ranks_zero1)[:5]):
+    for one, two in zip(scalar_values(one_rank_zero1)[:5], scalar_values(two_ranks_zero1)[:5]):
         assert abs(one - two) < 1e-4
     rank_logs = sorted(p.name for p in (two_ranks_zero1 / "logs").glob("rank*.log"))
     assert rank_logs == ["rank0.log", "rank1.log"]

@@ -88,3 +88,8 @@ def read_scalars(output_dir: Path) -> dict[str, list[tuple[int, float]]]:
     accumulator = EventAccumulator(str(output_dir / "tensorboard"))
     accumulator.Reload()
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def scalar_values(output_dir: Path, tag: str = "train/loss") -> list[float]:
+    """The values of one TensorBoard scalar, in step order (`read_scalars`)."""
+    return [value for _, value in read_scalars(output_dir)[tag]]
