@@ -300,7 +300,7 @@ class Trainer:
         while self.step < self.total_steps:
             window = [next(stream) for _ in range(accumulation)]
             if hasattr(self.objective, "rollout"):  # RL: prompts -> sampled, scored completions (modules/grpo.py)
-                window = self.objective.rollout(window, self.engine.model, self.tokenizer, self.ctx, self.step)
+                window = self.objective.rollout(window, self.engine, self.tokenizer, self.ctx, self.step)
             stop, skipped = False, 0
             for _ in range(self.updates_per_step):  # GRPO's num_iterations: updates on one generation batch
                 stop = self.optimizer_step(window) or stop

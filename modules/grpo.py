@@ -22,6 +22,7 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -188,8 +189,8 @@ def token_logps_and_entropy(logits: torch.Tensor, targets: torch.Tensor, tempera
 class GRPO(Objective):
     """`objective: grpo` (conf/objective/grpo.yaml). Before each optimizer step the loop hands the step's prompt
     micro-batches (data.rl_prompts.PromptCollator) to `rollout`: every prompt gets `num_generations` completions
-    sampled from the current policy (the engine's model, `generate`; every rank steps in lockstep under ZeRO-3 and
-    FSDP2), scored by the `rewards` (name -> post_processors.rewards component), turned into group-relative
+    sampled from the current policy by the `generation_backend` (`GenerationBackend`: the engine's own `generate`, every
+    rank stepping in lockstep under ZeRO-3 and FSDP2, or vLLM colocated on the GPU, handed the weights first), scored by the `rewards` (name -> post_processors.rewards component), turned into group-relative
     advantages (with `beta` > 0 also the reference's log-probs: the KL penalty, logged as `kl`), and written to
     `<rollouts_dir>/step-<n>.jsonl` by rank 0. The loop then takes `num_iterations` (μ) optimizer updates on these
     rollouts (one loop step = one generation batch = μ updates; the lr schedule counts updates): the first update's
@@ -204,7 +205,7 @@ class GRPO(Objective):
                  max_new_tokens: int = 16, loss_type: str = "dapo", epsilon: float = 0.2, epsilon_high: float = 0.28,
                  scale_rewards: str = "group", beta: float = 0.0, use_bias_correction_kl: bool = True,
                  reference: str = "model", num_iterations: int = 1, rollouts_dir: str | None = None,
-                 completion_hook: str | None = None):
+                 completion_hook: str | None = None, generation_backend: "GenerationBackend | None" = None):
         if not rewards:
             raise ConfigError("objective.rewards: name at least one reward (post_processors/rewards.py)")
         if num_generations < 2:
@@ -226,15 +227,22 @@ class GRPO(Objective):
         self.needs_reference, self.reference_kind = beta != 0.0, reference
         self.rollouts_dir = Path(rollouts_dir) if rollouts_dir else None
         self.completion_hook = completion_hook
+        # where completions are sampled: the engine's own generate (default), or vLLM (training/vllm_generation.py)
+        self.generation = generation_backend or EngineGeneration()
 
     # ---- rollouts --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, window: list[dict], model, tokenizer, ctx, step: int) -> list[dict]:
-        """The step's prompt micro-batches -> scored rollout micro-batches (see the class docstring)."""
+    def rollout(self, window: list[dict], engine, tokenizer, ctx, step: int) -> list[dict]:
+        """The step's prompt micro-batches -> scored rollout micro-batches (see the class docstring). `engine`: the
+        training engine (training/engine.py): its `model` generates and scores, and a generation backend other than
+        the engine's own is handed its current weights first (`GenerationBackend.sync_weights`)."""
+        model = engine.model
         was_training = model.training
         model.eval()
-        batches = [self._rollout_batch(batch["records"], model, tokenizer, ctx, batch["pad_to_multiple_of"])
+        self.generation.sync_weights(engine, ctx)  # every optimizer update so far is in the weights that sample
+        batches = [self._rollout_batch(batch["records"], engine, tokenizer, ctx, batch["pad_to_multiple_of"], step)
                    for batch in window]
+        self.generation.release()
         model.train(was_training)
         rows = [row for batch in batches for row in batch.pop("rows")]
         gathered = gather_objects(rows)
@@ -244,10 +252,12 @@ class GRPO(Objective):
             (self.rollouts_dir / f"step-{step + 1}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         return batches
 
-    def _rollout_batch(self, records: list[dict], model, tokenizer, ctx, pad_to_multiple_of: int | None) -> dict:
+    def _rollout_batch(self, records: list[dict], engine, tokenizer, ctx, pad_to_multiple_of: int | None,
+                       step: int) -> dict:
+        keys = [(step, record["index"], j) for record in records for j in range(self.num_generations)]
         records = [record for record in records for _ in range(self.num_generations)]
         prompt_ids = [record["prompt_ids"] for record in records]
-        completion_ids = sample_completions(model, tokenizer, prompt_ids, self.sampling, ctx)
+        completion_ids = self.generation.generate(engine, tokenizer, ctx, prompt_ids, self.sampling, keys)
         if self.completion_hook:
             completion_ids = import_path(self.completion_hook)(records, completion_ids, tokenizer)
         completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
@@ -309,6 +319,49 @@ def import_path(path: str):
     return getattr(importlib.import_module(module_name), attribute)
 
 
+class GenerationBackend(Protocol):
+    """Where GRPO's completions are sampled (`objective.generation_backend`, conf/objective/grpo.yaml). Per rollout,
+    on every rank: `sync_weights(engine, ctx)` once, `generate(...)` once per micro-batch, `release()` once.
+
+    - `sync_weights(engine, ctx)`: the policy's current weights (every optimizer update so far) into the backend; a
+      collective when the engine shards them.
+    - `generate(engine, tokenizer, ctx, prompt_ids, sampling, keys) -> completion ids`: one completion per prompt (token
+      ids; prompts repeat G times), each up to and including its first EOS, as TRL's completion ids. `sampling`: the
+      transformers `generate` keywords (do_sample, temperature, top_p, top_k, max_new_tokens); `keys`:
+      (step, prompt index in the dataset, j < G) naming each completion whatever the rank layout (a backend that
+      seeds each request seeds it from these).
+    - `release()`: the generations of this rollout are done (vLLM with sleep mode frees its GPU memory)."""
+    name: str
+
+    def sync_weights(self, engine, ctx) -> None: ...
+
+    def generate(self, engine, tokenizer, ctx, prompt_ids: list[list[int]], sampling: dict,
+                 keys: list[tuple[int, int, int]]) -> list[list[int]]: ...
+
+    def release(self) -> None: ...
+
+
+class EngineGeneration:
+    """The training engine's own model generates (transformers `generate`, on CPU or GPU, every engine; under ZeRO-3
+    and FSDP2 with several ranks every rank steps in lockstep, `synced_gpus`). It samples from the training weights
+    themselves, so there is nothing to sync; sampling draws from the torch RNG, which checkpoints save and restore."""
+    name = "engine"
+
+    def sync_weights(self, engine, ctx) -> None:
+        pass
+
+    def generate(self, engine, tokenizer, ctx, prompt_ids, sampling, keys) -> list[list[int]]:
+        return sample_completions(engine.model, tokenizer, prompt_ids, sampling, ctx)
+
+    def release(self) -> None:
+        pass
+
+
+def cut_at_eos(tokens: list[int], eos_token_id: int) -> list[int]:
+    """`tokens` up to and including the first EOS (all of them without one)."""
+    return tokens[:tokens.index(eos_token_id) + 1] if eos_token_id in tokens else tokens
+
+
 def sample_completions(model, tokenizer, prompt_ids: list[list[int]], sampling: dict, ctx) -> list[list[int]]:
     """Sampled completion ids per prompt, up to and including the first EOS (TRL's completion ids)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -318,8 +371,4 @@ def sample_completions(model, tokenizer, prompt_ids: list[list[int]], sampling: 
     output = getattr(model, "module", model).generate(
         input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
         use_cache=True, synced_gpus=needs_synced_generation(model, ctx.world_size), **sampling)
-    completions = []
-    for row in output[:, width:].tolist():
-        cut = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-        completions.append(row[:cut])
-    return completions
+    return [cut_at_eos(row, tokenizer.eos_token_id) for row in output[:, width:].tolist()]

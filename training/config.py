@@ -22,6 +22,7 @@ from general_util.trackers import check_report_to
 from models.vocab import FREEZE_STRATEGIES
 from modules.loss_impl import settings_problems
 from modules.sequence_parallel import SHARDED_ATTENTION, head_problem
+from training.vllm_generation import generation_backend_problems
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "base.yaml"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -105,6 +106,7 @@ def validate(cfg: DictConfig, world_size: int) -> None:
     problems.extend(sequence_parallel_problems(cfg, world_size))
     problems.extend(check_report_to(cfg.report_to))
     problems.extend(target_key_problems(cfg))
+    problems.extend(generation_backend_problems(cfg))  # GRPO with vLLM where it cannot run
     for key in ("tokenizer.extra_tokens_file", "tokenizer.merge_tokenizer"):
         path = OmegaConf.select(cfg, key)
         check(path is None or resolve_path(path).exists(), key, "no such file or folder")
