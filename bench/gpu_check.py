@@ -23,6 +23,9 @@ Checks (GPU: bf16 where the feature is about mixed precision; --dry-run: fp32 on
                              ranks in --dry-run)
   evaluators                 the dev-loss and multiple-choice evaluators (demo configs) on the device agree with
                              the same evaluators on CPU (fp32)
+  grpo_vllm                  GRPO steps on the tiny model with vLLM colocated (objective.generation_backend.name=vllm)
+                             beside the engine's own generate (bench/grpo_throughput.py): both give completions;
+                             needs CUDA and vLLM (requirements-vllm.txt), whose wheel is not carried (a skip otherwise)
 """
 import argparse
 import importlib.util
@@ -39,9 +42,9 @@ from bench.harness import (REPO, PeakMemory, build_model_dir, emit_result, resul
                            timed_trainer)
 
 CHECKS = ("train_zero1", "train_zero3", "train_fsdp2", "mfu_1b", "loss_chunked", "loss_liger", "qlora",
-          "sequence_parallel", "evaluators")
+          "sequence_parallel", "evaluators", "grpo_vllm")
 TRAIN_STEPS = 8
-TIMEOUT_S = {"mfu_1b": 300}  # seconds a check may take (the rest: DEFAULT_TIMEOUT_S)
+TIMEOUT_S = {"mfu_1b": 300, "grpo_vllm": 300}  # seconds a check may take (the rest: DEFAULT_TIMEOUT_S)
 DEFAULT_TIMEOUT_S = 180
 
 
@@ -70,6 +73,13 @@ def why_skipped(check: str, dry_run: bool) -> str | None:
             return "4-bit weights need a CUDA GPU"
         if not installed("bitsandbytes"):
             return "bitsandbytes is not installed (its wheel does not fit the carried 64 MiB)"
+    if check == "grpo_vllm":
+        from training.vllm_generation import vllm_refusal
+        refusal = vllm_refusal(load_in_4bit=False)
+        if refusal and cuda() and not installed("vllm"):
+            refusal += " (its CUDA wheel, ~320 MB, does not fit the 64 MiB of wheels carried to the GPU machine)"
+        if refusal:
+            return refusal
     if check == "sequence_parallel" and not dry_run and torch.cuda.device_count() < 2:
         return f"{torch.cuda.device_count()} GPU: Ulysses splits a sequence over 2 ranks, one GPU each"
     return None
@@ -168,10 +178,20 @@ def metrics_agree(device: dict, reference: dict) -> bool:
         for key, value in reference.items())
 
 
+def grpo_vllm_worker() -> dict:
+    """bench/grpo_throughput.py's measurement with each backend: 4 steps of 4 prompts × 8 completions of 32 tokens."""
+    from bench.grpo_throughput import measure
+    results = {backend: measure(4, 4, 8, 32, backend) for backend in ("engine", "vllm")}
+    return {"results": results, "ok": all(math.isfinite(r["completions_per_s"]) and r["completions_per_s"] > 0
+                                          for r in results.values())}
+
+
 def worker(args) -> None:
     workdir = Path(args.workdir)
     if args.worker.startswith("train_") or args.worker in ("qlora", "sequence_parallel"):
         return train_worker(args.worker, workdir)
+    if args.worker == "grpo_vllm":
+        return emit_result(grpo_vllm_worker())
     emit_result(loss_worker(args.worker) if args.worker.startswith("loss_") else evaluators_worker(workdir))
 
 

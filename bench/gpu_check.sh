@@ -9,8 +9,8 @@
 # The GPU machine has its own torch and transformers and no network: the project's other pure-Python needs come
 # as wheels in wheels/ (GPU_CHECK_WHEELS), installed with --no-deps --no-index, and only those whose module does
 # not import already, so the machine's torch and transformers stay as they are. Set GPU_CHECK_PYTHON (e.g. 3.11)
-# to fetch binary wheels for the GPU machine's Python when it differs from this one. DeepSpeed, bitsandbytes and
-# flash-attn are not carried (too large, or ops to build): their checks print a skip with the reason.
+# to fetch binary wheels for the GPU machine's Python when it differs from this one. DeepSpeed, bitsandbytes,
+# flash-attn and vLLM (~320 MB) are not carried (too large, or ops to build): their checks print a skip with the reason.
 # Time: the checks share --budget-s (default 480 s: under 8 minutes; each also has its own timeout).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import training.vllm_generation as vllm_generation
 from general_util.errors import UserError, one_line
+from models.model_dir import local_model_dir
 from tests.forked_ranks import REPO
 from tests.trainer_runs import FAST, compose_config, run_trainer, scalar_values, train_in_process
 from training.config import validate
@@ -35,6 +36,7 @@ VLLM = ["objective.generation_backend.name=vllm"]
 STEPS, PROMPTS, GENERATIONS = 3, 2, 4
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal on a machine without CUDA")
 def test_refused_on_cpu_in_one_line_by_the_preflight(tmp_path):
     result = run_trainer(tmp_path / "out", FAST + VLLM, config=GRPO, check=False)
     assert result.returncode == 2
@@ -134,24 +136,29 @@ class LoadableModel:
         return set(received)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One GRPO run of STEPS steps with the vLLM backend (sleep mode on) against the double; a checkpoint every step."""
-    out = tmp_path_factory.mktemp("grpo_vllm")
-    tokenizer = AutoTokenizer.from_pretrained(REPO / "models/tiny_llama")
-    double = VLLMDouble(tokenizer)
+def run_with_double(out: Path, overrides: list[str]) -> VLLMDouble:
+    """A GRPO run with the vLLM backend against a fresh double; a checkpoint every step."""
+    double = VLLMDouble(AutoTokenizer.from_pretrained(REPO / "models/tiny_llama"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, "vllm", double.module)
         patch.setattr(vllm_generation, "cuda_available", lambda: True)  # the double stands in for the GPU too
-        train_in_process(out, FAST + VLLM + [f"max_steps={STEPS}", "save_steps=1", f"per_gpu_train_batch_size={PROMPTS}",
-                                             "objective.generation_backend.enable_sleep_mode=true"], GRPO)
-    return out, double, tokenizer
+        train_in_process(out, FAST + VLLM + ["save_steps=1", f"per_gpu_train_batch_size={PROMPTS}"] + overrides, GRPO)
+    return double
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """STEPS steps under ZeRO-3 (the weights gathered parameter by parameter), vLLM's sleep mode on."""
+    out = tmp_path_factory.mktemp("grpo_vllm")
+    double = run_with_double(out, [f"max_steps={STEPS}", "deepspeed@ds_cfg=zero3",
+                                   "objective.generation_backend.enable_sleep_mode=true"])
+    return out, double, AutoTokenizer.from_pretrained(REPO / "models/tiny_llama")
 
 
 def test_vllm_is_started_once_colocated_as_trl_does(run):
     _, double, _ = run
     assert double.llm_kwargs == [{
-        "model": "models/tiny_llama", "tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher",
+        "model": str(local_model_dir("models/tiny_llama")), "tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher",
         "seed": 42, "gpu_memory_utilization": 0.3, "max_model_len": None, "max_num_seqs": None,
         "enable_sleep_mode": True, "load_format": "dummy", "dtype": "float32"}]
     first = ["apply_model", "reset_prefix_cache", "generate", "sleep(2)"]
@@ -169,6 +176,18 @@ def test_weights_are_synced_before_every_rollout_and_equal_the_engines(run):
         assert all(torch.equal(received[name], engine_weights[name]) for name in engine_weights), step
     changed = [name for name in initial if not torch.equal(double.loads[-1][name], initial[name])]
     assert changed  # the updates reached vLLM
+
+
+def test_lora_under_fsdp2_syncs_the_merged_weights(tmp_path):
+    """LoRA: vLLM gets the adapter merged into the base, as `save_merged` writes it (FSDP2: its full state dict)."""
+    double = run_with_double(tmp_path, ["max_steps=2", "engine=fsdp2", "model.use_peft=true", "save_merged=true",
+                                        "learning_rate=1e-2"])
+    initial = load_file(REPO / "models/tiny_llama/model.safetensors")
+    merged = load_file(tmp_path / "checkpoint-1" / "merged" / "model.safetensors")
+    assert len(double.loads) == 2 and sorted(double.loads[0]) == sorted(initial) == sorted(merged)
+    assert all(torch.equal(double.loads[0][name], initial[name]) for name in initial)  # lora_B starts at 0
+    assert all(torch.equal(double.loads[1][name], merged[name]) for name in merged)
+    assert any(not torch.equal(merged[name], initial[name]) for name in merged)  # the adapter moved the weights
 
 
 def test_prompts_go_in_as_token_ids_and_every_completion_has_its_own_seed(run):

@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 
 from general_util.dist import DistContext, broadcast_object
 from general_util.errors import ConfigError
+from models.model_dir import local_model_dir
 from modules.grpo import EngineGeneration, cut_at_eos
 
 VLLM_REQUIREMENTS = "requirements-vllm.txt"
@@ -92,7 +93,7 @@ def build_backend(name: str, model: str, seed: int, precision: str, load_in_4bit
     options = {"gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
                "max_num_seqs": max_num_seqs, "enable_sleep_mode": enable_sleep_mode, "load_format": load_format,
                "dtype": VLLM_DTYPES[precision]}
-    return VLLMColocated(model, seed, options)
+    return VLLMColocated(str(local_model_dir(model)), seed, options)
 
 
 def request_seed(seed: int, key: tuple[int, int, int]) -> int:
