@@ -14,17 +14,21 @@ vLLM needs CUDA and its ~320 MB wheel, which CI has neither of. So:
   external_launcher colocates as TRL uses it, and vLLM's sampling are not verified here (no machine here had vLLM).
 """
 import json
+import os
 import sys
+import time
 import types
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from hydra.utils import instantiate
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import training.vllm_generation as vllm_generation
+from general_util.dist import free_port
 from general_util.errors import UserError, one_line
 from models.model_dir import local_model_dir
 from tests.forked_ranks import REPO
@@ -224,3 +228,47 @@ def test_the_completions_flow_into_the_rollouts_and_the_loss(run):
     assert lengths == pytest.approx([2.0] * STEPS)  # letter + EOS, whatever followed the EOS
     losses = scalar_values(out)
     assert len(losses) == STEPS and all(torch.isfinite(torch.tensor(losses)))
+
+
+def train_on_rank(rank: int, world_size: int, port: int, out: str, overrides: list[str]) -> None:
+    """One rank of a GRPO run against its own double (started by torch.multiprocessing); what the double recorded
+    goes to `out/double.rank<r>.pt`."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import trainer
+    from general_util.dist import exit_process
+    double = VLLMDouble(AutoTokenizer.from_pretrained(REPO / "models/tiny_llama"))
+    sys.modules["vllm"] = double.module
+    vllm_generation.cuda_available = lambda: True
+    trainer.run(compose_config(FAST + VLLM + ["save_steps=1"] + overrides, GRPO, Path(out)))
+    seeds = [[params.seed for _, params in requests] for requests in double.requests]
+    torch.save({"loads": double.loads, "seeds": seeds}, Path(out) / f"double.rank{rank}.pt")
+    exit_process(0)
+
+
+@pytest.mark.slow  # two ranks
+def test_two_ranks_each_get_rank0s_weights_and_the_seeds_of_one_rank(run, tmp_path):
+    """Under ZeRO-3 on 2 ranks every rank's vLLM gets the full weights (gathered to rank 0, then broadcast tensor by
+    tensor), the engine's at that moment; the ranks' seeds together are those of 1 rank at the same global batch."""
+    one_rank_out, one_rank, _ = run
+    processes = mp.start_processes(train_on_rank, nprocs=2, join=False, start_method="forkserver", args=(
+        2, free_port(), str(tmp_path), ["max_steps=2", "deepspeed@ds_cfg=zero3", "per_gpu_train_batch_size=1"]))
+    deadline = time.monotonic() + 600  # only a hang (ranks out of step in the weights' broadcasts) gets near it
+    while not processes.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in processes.processes:
+                process.terminate()
+            pytest.fail("the two-rank run hung")
+    initial = load_file(REPO / "models/tiny_llama/model.safetensors")
+    after_step_1 = load_file(tmp_path / "checkpoint-1" / "model.safetensors")
+    ranks = [torch.load(tmp_path / f"double.rank{rank}.pt") for rank in range(2)]
+    for recorded in ranks:
+        assert len(recorded["loads"]) == 2
+        for received, expected in zip(recorded["loads"], (initial, after_step_1)):
+            assert sorted(received) == sorted(expected)
+            assert all(torch.equal(received[name], expected[name]) for name in expected)
+    for step in range(2):
+        mine = sorted(seed for recorded in ranks for seed in recorded["seeds"][step])
+        theirs = sorted(params.seed for _, params in one_rank.requests[step])
+        assert mine == theirs
