@@ -189,9 +189,10 @@ def token_logps_and_entropy(logits: torch.Tensor, targets: torch.Tensor, tempera
 class GRPO(Objective):
     """`objective: grpo` (conf/objective/grpo.yaml). Before each optimizer step the loop hands the step's prompt
     micro-batches (data.rl_prompts.PromptCollator) to `rollout`: every prompt gets `num_generations` completions
-    sampled from the current policy by the `generation_backend` (`GenerationBackend`: the engine's own `generate`, every
-    rank stepping in lockstep under ZeRO-3 and FSDP2, or vLLM colocated on the GPU, handed the weights first), scored by the `rewards` (name -> post_processors.rewards component), turned into group-relative
-    advantages (with `beta` > 0 also the reference's log-probs: the KL penalty, logged as `kl`), and written to
+    sampled from the current policy by the `generation_backend` (`GenerationBackend`: the engine's own `generate`,
+    every rank stepping in lockstep under ZeRO-3 and FSDP2, or vLLM colocated on the GPU, handed the weights first),
+    scored by the `rewards` (name -> post_processors.rewards component), turned into group-relative advantages
+    (with `beta` > 0 also the reference's log-probs: the KL penalty, logged as `kl`), and written to
     `<rollouts_dir>/step-<n>.jsonl` by rank 0. The loop then takes `num_iterations` (μ) optimizer updates on these
     rollouts (one loop step = one generation batch = μ updates; the lr schedule counts updates): the first update's
     forward, before any weight changed, gives the sampling policy's log-probs, kept as the ratio's denominator for the
