@@ -29,6 +29,14 @@ position, the pass) until the share is reached (over by less than one row). The 
 so the order is seeded and an exact, elastic resume works as for any dataset. `dry_run` prints each source's
 tokens, share and passes (epochs); the trainer logs `train/tokens/<source>`.
 
+Or the budget as optimizer steps, `mixture_steps: 10_000` instead of mixture_tokens: an epoch of exactly steps ×
+global batch rows (`global_batch`, from the run's batch settings), so that num_train_epochs=1 trains exactly that
+many steps. Rows, not tokens, are what a step holds exactly: with packing a row holds up to max_seq_length tokens
+(best-fit leaves some room), without it one sample, so a budget of steps × batch × max_seq_length tokens would
+take more steps than asked. The token total is instead the largest whose draw (as above) fits in those rows, the
+few rows left going to the sources furthest below their share: each source still gives its share of the total
+(over by less than one row), and the same epoch whatever the world size, as the global batch is kept.
+
 Every record is accounted for: the number read, skipped (by reason, with the first locations) and
 trained on, per source, is logged and written to `<report_dir>/data_<name>.json`.
 """
@@ -57,6 +65,7 @@ from general_util.paths import resolve_path
 
 SOURCE_KEYS = {"files", "dataset", "weight", "exclude", "split", "skip_wudao", "wudao_sample_list"}
 SHARE_TOLERANCE = 1e-6  # how far from 1 the shares of a mixture may sum
+PASSES_KEPT = 4  # row orders of passes over a source a mixture keeps in memory at once
 logger = logging.getLogger(__name__)
 
 
@@ -70,9 +79,10 @@ class TokenizedDataset(Dataset):
                  report_dir: str | None = None, seed: int = 0, name: str = "train", shard_tokens: int = 1 << 24,
                  coig_rounds: str = "dialogue", moss_meta_instruction: str = "keep", text_documents: str = "auto",
                  piece_bytes: int = 1 << 26, mixture: Mapping[str, float] | None = None,
-                 mixture_tokens: int | None = None, dataset_info: str | None = None):
+                 mixture_tokens: int | None = None, mixture_steps: int | None = None,
+                 global_batch: Mapping[str, int] | None = None, dataset_info: str | None = None):
         check_settings(sources, max_seq_length, on_bad_record, truncation, text_documents)
-        check_mixture(sources, mixture, mixture_tokens)
+        check_mixture(sources, mixture, mixture_tokens, mixture_steps)
         prompt_template = get_template(template)
         if isinstance(prompt_template, ChatTemplate):
             check_chat_template(tokenizer)
@@ -103,10 +113,15 @@ class TokenizedDataset(Dataset):
                                      options, documents, name=f"{name}/{source_name}", piece_bytes=piece_bytes,
                                      kind=self.kind)
             self.caches.append(load_or_build(settings, cache_dir))
-        self.mixture = None
+        self.mixture, self.mixture_steps = None, None
         if mixture:
             shares = [float(mixture[source_name]) for source_name in sources]
-            self.blocks, self.mixture = token_share_blocks(self.row_tokens, shares, int(mixture_tokens), seed)
+            if mixture_steps is not None:
+                self.mixture_steps = (int(mixture_steps), step_rows(global_batch))
+                self.blocks, self.mixture = token_share_blocks(self.row_tokens, shares, 0, seed,
+                                                               rows=self.mixture_steps[0] * self.mixture_steps[1])
+            else:
+                self.blocks, self.mixture = token_share_blocks(self.row_tokens, shares, int(mixture_tokens), seed)
         else:
             self.blocks = mixture_blocks([len(cache) for cache in self.caches], weights, seed)
         if not self.blocks:
@@ -154,9 +169,13 @@ class TokenizedDataset(Dataset):
         if self.mixture is None:
             return []
         total = sum(m["tokens"] for m in self.mixture)
-        return [f"mixture {name}: {m['tokens']:,} tokens, share {m['tokens'] / total:.4f} (asked {m['share']:g}), "
-                f"{m['epochs']:.3f} epochs of its {m['source_tokens']:,} tokens"
-                for name, m in zip(self.source_names, self.mixture)]
+        lines = [f"mixture {name}: {m['tokens']:,} tokens, share {m['tokens'] / total:.4f} (asked {m['share']:g}), "
+                 f"{m['epochs']:.3f} epochs of its {m['source_tokens']:,} tokens"
+                 for name, m in zip(self.source_names, self.mixture)]
+        if self.mixture_steps:
+            steps, rows = self.mixture_steps
+            lines.append(f"mixture: {steps:,} optimizer steps of {rows:,} rows = {len(self):,} rows, {total:,} tokens")
+        return lines
 
     def locations(self, index: int) -> list[str]:
         """Where the samples of row `index` come from ("file:line" each)."""
@@ -274,40 +293,106 @@ def mixture_blocks(sizes: list[int], weights: list[float], seed: int) -> list[tu
     return blocks
 
 
-def check_mixture(sources: Mapping[str, Mapping], mixture: Mapping[str, float] | None, mixture_tokens) -> None:
-    """A mixture by token share names every source once, with shares > 0 summing to 1, and a token budget;
-    its sources keep the default weight (the two ways of mixing do not combine)."""
+def check_mixture(sources: Mapping[str, Mapping], mixture: Mapping[str, float] | None, mixture_tokens,
+                  mixture_steps=None) -> None:
+    """A mixture by token share names every source once, with shares > 0 summing to 1, and a budget: tokens or
+    optimizer steps, not both; its sources keep the default weight (the two ways of mixing do not combine)."""
     if not mixture:
-        if mixture_tokens is not None:
-            raise ConfigError(f"mixture_tokens={mixture_tokens}: give `mixture: {{source: share, ...}}` too")
+        for key, value in (("mixture_tokens", mixture_tokens), ("mixture_steps", mixture_steps)):
+            if value is not None:
+                raise ConfigError(f"{key}={value}: give `mixture: {{source: share, ...}}` too")
         return
+    if mixture_steps is not None:
+        if mixture_tokens is not None:
+            raise ConfigError(f"mixture_tokens={mixture_tokens}, mixture_steps={mixture_steps}: give the budget "
+                              "one way, tokens or optimizer steps")
+        if int(mixture_steps) <= 0:
+            raise ConfigError(f"mixture_steps={mixture_steps}: must be > 0")
     if set(mixture) != set(sources):
         raise ConfigError(f"mixture={dict(mixture)}: name every source once ({', '.join(sources)})")
     if any(float(share) <= 0 for share in mixture.values()) or \
             abs(sum(float(share) for share in mixture.values()) - 1) > SHARE_TOLERANCE:
         raise ConfigError(f"mixture={dict(mixture)}: shares must be > 0 and sum to 1")
-    if mixture_tokens is None or int(mixture_tokens) <= 0:
-        raise ConfigError(f"mixture_tokens={mixture_tokens}: a mixture needs its total of tokens (> 0)")
+    if mixture_steps is None and (mixture_tokens is None or int(mixture_tokens) <= 0):
+        raise ConfigError(f"mixture_tokens={mixture_tokens}: a mixture needs its total of tokens (> 0) or "
+                          "mixture_steps")
     weighted = [name for name, source in sources.items() if float(source.get("weight", 1.0)) != 1.0]
     if weighted:
         raise ConfigError(f"sources {weighted} have a weight and the dataset a mixture by token share: use one of them")
 
 
-def token_share_blocks(row_tokens: list[np.ndarray], shares: list[float], total: int,
-                       seed: int) -> tuple[list[tuple[int, np.ndarray | None, int]], list[dict]]:
-    """Blocks (as `mixture_blocks`) giving source s share_s × total tokens: whole passes over its rows, then rows
-    of a permutation seeded by (seed, s, pass) until the tokens are reached; and what each source gives."""
+class SourceDraw:
+    """The order a mixture draws one source's rows in: whole passes, each followed (when the share ends inside
+    it) by the rows of a permutation seeded by (seed, source, pass); `count` rows of it are the first `count`."""
+
+    def __init__(self, tokens: np.ndarray, source: int, seed: int):
+        self.tokens, self.source, self.seed = tokens, source, seed
+        self.total, self.size = int(tokens.sum()), len(tokens)
+        self._passes: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # the few last used (a search visits many)
+
+    def _pass(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row order, cumulative tokens) of pass `number`."""
+        if number not in self._passes:
+            if len(self._passes) >= PASSES_KEPT:
+                del self._passes[next(iter(self._passes))]
+            order = np.random.default_rng([self.seed, self.source, number]).permutation(self.size)
+            self._passes[number] = order, np.cumsum(self.tokens[order])
+        return self._passes[number]
+
+    def count_for(self, target: int) -> int:
+        """The rows drawn to give `target` tokens (over by less than one row)."""
+        passes, left = divmod(target, self.total)
+        return passes * self.size + (int(np.searchsorted(self._pass(passes)[1], left)) + 1 if left else 0)
+
+    def tokens_of(self, count: int) -> int:
+        passes, rows = divmod(count, self.size)
+        return passes * self.total + (int(self._pass(passes)[1][rows - 1]) if rows else 0)
+
+    def blocks(self, count: int) -> list[tuple[int, np.ndarray | None, int]]:
+        passes, rows = divmod(count, self.size)
+        blocks = [(self.source, None, self.size)] * passes
+        if rows:
+            blocks.append((self.source, np.sort(self._pass(passes)[0][:rows]), rows))
+        return blocks
+
+
+def step_rows(global_batch: Mapping[str, int] | None) -> int:
+    """The rows of one optimizer step: per_gpu × accumulation × data-parallel ranks (world / sequence_parallel),
+    as the trainer's global batch (which a resume on another world size keeps)."""
+    if not global_batch or set(global_batch) != {"per_gpu", "accumulation", "sequence_parallel"}:
+        raise ConfigError(f"global_batch={global_batch}: mixture_steps needs {{per_gpu, accumulation, "
+                          "sequence_parallel}} (conf/data/pretrain.yaml sets them from the run's batch settings)")
+    data_parallel = current().world_size // int(global_batch["sequence_parallel"])
+    return int(global_batch["per_gpu"]) * int(global_batch["accumulation"]) * data_parallel
+
+
+def token_share_blocks(row_tokens: list[np.ndarray], shares: list[float], total: int, seed: int,
+                       rows: int | None = None) -> tuple[list[tuple[int, np.ndarray | None, int]], list[dict]]:
+    """Blocks (as `mixture_blocks`) giving source s share_s × total tokens (`SourceDraw`'s order), and what each
+    source gives. With `rows` (mixture_steps) the total is the largest whose draw fits in `rows` rows, and any
+    rows left (sources whose next row comes at the same total) go one each to the sources furthest below their
+    share, so that exactly `rows` are drawn."""
+    draws = [SourceDraw(tokens, source, seed) for source, tokens in enumerate(row_tokens)]
+
+    def counts(total: int) -> list[int]:
+        return [draw.count_for(round(share * total)) for draw, share in zip(draws, shares)]
+
+    if rows is not None:  # the rows drawn grow with the total; rows(low) ≤ rows < rows(high)
+        low, high = 0, rows * max(int(tokens.max()) for tokens in row_tokens) + 1
+        while sum(counts(high)) <= rows:
+            low, high = high, 2 * high
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if sum(counts(middle)) <= rows else (low, middle)
+        total = low
+    drawn_rows = counts(total)
+    for _ in range(0 if rows is None else rows - sum(drawn_rows)):
+        behind = min(range(len(draws)), key=lambda s: draws[s].tokens_of(drawn_rows[s]) / shares[s])
+        drawn_rows[behind] += 1
     blocks, drawn = [], []
-    for source, (tokens, share) in enumerate(zip(row_tokens, shares)):
-        target, source_tokens = round(share * total), int(tokens.sum())
-        passes, left = divmod(target, source_tokens)
-        blocks += [(source, None, len(tokens))] * passes
-        given = passes * source_tokens
-        if left:
-            order = np.random.default_rng([seed, source, passes]).permutation(len(tokens))
-            count = int(np.searchsorted(np.cumsum(tokens[order]), left)) + 1  # the first rows reaching `left`
-            blocks.append((source, np.sort(order[:count]), count))
-            given += int(tokens[order[:count]].sum())
-        drawn.append({"share": share, "target_tokens": target, "tokens": given, "source_tokens": source_tokens,
-                      "epochs": given / source_tokens})
+    for draw, share, count in zip(draws, shares, drawn_rows):
+        blocks += draw.blocks(count)
+        given = draw.tokens_of(count)
+        drawn.append({"share": share, "budget_tokens": total, "target_tokens": round(share * total), "tokens": given,
+                      "rows": count, "source_tokens": draw.total, "epochs": given / draw.total})
     return blocks, drawn

@@ -89,20 +89,25 @@ LLAMA3_SPECIAL_TOKENS = LLAMA3_NAMED_SPECIAL_TOKENS + [
 
 
 def llama3_tokenizer(ranks_file: Path = FIXTURES / "tokenizers" / "llama3" / "tokenizer.model",
-                     chat_template: Path | None = FIXTURES / "chat_templates" / "llama3_instruct.jinja"):
-    """Llama-3's tiktoken ranks as a Hugging Face fast tokenizer (transformers' TikTokenConverter): the 128,000
-    byte-level BPE tokens, then the 256 special tokens at 128,000–128,255, BOS `<|begin_of_text|>` prepended,
-    EOS `<|end_of_text|>`, no pad token (as Meta's release)."""
+                     chat_template: Path | None = FIXTURES / "chat_templates" / "llama3_instruct.jinja",
+                     special_tokens: list[str] = LLAMA3_SPECIAL_TOKENS, model_max_length: int | None = 131072):
+    """Llama-3's tiktoken ranks as a Hugging Face fast tokenizer (transformers' TikTokenConverter), as the
+    published tokenizer.json has it: the 128,000 byte-level BPE tokens, then the 256 `special_tokens` at
+    128,000–128,255 (Llama-3.1's by default; Llama-3's name fewer of them), byte-level offsets, BOS
+    `<|begin_of_text|>` prepended, EOS `<|end_of_text|>`, no pad token (as Meta's release); `model_max_length`
+    131,072 as Llama-3.1's tokenizer_config.json (None: transformers' default, no limit, as Llama-3's)."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
     backend = TikTokenConverter(vocab_file=str(ranks_file), pattern=LLAMA3_PATTERN).converted()
     base = backend.get_vocab_size()
-    backend.add_special_tokens(LLAMA3_SPECIAL_TOKENS)
-    assert backend.token_to_id(LLAMA3_SPECIAL_TOKENS[0]) == base, "special tokens must follow the ranks"
-    backend.post_processor = processors.TemplateProcessing(
-        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
-        special_tokens=[("<|begin_of_text|>", base)])
+    backend.add_special_tokens(list(special_tokens))
+    assert backend.token_to_id(special_tokens[0]) == base, "special tokens must follow the ranks"
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+                                      special_tokens=[("<|begin_of_text|>", base)])])
+    limit = {} if model_max_length is None else {"model_max_length": model_max_length}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>",
-                                        eos_token="<|end_of_text|>", model_max_length=131072)
+                                        eos_token="<|end_of_text|>", **limit)
     if chat_template is not None:
         tokenizer.chat_template = Path(chat_template).read_text(encoding="utf-8")
     return tokenizer

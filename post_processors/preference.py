@@ -12,20 +12,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
 
 from data.collators import model_inputs
-from general_util.dist import all_reduce, current, shard_range
+from general_util.dist import current
 from general_util.errors import ConfigError
 from models.loading import load_causal_lm
 from modules.loss_impl import LossSettings
 from modules.preference import pair_targets, reference_logps
+from post_processors.gathering import evaluate_in_lockstep
 
 
 class PreferenceEvaluator:
     """`dataset` and `collator` are partials (`_partial_: true`) called with `tokenizer=`: a
-    data.datasets.PreferenceDataset and a data.collators.PreferenceCollator. Every rank scores a disjoint share;
-    ranks with fewer batches repeat one (result discarded), so all run the same forward calls (ZeRO-3)."""
+    data.datasets.PreferenceDataset and a data.collators.PreferenceCollator. Every rank scores a disjoint share
+    in lockstep with the others (`post_processors.gathering.evaluate_in_lockstep`: ranks with fewer batches
+    repeat one, result discarded, so all run the same forward calls under ZeRO-3), and every rank gets all
+    pairs' scores."""
 
     def __init__(self, dataset, collator, batch_size: int = 4, beta: float = 0.1, reference_model: str | None = None,
                  precision: str = "fp32"):
@@ -34,24 +36,30 @@ class PreferenceEvaluator:
         self.dataset_factory, self.collator_factory = dataset, collator
         self.batch_size, self.beta = batch_size, beta
         self.reference_model, self.precision = reference_model, precision
-        self._batches, self._reference = None, None
+        self._dataset, self._collator, self._reference = None, None, None
 
     def _prepare(self, tokenizer, ctx, loss: LossSettings) -> None:
-        dataset = self.dataset_factory(tokenizer=tokenizer)
-        share = Subset(dataset, list(shard_range(len(dataset), ctx.rank, ctx.world_size)))
-        self._batches = list(DataLoader(share, batch_size=self.batch_size, collate_fn=self.collator_factory(tokenizer=tokenizer)))
-        self._count = int(all_reduce(torch.tensor([len(self._batches)], device=ctx.device), "max").item())
-        if not self._batches:  # no pairs on this rank: any batch keeps the forward count aligned
-            self._batches, self._empty = [next(iter(DataLoader(Subset(dataset, [0]), collate_fn=self.collator_factory(tokenizer=tokenizer))))], True
-        else:
-            self._empty = False
+        self._dataset = self.dataset_factory(tokenizer=tokenizer)
+        self._collator = self.collator_factory(tokenizer=tokenizer)
         if self.reference_model is None:
-            self._reference = [None] * len(self._batches)
             return
         reference = load_causal_lm(self.reference_model, self.precision, tokenizer=tokenizer).to(ctx.device).eval()
-        self._reference = [reference_logps(reference, model_inputs(b, ctx.device), pair_targets(b).to(ctx.device), loss)
-                           for b in self._batches]
+        self._reference = self._scores(reference, loss, "reference log-probabilities")
         del reference
+
+    def _scores(self, model, loss: LossSettings, description: str) -> torch.Tensor:
+        """float64 [pairs, 2]: every pair's summed log-probability of its chosen and its rejected response."""
+        device = current().device
+
+        def run(items: list[int]) -> list[tuple[float, float]]:
+            batch = self._collator([self._dataset[i] for i in items])
+            with torch.no_grad():
+                logps = reference_logps(model, model_inputs(batch, device), pair_targets(batch).to(device), loss)
+            pairs = logps.numel() // 2  # the collator puts the chosen rows first, then the rejected
+            return list(zip(logps[:pairs].tolist(), logps[pairs:].tolist()))
+
+        scores = evaluate_in_lockstep(range(len(self._dataset)), run, self.batch_size, description, unit="pair")
+        return torch.tensor(scores, dtype=torch.float64).reshape(-1, 2)
 
     def metric_names(self) -> list[str]:
         """What each call reports (known before any model is loaded)."""
@@ -59,29 +67,16 @@ class PreferenceEvaluator:
 
     def __call__(self, model, tokenizer, output_dir, loss: LossSettings) -> dict[str, float]:
         ctx = current()
-        if self._batches is None:
+        if self._dataset is None:
             self._prepare(tokenizer, ctx, loss)
-        totals = torch.zeros(6, dtype=torch.float64, device=ctx.device)  # pairs, correct, margins, chosen, rejected, loss
-        with torch.no_grad():
-            for number in range(self._count):
-                index = min(number, len(self._batches) - 1)
-                batch = self._batches[index]
-                logps = reference_logps(model, model_inputs(batch, ctx.device), pair_targets(batch).to(ctx.device), loss)
-                if number >= len(self._batches) or self._empty:
-                    continue
-                reference = self._reference[index]
-                rewards = self.beta * (logps - (reference if reference is not None else 0))
-                pairs = rewards.numel() // 2
-                chosen, rejected = rewards[:pairs], rewards[pairs:]
-                margins = chosen - rejected
-                totals += torch.stack([torch.tensor(float(pairs), dtype=torch.float64, device=ctx.device),
-                                       (margins > 0).double().sum(), margins.sum(), chosen.sum(), rejected.sum(),
-                                       -F.logsigmoid(margins).sum()])
-        all_reduce(totals)
-        count = max(totals[0].item(), 1.0)
-        metrics = {"accuracy": totals[1].item() / count, "margins": totals[2].item() / count,
-                   "chosen": totals[3].item() / count, "rejected": totals[4].item() / count,
-                   "loss": totals[5].item() / count, "pairs": totals[0].item()}
+        logps = self._scores(model, loss, "preference pairs")
+        rewards = self.beta * (logps - (self._reference if self._reference is not None else 0))
+        chosen, rejected = rewards[:, 0], rewards[:, 1]
+        margins = chosen - rejected
+        count = max(len(rewards), 1)
+        metrics = {"accuracy": (margins > 0).double().sum().item() / count, "margins": margins.sum().item() / count,
+                   "chosen": chosen.sum().item() / count, "rejected": rejected.sum().item() / count,
+                   "loss": -F.logsigmoid(margins).sum().item() / count, "pairs": float(len(rewards))}
         if ctx.is_main:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -5,9 +5,12 @@ one-line errors and exit codes) without the ~10 s of start-up a fresh interprete
 (tests/trainer_runs.py)."""
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from devtools import forked
+from devtools.bench_output import report_and_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,3 +44,16 @@ def run_script(target: str, args: list[str], stdin: str | None = None, env: dict
     use_warm_fork_server()
     script = target.removeprefix("-m ") if target.startswith("-m ") else REPO / target
     return forked.run_forked(script, args, nproc, dict(os.environ) if env is None else env, REPO, timeout, stdin)
+
+
+def run_quick(module: str, extra: tuple[str, ...] = (), forked_child: bool = True) -> tuple[object, str]:
+    """`python -m <module> --quick <extra>` (a bench), checked to exit 0: its JSON report and its table
+    (bench.harness.report_and_table). Forked (`run_script`), or in a fresh interpreter for a bench whose
+    multiprocessing pools start their own fork server."""
+    if forked_child:
+        result = run_script(f"-m {module}", ["--quick", *extra])
+    else:
+        result = subprocess.run([sys.executable, "-m", module, "--quick", *extra], cwd=REPO, capture_output=True,
+                                text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return report_and_table(result.stdout)

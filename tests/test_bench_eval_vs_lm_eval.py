@@ -1,12 +1,11 @@
 """`python -m bench.eval_vs_lm_eval --quick`: ours, our lm-eval wrapper and lm-evaluation-harness score the same items
 alike (speed is judged by hand, not in CI). Needs requirements-bench.txt (lm-eval)."""
 import importlib.util
-import json
 import os
 
 import pytest
 
-from tests.forked_ranks import run_script
+from tests.forked_ranks import run_quick
 
 pytestmark = pytest.mark.slow
 
@@ -14,10 +13,7 @@ pytestmark = pytest.mark.slow
 def test_quick_mode_agrees_with_lm_eval():
     if importlib.util.find_spec("lm_eval") is None and not os.environ.get("LLAMA_TRAINER_REQUIRE_OPTIONAL_DEPS"):
         pytest.skip("lm-eval absent: pip install -r requirements-bench.txt (CI installs it)")
-    result = run_script("-m bench.eval_vs_lm_eval", ["--quick"])  # forked (tests/forked_ranks.py)
-    assert result.returncode == 0, result.stderr[-3000:]
-    table = result.stdout.index("\n|")
-    report = json.loads(result.stdout[:table])
+    report, table = run_quick("bench.eval_vs_lm_eval")  # forked (tests/forked_ranks.py)
     assert report["mode"] == "quick" and set(report["suites"]) == {"logiqa", "c3_long"}
     logiqa, c3_long = report["suites"]["logiqa"], report["suites"]["c3_long"]
     assert logiqa["items"] == 4 and logiqa["options"] == 16 and logiqa["truncated_items"] == 0
@@ -35,6 +31,6 @@ def test_quick_mode_agrees_with_lm_eval():
     # the shared truncation only changes what a cut item's shorter options see; on short prompts nothing
     assert logiqa["agreement"]["ours_shared"]["max_abs_loglikelihood_difference"] <= 1e-4
     assert isinstance(report["goal_met"], bool)
-    rows = result.stdout[table:].strip().splitlines()
+    rows = table.strip().splitlines()
     assert rows[0].startswith("| suite | side | items/s |") and len(rows) == 2 + 2 * 4  # 4 sides per suite
     assert sum("| ours_lm_eval |" in row for row in rows) == 2

@@ -47,8 +47,8 @@ def test_a_hub_dataset_clone_gives_the_split_asked_for_with_file_and_row(tmp_pat
     assert train.locations(0) == [f"{(CORPORA / 'hub_dataset_repo/data/train-00000-of-00001.parquet').resolve()}:1"]
     with pytest.raises(DataError, match=r"no shards of split 'dev' .*\['test', 'train', 'validation'\]"):
         dataset(tokenizer, tmp_path, CORPORA / "hub_dataset_repo", source={"split": "dev"})
-    texts = [r.data["text"] for r in read_records(CORPORA / "hub_dataset_repo/data/validation-00000-of-00001.parquet")]
-    assert texts == ["great food but slow", "the book was boring"]
+    validation = [r.data for r in read_records(CORPORA / "hub_dataset_repo/data/validation-00000-of-00001.parquet")]
+    assert validation == [{"text": "the printer jammed again", "label": 0}, {"text": "新买的台灯很亮", "label": 1}]
 
 
 def test_parquet_pieces_by_row_group_give_the_rows_of_the_same_records_as_json_lines(tmp_path, tokenizer):

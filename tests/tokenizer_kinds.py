@@ -6,7 +6,8 @@ tests/fixtures/tokenizers/ (see the README there for sources), once per test ses
     llama2                the same, legacy=False (what LLaMA-2 checkpoints on the hub use since transformers 4.31)
     chinese_llama2        Chinese-LLaMA-2's 55,296-piece SentencePiece model with its own tokenizer_config.json
     llama3                Llama-3's tiktoken ranks converted by transformers' TikTokenConverter, with the special
-                          tokens, BOS post-processor and chat template of Meta-Llama-3-8B-Instruct
+                          tokens, BOS post-processor and chat template of Meta-Llama-3-8B-Instruct (built by
+                          models/tiny.py `llama3_tokenizer`, as the llama3 model family's with Llama-3.1's specials)
     qwen2                 Qwen's byte-level BPE (Qwen2/2.5/3) with Qwen3's specials and ChatML template: no BOS,
                           EOS <|im_end|>, its own pad <|endoftext|>
 
@@ -20,14 +21,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, LlamaTokenizer
+
+from models.tiny import llama3_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZERS = REPO / "tests" / "fixtures" / "tokenizers"
 CHAT_TEMPLATES = REPO / "tests" / "fixtures" / "chat_templates"
-# Llama-3's pre-tokenizer pattern (meta-llama/llama-models models/llama3/tokenizer.py, `pat_str`)
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 def llama3_special_tokens() -> list[str]:
@@ -43,29 +43,12 @@ def _llama2(legacy: bool):
                                           add_eos_token=False)
 
 
-def _llama3():
-    from tokenizers import processors
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    specials = llama3_special_tokens()
-    backend = TikTokenConverter(vocab_file=str(TOKENIZERS / "llama3" / "tokenizer.model"), pattern=LLAMA3_PATTERN,
-                                extra_special_tokens=specials).converted()
-    # as the published tokenizer.json: byte-level offsets, then <|begin_of_text|> in front of every text
-    backend.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
-                                      special_tokens=[("<|begin_of_text|>", 128000)])])
-    chat_template = (CHAT_TEMPLATES / "llama3_instruct.jinja").read_text(encoding="utf-8")
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=specials[0], eos_token=specials[1],
-                                   chat_template=chat_template, clean_up_tokenization_spaces=True)
-
-
 KINDS = {
     "tiny_bpe": lambda: AutoTokenizer.from_pretrained(str(REPO / "models" / "tiny_llama")),
     "llama2_legacy": lambda: _llama2(legacy=True),
     "llama2": lambda: _llama2(legacy=False),
     "chinese_llama2": lambda: AutoTokenizer.from_pretrained(str(TOKENIZERS / "chinese_llama2")),
-    "llama3": _llama3,
+    "llama3": lambda: llama3_tokenizer(special_tokens=llama3_special_tokens(), model_max_length=None),
     "qwen2": lambda: AutoTokenizer.from_pretrained(str(TOKENIZERS / "qwen2")),
 }
 # kinds whose saved folder reloads with the same encoding (transformers 5.24 drops legacy=True on saving)

@@ -3,11 +3,10 @@ FLOPs and a peak) runs on a tiny model on CPU, gradient checkpointing off and on
 the real figures need a lent GPU. Without sequence parallelism --quick measures every variant in one process;
 with it, each in a process group of its own, so the SP test measures one (checkpointing on: the recomputation
 runs through the all-to-all; tests/test_sequence_parallel.py checks SP training with checkpointing itself)."""
-import json
-
 import pytest
 
 from bench.gpu_mfu import main
+from devtools.bench_output import report_and_table
 from modules.flops import training_flops_per_token
 
 pytestmark = pytest.mark.slow
@@ -17,9 +16,7 @@ def quick_runs(capsys, *args) -> tuple[list[dict], str]:
     """The runs and the table of `python -m bench.gpu_mfu --quick --peak-flops 1e12 <args>`, run in this process
     with its workers forked from the warm fork server (--fork-workers, bench/harness.py)."""
     main(["--quick", "--peak-flops", "1e12", "--fork-workers", *args])
-    stdout = capsys.readouterr().out
-    table = stdout.index("\n|")
-    return json.loads(stdout[:table]), stdout[table:]
+    return report_and_table(capsys.readouterr().out)
 
 
 def test_quick_mode_reports_both_checkpointing_settings_per_loss_impl(capsys):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from bench.long_context import longest_fitting, main
+from devtools.bench_output import report_and_table
 
 
 @pytest.mark.parametrize("start", [256, 1024, 1280, 4096, 65536])
@@ -29,9 +30,7 @@ def test_search_ends_at_a_fitting_probe_next_to_one_that_does_not(start, limit):
 def test_quick_search_finds_sp2_trains_longer_sequences(tmp_path, capsys):
     log = tmp_path / "probes.jsonl"
     main(["--quick", "--fork-workers", "--log", str(log)])  # in this process, the probes forked (bench/harness.py)
-    stdout = capsys.readouterr().out
-    table = stdout.index("\n|")
-    report = json.loads(stdout[:table])
+    report, table = report_and_table(capsys.readouterr().out)
     # every probe was recorded as it was taken, and the report is built from them
     assert [json.loads(line) for line in log.read_text().splitlines()] == report["probes"]
     budget = report["budget_mib_per_rank"]
@@ -44,4 +43,4 @@ def test_quick_search_finds_sp2_trains_longer_sequences(tmp_path, capsys):
                    for p in probes)  # the search ended next to a length that does not fit
     assert report["ratio"] >= 1.8
     assert all(report["tokens_per_second"][f"sp{sp}"] > 0 for sp in (1, 2))
-    assert stdout[table:].strip().splitlines()[0].startswith("| sequence_parallel_size |")
+    assert table.strip().splitlines()[0].startswith("| sequence_parallel_size |")

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from bench.train_throughput import main, measurement
+from devtools.bench_output import report_and_table
 from tests.trainer_runs import child_env
 
 
@@ -30,7 +31,7 @@ def bench(tmp_path, capsys, monkeypatch, *args, env=None):
 def test_quick_mode_reports_every_variant_and_ratio(tmp_path, capsys, monkeypatch):
     result, output = bench(tmp_path, capsys, monkeypatch)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout[:result.stdout.index("\n|")])
+    report, _ = report_and_table(result.stdout)
     assert json.loads(output.read_text()) == report  # the file rewritten after each measurement ends as the report
     quick = report["sizes"]["quick"]
     run = quick["runs"][0]
