@@ -64,9 +64,10 @@ def save_state(state: dict, directory: Path) -> None:
 OFFLOADS = ("offload_param", "offload_optimizer")  # ds_cfg.zero_optimization's offload keys (DeepSpeed's ZeRO-Offload)
 
 
-def shard_model(model: torch.nn.Module, mesh, mixed: MixedPrecisionPolicy, offload: OffloadPolicy = OffloadPolicy(),
+def shard_model(model: torch.nn.Module, mesh, mixed: MixedPrecisionPolicy, offload: OffloadPolicy | None = None,
                 reshard_after_forward: bool = True) -> None:
     """`fully_shard` on each decoder layer, then on the whole model (the embeddings, final norm and head)."""
+    offload = offload or OffloadPolicy()
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mixed, offload_policy=offload, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=mixed, offload_policy=offload)
