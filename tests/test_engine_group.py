@@ -102,3 +102,17 @@ def test_wrong_engine_keys_are_refused_in_one_line(argv, message):
     with pytest.raises(ConfigError) as refused:
         validate(cfg, world_size=1)
     assert one_line(refused.value) == message
+
+
+def test_a_task_config_of_the_former_form_is_refused_in_one_line(tmp_path):
+    """A top-level `engine: fsdp2` and `fsdp2:` block, as task configs had them, name where they went."""
+    (tmp_path / "old.yaml").write_text("defaults:\n  - /base\n  - _self_\nmodel_name_or_path: models/tiny_llama\n"
+                                       "train_file: data/samples/alpaca_zh_en_train.jsonl\nengine: fsdp2\n"
+                                       "fsdp2:\n  cpu_offload: true\n")
+    cfg = compose_config(["+data@train_dataset=sft"], (str(tmp_path), "old"), output_dir=REPO / "unused")
+    with pytest.raises(ConfigError) as refused:
+        validate(cfg, world_size=1)
+    assert one_line(refused.value) == (
+        "error: unknown top-level key 'fsdp2'; its keys are engine.<key> now; engine='fsdp2': the engine is the config "
+        "group conf/engine/ now: select it in the task config's defaults list (- override /engine: fsdp2) or on the "
+        "command line (engine=fsdp2)")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from general_util.paths import resolve_path
 from data.readers import expand_files
 from data.records import DataError
-from general_util.cli import MOVED_KEYS
+from general_util.cli import MOVED_KEYS, MOVED_PREFIXES
 from general_util.errors import ConfigError
 from general_util.trackers import check_report_to
 from models.vocab import FREEZE_STRATEGIES
@@ -40,7 +40,9 @@ def validate(cfg: DictConfig, world_size: int) -> None:
     known = known_top_level_keys()
     for key in sorted(set(cfg.keys()) - known):
         close = difflib.get_close_matches(key, known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f" (every key must be declared in {BASE_CONFIG.name})"
+        moved = MOVED_PREFIXES.get(f"{key}.")
+        hint = (f"; its keys are {moved}<key> now" if moved else f"; did you mean '{close[0]}'?" if close
+                else f" (every key must be declared in {BASE_CONFIG.name})")
         problems.append(f"unknown top-level key '{key}'{hint}")
 
     def check(condition: bool, key: str, fix: str) -> None:
@@ -197,6 +199,9 @@ def engine_problems(cfg: DictConfig, world_size: int) -> list[str]:
     from hydra.errors import InstantiationException
 
     from training.engine import engine_of
+    if not OmegaConf.is_dict(cfg.engine):  # a task config of the former form (a top-level `engine: fsdp2`)
+        return [f"engine={cfg.engine!r}: the engine is the config group conf/engine/ now: select it in the task "
+                f"config's defaults list (- override /engine: {cfg.engine}) or on the command line (engine={cfg.engine})"]
     try:
         engine = engine_of(cfg)
     except InstantiationException:
