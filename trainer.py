@@ -39,8 +39,8 @@ from post_processors.run import reported_metrics, run_evaluators
 from post_processors.summary import write_summary
 from training import checkpoints as ckpt
 from training.best import BestTracker, match_metric, metric_problem
-from training.config import human_bytes, memory_estimate_bytes, optimizer_steps, validate, zero_stage
-from training.engine import build_engine, load_model
+from training.config import human_bytes, optimizer_steps, validate, zero_stage
+from training.engine import build_engine, engine_of, load_model
 from training.hf_export import HFExport, save_hf_weights
 from training.reference import attach_reference
 from training.rng_state import restore_rng_state
@@ -193,7 +193,7 @@ class Trainer:
         accumulation may change: the data order and the loss depend on their product (the global batch) only.
         The engine and the ZeRO stage may not: neither's optimizer state loads into another."""
         return {"global_batch_size": self.samples_per_step, "sequence_parallel_size": self.parallel.sp_size,
-                "engine": self.cfg.engine, "zero_stage": zero_stage(self.cfg), "seed": self.cfg.seed,
+                **engine_of(self.cfg).checkpoint_layout(self.cfg), "seed": self.cfg.seed,
                 "data_fingerprint": self.fingerprints["data"], "tokenizer_fingerprint": self.fingerprints["tokenizer"]}
 
     def split(self) -> dict:
@@ -522,13 +522,13 @@ def dry_run(cfg: DictConfig, ctx: DistContext, tokenizer, train_data) -> None:
         return
     data_parallel = sequence_parallel.ParallelLayout.of(ctx.rank, ctx.world_size, cfg.sequence_parallel_size).dp_size
     micro_per_epoch, total_steps = optimizer_steps(len(train_data), cfg, data_parallel)
-    memory = memory_estimate_bytes(num_params, cfg, ctx.world_size)
+    engine = engine_of(cfg)
+    memory = engine.memory_estimate(num_params, cfg, ctx.world_size)
     print(f"samples: {len(train_data)}; micro-batches per rank per epoch: {micro_per_epoch}; "
           f"optimizer steps: {total_steps}")
     for line in getattr(train_data, "mixture_lines", lambda: [])():
         print(line)
-    engine = "FSDP2" if cfg.engine == "fsdp2" else f"ZeRO-{zero_stage(cfg)}"
-    print(f"per-GPU memory estimate ({engine}, {cfg.precision}, world {ctx.world_size}, "
+    print(f"per-GPU memory estimate ({engine.describe(cfg)}, {cfg.precision}, world {ctx.world_size}, "
           f"activations excluded): " + ", ".join(f"{k} {human_bytes(v)}" for k, v in memory.items())
           + f", total {human_bytes(sum(memory.values()))}")
 

@@ -104,11 +104,12 @@ def train_overrides(check: str, output_dir: Path) -> list[str]:
 def train_worker(check: str, workdir: Path) -> dict | None:
     """A few trainer steps on the demo data; every logged loss finite and the last below the first."""
     from general_util.dist import exit_process, teardown
+    from training.engine import engine_of
     logs: dict[int, dict] = {}
     trainer, _ = timed_trainer(train_overrides(check, workdir / "out"), None, logs)
     trainer.train()
     losses = [logs[step]["train/loss"] for step in sorted(logs)]
-    result = {"engine": trainer.cfg.engine, "precision": trainer.cfg.precision, "losses": losses,
+    result = {"engine": engine_of(trainer.cfg).name, "precision": trainer.cfg.precision, "losses": losses,
               "ok": len(losses) == TRAIN_STEPS and all(map(math.isfinite, losses)) and losses[-1] < losses[0]}
     main_rank = trainer.ctx.is_main
     teardown(trainer.engine, trainer.close_data)

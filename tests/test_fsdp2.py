@@ -163,8 +163,8 @@ def test_hf_export_has_the_engines_logits_and_the_fsdp2_settings_train_the_same(
         trainer.run()
         return trainer
 
-    trainer = trained("offload", ["fsdp2.cpu_offload=true"])
-    trained("kept", ["fsdp2.reshard_after_forward=false"])
+    trainer = trained("offload", ["engine.cpu_offload=true"])
+    trained("kept", ["engine.reshard_after_forward=false"])
     trained("default", [])
     for precision in ("bf16", "fp16"):  # fp32 master weights, 16-bit compute (fp16: with ShardedGradScaler)
         trained(precision, [f"precision={precision}"])
@@ -184,18 +184,19 @@ def test_hf_export_has_the_engines_logits_and_the_fsdp2_settings_train_the_same(
 
 
 @pytest.mark.parametrize("overrides, world_size, message", [
-    (FSDP2 + ZERO3, 1, "ds_cfg.zero_optimization.stage=3: a DeepSpeed setting, ignored by engine=fsdp2"),
-    (FSDP2 + ["deepspeed@ds_cfg=zero3_offload"], 1, "ds_cfg.zero_optimization.offload_optimizer: a DeepSpeed setting"),
+    (FSDP2 + ["deepspeed@ds_cfg=zero3_offload", "~ds_cfg.zero_optimization.offload_param"], 1,
+     "ds_cfg.zero_optimization.offload_optimizer.device=cpu: engine=fsdp2 offloads parameters, gradients and optimizer "
+     "states together"),
     (FSDP2 + ["sequence_parallel_size=2"], 2, "sequence_parallel_size=2: DeepSpeed Ulysses sequence parallelism needs"),
     (FSDP2 + ["torch_adam=true"], 1, "torch_adam=True: chooses DeepSpeed's Adam"),
-    (["fsdp2.cpu_offload=true"], 1, "fsdp2.cpu_offload=True: an FSDP2 setting; set engine=fsdp2"),
-    (["engine=fsdp"], 1, "engine='fsdp': use one of deepspeed, fsdp2"),
+    (["++engine.cpu_offload=true"], 1, "engine.cpu_offload=True: a setting of engine=fsdp2, not of "
+     "training.deepspeed_engine.DeepSpeed; select engine=fsdp2 or remove it"),
 ])
 def test_preflight_refuses_the_other_engines_settings(overrides, world_size, message):
     from training.config import validate
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(compose_config(overrides, output_dir=REPO / "unused"), world_size)
-    validate(compose_config(FSDP2 + ["fsdp2.cpu_offload=true"], output_dir=REPO / "unused"), 1)
+    validate(compose_config(FSDP2 + ["engine.cpu_offload=true"], output_dir=REPO / "unused"), 1)
 
 
 def test_a_failed_dcp_write_is_recorded_for_the_save_to_fail_on_every_rank(tmp_path):

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from data.benchmarks.items import MultipleChoiceItem
 from models.loading import load_tokenizer
 from tests.trainer_runs import REPO, train_in_process
+from training.engine import engine_of
 
 PANDA_FOLDER = REPO / "tests/fixtures/data/panda_mixed"
 
@@ -121,7 +122,7 @@ def resolved(folder: str, name: str) -> dict:
         "warmup": ["steps", cfg.warmup_steps] if cfg.warmup_steps > 0 else ["proportion", float(cfg.warmup_proportion)],
         "weight_decay": float(cfg.weight_decay), "adam_epsilon": float(cfg.adam_epsilon),
         "adam_betas": [float(b) for b in cfg.adam_betas], "max_grad_norm": float(cfg.max_grad_norm),
-        "lr_scheduler": cfg.lr_scheduler, "zero_stage": zero.stage if cfg.engine == "deepspeed" else None,
+        "lr_scheduler": cfg.lr_scheduler, "zero_stage": zero.stage if engine_of(cfg).name == "deepspeed" else None,
         "offload_optimizer": OmegaConf.select(cfg, "ds_cfg.zero_optimization.offload_optimizer.device"),
         "precision": cfg.precision, "save_steps": cfg.save_steps, "logging_steps": cfg.logging_steps,
         "max_seq_length": cfg.train_dataset.max_seq_length, "gradient_checkpointing": model.gradient_checkpointing,

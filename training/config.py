@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from general_util.paths import resolve_path
 from data.readers import expand_files
 from data.records import DataError
-from general_util.cli import MOVED_KEYS
+from general_util.cli import MOVED_KEYS, MOVED_PREFIXES
 from general_util.errors import ConfigError
 from general_util.trackers import check_report_to
 from models.vocab import FREEZE_STRATEGIES
@@ -41,7 +41,9 @@ def validate(cfg: DictConfig, world_size: int) -> None:
     known = known_top_level_keys()
     for key in sorted(set(cfg.keys()) - known):
         close = difflib.get_close_matches(key, known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f" (every key must be declared in {BASE_CONFIG.name})"
+        moved = MOVED_PREFIXES.get(f"{key}.")
+        hint = (f"; its keys are {moved}<key> now" if moved else f"; did you mean '{close[0]}'?" if close
+                else f" (every key must be declared in {BASE_CONFIG.name})")
         problems.append(f"unknown top-level key '{key}'{hint}")
 
     def check(condition: bool, key: str, fix: str) -> None:
@@ -101,7 +103,7 @@ def validate(cfg: DictConfig, world_size: int) -> None:
     check(model_cfg.get("freeze_strategy", "none") == "none" or not model_cfg.get("use_peft"), "model.freeze_strategy",
           "LoRA already freezes the base model: use either model.use_peft or an embeddings-only stage")
     problems.extend(settings_problems(cfg.loss_impl, cfg.loss_chunk_tokens, torch.cuda.is_available()))
-    problems.extend(engine_problems(cfg))
+    problems.extend(engine_problems(cfg, world_size))
     problems.extend(packing_problems(cfg))
     problems.extend(sequence_parallel_problems(cfg, world_size))
     problems.extend(check_report_to(cfg.report_to))
@@ -143,6 +145,15 @@ def accepted_parameters(target) -> set[str] | None:
     return None
 
 
+def options_declaring(group: str, name: str) -> list[str]:
+    """The options of the config group `group` (conf/<group>/*.yaml, a group whose node is named after it, as
+    `engine` and `objective`) that declare the key `name`."""
+    folder = BASE_CONFIG.parent / group
+    if not group.isidentifier() or not folder.is_dir():
+        return []
+    return sorted(path.stem for path in folder.glob("*.yaml") if name in (OmegaConf.load(path) or {}))
+
+
 def target_key_problems(cfg: DictConfig) -> list[str]:
     """Every `_target_` node's keys must be parameters of its target: a typo in a nested key
     (`+model.gradient_checkpoint=true`) is reported here, not after the dataset has been built; a key that
@@ -166,8 +177,13 @@ def target_key_problems(cfg: DictConfig) -> list[str]:
                 accepted = None
             for name in sorted(set(node) - HYDRA_KEYS - (accepted if accepted is not None else set(node))):
                 moved = MOVED_KEYS.get(f"{key}.{name}")
+                owners = options_declaring(key, name)
                 if moved:
                     problems.append(f"{key}.{name}: now the top-level key '{moved}'; write {moved}={node[name]}")
+                elif owners:
+                    choice = f"{key}={'|'.join(owners)}"
+                    problems.append(f"{key}.{name}={node[name]!r}: a setting of {choice}, not of {target}; select "
+                                    f"{choice} or remove it")
                 else:
                     close = difflib.get_close_matches(name, sorted(accepted), n=1)
                     hint = f"; did you mean '{close[0]}'?" if close else f"; it takes {', '.join(sorted(accepted))}"
@@ -179,38 +195,20 @@ def target_key_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-ENGINES = ("deepspeed", "fsdp2")
+def engine_problems(cfg: DictConfig, world_size: int) -> list[str]:
+    """The engine group's choice checks its own settings (training.engine.Engine.problems); a node it cannot be
+    built from (an unknown key, a target that does not import) is reported by target_key_problems."""
+    from hydra.errors import InstantiationException
 
-
-def engine_problems(cfg: DictConfig) -> list[str]:
-    """Settings of one engine given to the other: each would be silently ignored, so each is refused."""
-    if cfg.engine not in ENGINES:
-        return [f"engine={cfg.engine!r}: use one of {', '.join(ENGINES)}"]
-    if cfg.engine == "deepspeed" and cfg.do_train and importlib.util.find_spec("deepspeed") is None:
-        return ["engine=deepspeed: DeepSpeed is not installed here (pip install -r requirements.txt); "
-                "engine=fsdp2 trains without it"]
-    if cfg.engine == "deepspeed":
-        defaults = OmegaConf.load(BASE_CONFIG).fsdp2
-        return [f"fsdp2.{key}={value!r}: an FSDP2 setting; set engine=fsdp2 or remove it"
-                for key, value in cfg.fsdp2.items() if value != defaults.get(key)]
-    problems = []
-    zero = OmegaConf.select(cfg, "ds_cfg.zero_optimization", default={}) or {}
-    if zero_stage(cfg) > 1:
-        problems.append(f"ds_cfg.zero_optimization.stage={zero_stage(cfg)}: a DeepSpeed setting, ignored by engine=fsdp2 "
-                        "(which shards parameters, gradients and optimizer states like ZeRO-3); pass "
-                        "deepspeed@ds_cfg=zero1, base.yaml's default (fsdp2.reshard_after_forward=false is the "
-                        "ZeRO-2-like choice)")
-    for key in ("offload_optimizer", "offload_param"):
-        if key in zero:
-            problems.append(f"ds_cfg.zero_optimization.{key}: a DeepSpeed setting, ignored by engine=fsdp2; "
-                            "use fsdp2.cpu_offload=true")
-    if cfg.torch_adam != "auto":
-        problems.append(f"torch_adam={cfg.torch_adam!r}: chooses DeepSpeed's Adam; engine=fsdp2 always uses torch "
-                        "AdamW (leave it auto)")
-    if cfg.sequence_parallel_size != 1:
-        problems.append(f"sequence_parallel_size={cfg.sequence_parallel_size}: DeepSpeed Ulysses sequence parallelism "
-                        "needs engine=deepspeed")
-    return problems
+    from training.engine import engine_of
+    if not OmegaConf.is_dict(cfg.engine):  # a task config of the former form (a top-level `engine: fsdp2`)
+        return [f"engine={cfg.engine!r}: the engine is the config group conf/engine/ now: select it in the task "
+                f"config's defaults list (- override /engine: {cfg.engine}) or on the command line (engine={cfg.engine})"]
+    try:
+        engine = engine_of(cfg)
+    except InstantiationException:
+        return []
+    return engine.problems(cfg, world_size)
 
 
 def packing_problems(cfg: DictConfig) -> list[str]:
@@ -294,11 +292,11 @@ def zero_stage(cfg: DictConfig) -> int:
     return int(OmegaConf.select(cfg, "ds_cfg.zero_optimization.stage", default=0))
 
 
-def memory_estimate_bytes(num_params: int, cfg: DictConfig, world_size: int) -> dict[str, float]:
-    """Rough per-GPU bytes of weights, gradients and optimizer states (activations excluded)."""
-    stage = 3 if cfg.engine == "fsdp2" else zero_stage(cfg)  # FSDP2 shards all three like ZeRO-3
-    weight_bytes = 4 if cfg.precision == "fp32" else 2
-    optimizer_bytes = 8 if cfg.precision == "fp32" else 12  # Adam m, v (+ fp32 master weights)
+def sharded_memory_bytes(num_params: int, precision: str, world_size: int, stage: int) -> dict[str, float]:
+    """Rough per-GPU bytes of weights, gradients and optimizer states (activations excluded) when ZeRO stage
+    `stage` shards them (each engine says which stage its sharding is like: training.engine.Engine.memory_estimate)."""
+    weight_bytes = 4 if precision == "fp32" else 2
+    optimizer_bytes = 8 if precision == "fp32" else 12  # Adam m, v (+ fp32 master weights)
     return {
         "weights": num_params * weight_bytes / (world_size if stage >= 3 else 1),
         "gradients": num_params * weight_bytes / (world_size if stage >= 2 else 1),

@@ -1,4 +1,8 @@
-"""The DeepSpeed engine (ZeRO 1-3, offload, mixed precision, all from `ds_cfg`) behind training/engine.py."""
+"""engine=deepspeed (conf/engine/deepspeed.yaml): ZeRO 1-3, offload, mixed precision, all from `ds_cfg`; the engine
+group's choice (`DeepSpeed`) and its TrainingEngine (`DeepSpeedEngine`) behind training/engine.py. DeepSpeed itself is
+imported only when one is built, so this module loads (and refuses engine=deepspeed in one line) where it is missing."""
+import copy
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -11,23 +15,13 @@ from general_util.dist import DistContext
 from general_util.imports import deferred_torch_compile, hidden_modules
 from modules import sequence_parallel
 from modules.sequence_parallel import ParallelLayout
-from training.config import deepspeed_config, zero_stage
+from training.config import deepspeed_config, sharded_memory_bytes, zero_stage
+from training.engine import refuse_foreign_checkpoint
 from training.optim import lr_scheduler_factory, parameter_groups
 from training.saving import RecordedWrites
 from training.universal_checkpoint import convert_to_universal, enable_universal_loading
 
 logger = logging.getLogger(__name__)
-
-
-def load_model(cfg: DictConfig, tokenizer) -> torch.nn.Module:
-    """`cfg.model`, instantiated; under ZeRO-3 `from_pretrained` partitions the weights while loading instead
-    of materialising them on every rank."""
-    if zero_stage(cfg) < 3:
-        return instantiate(cfg.model, tokenizer=tokenizer)
-    from transformers.integrations import HfDeepSpeedConfig
-    join_process_group()  # ZeRO-3's partitioned loading talks through deepspeed.comm
-    dschf = HfDeepSpeedConfig(deepspeed_config(cfg))  # noqa: F841 (must stay alive while loading)
-    return instantiate(cfg.model, tokenizer=tokenizer)
 
 
 def set_moe_leaf_modules(model: torch.nn.Module) -> list[str]:
@@ -82,6 +76,62 @@ def join_process_group():
     deepspeed = import_deepspeed()
     deepspeed.init_distributed(dist_backend=torch_dist.get_backend())  # wraps the existing group
     return deepspeed
+
+
+class DeepSpeed:
+    """engine=deepspeed: the engine group's choice (training.engine.Engine). Its settings are `ds_cfg`
+    (conf/deepspeed/, `deepspeed@ds_cfg=zero1|zero2|zero3|zero3_offload`), `torch_adam` and `sequence_parallel_size`;
+    its checkpoints are DeepSpeed's own (`*model_states.pt` + each rank's ZeRO partitions), continued at the same
+    ZeRO stage."""
+    name = "deepspeed"
+
+    def __init__(self) -> None:
+        """No keys of its own (conf/engine/deepspeed.yaml): every DeepSpeed setting is in ds_cfg."""
+
+    def problems(self, cfg: DictConfig, world_size: int) -> list[str]:
+        if cfg.do_train and importlib.util.find_spec("deepspeed") is None:
+            return ["engine=deepspeed: DeepSpeed is not installed here (pip install -r requirements.txt); "
+                    "engine=fsdp2 trains without it"]
+        return []
+
+    def load_model(self, cfg: DictConfig, tokenizer) -> torch.nn.Module:
+        """`cfg.model`, instantiated; under ZeRO-3 `from_pretrained` partitions the weights while loading instead
+        of materialising them on every rank."""
+        if zero_stage(cfg) < 3:
+            return instantiate(cfg.model, tokenizer=tokenizer)
+        from transformers.integrations import HfDeepSpeedConfig
+        join_process_group()  # ZeRO-3's partitioned loading talks through deepspeed.comm
+        dschf = HfDeepSpeedConfig(deepspeed_config(cfg))  # noqa: F841 (must stay alive while loading)
+        return instantiate(cfg.model, tokenizer=tokenizer)
+
+    def build(self, cfg: DictConfig, model: torch.nn.Module, ctx: DistContext, parallel: ParallelLayout,
+              total_steps: int, reshard_from: int | None) -> "DeepSpeedEngine":
+        return DeepSpeedEngine(cfg, model, ctx, parallel, total_steps, reshard_from)
+
+    def frozen_copy(self, cfg: DictConfig, model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+        """An inference engine (no optimizer): ZeRO-3 partitions it like the policy, any other stage keeps it whole."""
+        deepspeed = join_process_group()
+        config = copy.deepcopy(deepspeed_config(cfg))
+        for key in ("optimizer", "scheduler"):
+            config.pop(key, None)
+        config["zero_optimization"] = {"stage": 3} if zero_stage(cfg) == 3 else {"stage": 0}
+        engine, *_ = deepspeed.initialize(model=model, config=config)
+        engine.eval()
+        return engine
+
+    def describe(self, cfg: DictConfig) -> str:
+        return f"ZeRO-{zero_stage(cfg)}"
+
+    def memory_estimate(self, num_params: int, cfg: DictConfig, world_size: int) -> dict[str, float]:
+        return sharded_memory_bytes(num_params, cfg.precision, world_size, zero_stage(cfg))
+
+    def checkpoint_layout(self, cfg: DictConfig) -> dict:
+        """ZeRO partitions load only into the stage that cut them."""
+        return {"engine": self.name, "zero_stage": zero_stage(cfg)}
+
+    @staticmethod
+    def holds_state(checkpoint: Path) -> bool:
+        return any(checkpoint.glob("*model_states.pt"))
 
 
 class DeepSpeedEngine:
@@ -153,6 +203,7 @@ class DeepSpeedEngine:
             del model._copy_recovery_script
 
     def load(self, directory: Path, saved_world_size: int, weights_only: bool) -> None:
+        refuse_foreign_checkpoint(directory, DeepSpeed())
         if weights_only:
             self.model.load_checkpoint(str(directory.parent), tag=directory.name, load_module_only=True,
                                        load_optimizer_states=False, load_lr_scheduler_states=False)

@@ -11,7 +11,6 @@ training as `objective.reference(inputs, targets) -> float64 log-probabilities p
                             pairs (`precompute_reference`), stored beside the token cache, and carried by the rows
                             (`ref_logps`): the reference costs no memory and no forward pass during training
 """
-import copy
 import hashlib
 import json
 import logging
@@ -29,8 +28,7 @@ from general_util.dist import DistContext, all_reduce, barrier, gather_objects, 
 from general_util.fingerprints import data_fingerprint, tokenizer_fingerprint
 from modules.loss_impl import LossSettings
 from modules.preference import pair_targets, reference_logps
-from training.config import deepspeed_config, zero_stage
-from training.engine import load_model
+from training.engine import engine_of, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -56,38 +54,18 @@ def attach_reference(objective, cfg: DictConfig, tokenizer, engine, ctx: DistCon
         objective.reference, objective.with_reference = base_logps, with_base
         return dataset
     frozen = frozen_copy(cfg, tokenizer, ctx)
-    logger.info("reference model: a frozen copy of %s under %s", cfg.model_name_or_path,
-                "FSDP2" if cfg.engine == "fsdp2" else f"DeepSpeed ZeRO-{3 if zero_stage(cfg) == 3 else 0}")
+    logger.info("reference model: a frozen copy of %s under engine=%s", cfg.model_name_or_path, engine_of(cfg).name)
     objective.reference = lambda inputs, targets: reference_logps(frozen, inputs, targets, settings)
     objective.with_reference = lambda score: score(frozen)
     return dataset
 
 
 def frozen_copy(cfg: DictConfig, tokenizer, ctx: DistContext) -> torch.nn.Module:
+    """The starting weights, frozen, sharded by the run's engine as the policy is (training.engine.Engine.frozen_copy)."""
     model = load_model(cfg, tokenizer)
     model.requires_grad_(False)
     model.eval()
-    if cfg.engine == "fsdp2":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        from models.weights_io import DTYPES
-        from training.fsdp2_engine import decoder_layers
-        mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
-        mixed = MixedPrecisionPolicy(param_dtype=None if cfg.precision == "fp32" else DTYPES[cfg.precision])
-        for layer in decoder_layers(model):
-            fully_shard(layer, mesh=mesh, mp_policy=mixed)
-        fully_shard(model, mesh=mesh, mp_policy=mixed)
-        return model
-    from training.deepspeed_engine import join_process_group
-    deepspeed = join_process_group()
-    config = copy.deepcopy(deepspeed_config(cfg))
-    for key in ("optimizer", "scheduler"):
-        config.pop(key, None)
-    config["zero_optimization"] = {"stage": 3} if zero_stage(cfg) == 3 else {"stage": 0}
-    engine, *_ = deepspeed.initialize(model=model, config=config)
-    engine.eval()
-    return engine
+    return engine_of(cfg).frozen_copy(cfg, model, ctx)
 
 
 class WithReference(Dataset):
