@@ -186,11 +186,13 @@ class Trainer:
 
     def layout(self) -> Layout:
         """What a checkpoint must match to continue this run exactly (training/state.py)."""
-        return Layout(self.samples_per_step, self.parallel.sp_size, self.cfg.engine, zero_stage(self.cfg),
-                      self.cfg.seed, self.fingerprints["data"], self.fingerprints["tokenizer"])
+        return Layout(global_batch_size=self.samples_per_step, sequence_parallel_size=self.parallel.sp_size,
+                      engine=self.cfg.engine, zero_stage=zero_stage(self.cfg), seed=self.cfg.seed,
+                      data_fingerprint=self.fingerprints["data"], tokenizer_fingerprint=self.fingerprints["tokenizer"])
 
     def split(self) -> Split:
-        return Split(self.ctx.world_size, self.cfg.per_gpu_train_batch_size, self.cfg.gradient_accumulation_steps)
+        return Split(world_size=self.ctx.world_size, per_gpu_train_batch_size=self.cfg.per_gpu_train_batch_size,
+                     gradient_accumulation_steps=self.cfg.gradient_accumulation_steps)
 
     def resume(self, checkpoint: Path, state: TrainerState | None) -> None:
         """Continue from `checkpoint`: exactly (weights, optimizer, scheduler, step, data position, RNG), with
@@ -440,7 +442,7 @@ class Trainer:
     def save(self) -> None:
         if not self.hooks.save_checkpoints:
             return
-        state = TrainerState(self.step, **self.sampler.state_dict(), tracker_runs=self.metrics.run_ids,
+        state = TrainerState(step=self.step, **self.sampler.state_dict(), tracker_runs=self.metrics.run_ids,
                              split=self.split(), layout=self.layout())
         check_free_space(self.output_dir, self.step, self.cfg.save_space_check, self.ctx)
         save_checkpoint(self.engine, self.output_dir, self.step, state, self.export, self.ctx)

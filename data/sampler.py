@@ -20,7 +20,7 @@ class DistributedEpochSampler(Sampler[int]):
     The sampler owns the data position: the epoch and the global samples of it trained (`state_dict`). Iteration
     starts there and skips what came before without reading it; the loop moves it on after each optimizer step
     (`advance`), not the iteration, which data-loader workers run ahead of training. The position is the same
-    for every split of the global batch, so a checkpoint's continues on another world size.
+    for every split of the global batch, so one saved by W ranks continues on W' ranks.
 
     `rank` and `world_size` are those of data parallelism: ranks that share a batch (sequence parallelism)
     pass the same rank."""

@@ -28,7 +28,7 @@ class Layout:
     global_batch_size: int
     sequence_parallel_size: int
     engine: str
-    zero_stage: int | None
+    zero_stage: int | None  # None: not recorded (OLDER_CHECKPOINTS)
     seed: int
     data_fingerprint: str
     tokenizer_fingerprint: str
@@ -86,7 +86,8 @@ class TrainerState:
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
         except ValueError as error:
-            raise CheckpointError(f"cannot resume from {checkpoint}: its {TRAINER_STATE} is unreadable ({error})") from None
+            raise CheckpointError(f"cannot resume from {checkpoint}: its {TRAINER_STATE} is unreadable "
+                                  f"({error})") from None
         try:
             state = cls.from_json(data)
             different = state.layout.differences(run)
