@@ -589,7 +589,7 @@ def claim_output_dir(cfg: DictConfig, built: dict) -> Path | None:
                 raise
             raise failure from error
 
-    def fresh_start() -> None:
+    def fresh_start(resume_from: Path | None) -> None:
         if cfg.overwrite_output_dir and resume_from is not None and output_dir.resolve() in resume_from.resolve().parents:
             raise OutputDirError(f"resume={cfg.resume} lies in output_dir={output_dir}, which overwrite_output_dir=true "
                                  f"would empty; start from a copy elsewhere or pick a new output_dir")
@@ -600,7 +600,7 @@ def claim_output_dir(cfg: DictConfig, built: dict) -> Path | None:
         return None  # the evaluation sweep reads the run's checkpoints; it only needs the folder to itself
     resume_from = ckpt.resolve_resume(cfg.resume, output_dir)
     if resume_from is None or cfg.resume_mode != "exact":  # else it continues that run
-        decided_by_rank0(fresh_start)
+        decided_by_rank0(lambda: fresh_start(resume_from))
     return resume_from
 
 
