@@ -39,13 +39,14 @@ from post_processors.run import reported_metrics, run_evaluators
 from post_processors.summary import write_summary
 from training import checkpoints as ckpt
 from training.best import BestTracker, match_metric, metric_problem
-from training.config import human_bytes, optimizer_steps, validate, zero_stage
+from training.config import human_bytes, optimizer_steps, validate
 from training.engine import build_engine, engine_of, load_model
 from training.hf_export import HFExport, save_hf_weights
 from training.reference import attach_reference
 from training.rng_state import restore_rng_state
 from training.run_folder import OutputDirError, OutputDirLock, check_fresh_start
 from training.saving import check_free_space, save_checkpoint, write_failure
+from training.state import Layout, Split, TrainerState
 
 OmegaConf.register_new_resolver("eq", lambda a, b: a == b, replace=True)
 logger = logging.getLogger("trainer")
@@ -115,7 +116,7 @@ class Trainer:
     """The training loop and what it delegates to (logging, evaluation, checkpoints)."""
 
     def __init__(self, cfg: DictConfig, ctx: DistContext, tokenizer, train_data, evaluators: dict,
-                 hooks: TrainerHooks | None = None):
+                 hooks: TrainerHooks | None = None, resume_from: Path | None = None):
         self.cfg, self.ctx, self.tokenizer = cfg, ctx, tokenizer
         self.train_data, self.evaluators = train_data, evaluators
         self.hooks = hooks or TrainerHooks()
@@ -123,7 +124,7 @@ class Trainer:
         self.export = HFExport(tokenizer, OmegaConf.to_yaml(cfg, resolve=True), cfg.save_merged)
         self.parallel = sequence_parallel.ParallelLayout.of(ctx.rank, ctx.world_size, cfg.sequence_parallel_size)
         self.micro_per_epoch, self.total_steps = optimizer_steps(len(train_data), cfg, self.parallel.dp_size)
-        self.step, self.epoch, self.samples_in_epoch = 0, 0, 0  # data position: global samples the epoch consumed
+        self.step = 0  # the data position is the sampler's (data/sampler.py)
         self.fingerprints = {"data": data_fingerprint(train_data), "tokenizer": tokenizer_fingerprint(tokenizer)}
         self.stop_requested = False
         self.stopped = False  # the loop ended on a stop request (SIGTERM on any rank), not at total_steps
@@ -139,23 +140,18 @@ class Trainer:
         self.window = self.new_window()
         self.last_log_time = time.perf_counter()
         self.peak_flops = device_peak_flops(cfg.peak_flops_per_gpu)
-        self.resume_point = self.checked_resume_point()
+        self.resume_point = self.checked_resume_point(resume_from)
         self.loss_settings = LossSettings(cfg.loss_impl, cfg.loss_chunk_tokens)
         self.objective = instantiate(cfg.objective)
         self.updates_per_step = getattr(self.objective, "num_iterations", 1)  # optimizer updates per loop step
 
     # ---- set-up -------------------------------------------------------------------------------------
-    def checked_resume_point(self) -> tuple[Path | None, dict | None]:
-        """The checkpoint `resume` designates and, when it is continued exactly, its trainer state, checked
-        against this run before anything big is built (a refusal costs no model load)."""
-        resume_from = ckpt.resolve_resume(self.cfg.resume, self.output_dir)
+    def checked_resume_point(self, resume_from: Path | None) -> tuple[Path | None, TrainerState | None]:
+        """The checkpoint to continue and, when it is continued exactly, its trainer state, checked against this
+        run before anything big is built (a refusal costs no model load)."""
         if resume_from is None or self.cfg.resume_mode != "exact":
             return resume_from, None
-        # keys older checkpoints lack: what they were written with
-        state = {"sequence_parallel_size": 1, "engine": "deepspeed", "zero_stage": zero_stage(self.cfg),
-                 **ckpt.read_trainer_state(resume_from)}
-        ckpt.check_resumable(resume_from, state, self.layout())
-        return resume_from, state
+        return resume_from, TrainerState.read(resume_from, self.layout())
 
     def setup(self, model) -> None:
         resume_from, state = self.resume_point
@@ -164,7 +160,7 @@ class Trainer:
         coef = router_aux_loss_coef(model)  # None: a dense model
         self.objective.router_loss_coef = coef if coef is None or self.cfg.moe_aux_loss_coef is None \
             else self.cfg.moe_aux_loss_coef
-        reshard_from = state["world_size"] if state and state["world_size"] != self.ctx.world_size else None
+        reshard_from = state.split.world_size if state and state.split.world_size != self.ctx.world_size else None
         # the lr schedule counts optimizer updates: a step of GRPO with num_iterations μ makes μ of them
         self.engine = build_engine(self.cfg, model, self.ctx, self.parallel, self.total_steps * self.updates_per_step,
                                    reshard_from)
@@ -188,20 +184,17 @@ class Trainer:
                     self.micro_per_epoch, self.total_steps, self.parallel.dp_size, self.cfg.per_gpu_train_batch_size,
                     self.cfg.gradient_accumulation_steps, self.samples_per_step, self.parallel.sp_size)
 
-    def layout(self) -> dict:
-        """What must match for a checkpoint to continue this run exactly. The world size, micro batch and
-        accumulation may change: the data order and the loss depend on their product (the global batch) only.
-        The engine and the ZeRO stage may not: neither's optimizer state loads into another."""
-        return {"global_batch_size": self.samples_per_step, "sequence_parallel_size": self.parallel.sp_size,
-                **engine_of(self.cfg).checkpoint_layout(self.cfg), "seed": self.cfg.seed,
-                "data_fingerprint": self.fingerprints["data"], "tokenizer_fingerprint": self.fingerprints["tokenizer"]}
+    def layout(self) -> Layout:
+        """What a checkpoint must match to continue this run exactly (training/state.py)."""
+        return Layout(global_batch_size=self.samples_per_step, sequence_parallel_size=self.parallel.sp_size,
+                      **engine_of(self.cfg).checkpoint_layout(self.cfg), seed=self.cfg.seed,
+                      data_fingerprint=self.fingerprints["data"], tokenizer_fingerprint=self.fingerprints["tokenizer"])
 
-    def split(self) -> dict:
-        """How this run splits the global batch (recorded in each checkpoint; free to change at resume)."""
-        return {"world_size": self.ctx.world_size, "per_gpu_train_batch_size": self.cfg.per_gpu_train_batch_size,
-                "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps}
+    def split(self) -> Split:
+        return Split(world_size=self.ctx.world_size, per_gpu_train_batch_size=self.cfg.per_gpu_train_batch_size,
+                     gradient_accumulation_steps=self.cfg.gradient_accumulation_steps)
 
-    def resume(self, checkpoint: Path, state: dict | None) -> None:
+    def resume(self, checkpoint: Path, state: TrainerState | None) -> None:
         """Continue from `checkpoint`: exactly (weights, optimizer, scheduler, step, data position, RNG), with
         its trainer `state` checked by `setup`, or, with resume_mode=weights_only (`state` None), from its
         weights alone with a fresh optimizer at step 0."""
@@ -209,10 +202,10 @@ class Trainer:
             self.engine.load(checkpoint, saved_world_size=self.ctx.world_size, weights_only=True)
             logger.info("initialised weights from %s (resume_mode=weights_only: fresh optimizer, step 0)", checkpoint)
             return
-        self.step, self.epoch, self.samples_in_epoch = state["global_step"], state["epoch"], state["samples_in_epoch"]
-        self.tracker_runs = state.get("tracker_runs", {})
-        self.engine.load(checkpoint, saved_world_size=state["world_size"], weights_only=False)
-        if state["world_size"] == self.ctx.world_size:
+        self.step, self.tracker_runs = state.step, state.tracker_runs
+        self.sampler.load_state_dict(state.data_position)
+        self.engine.load(checkpoint, saved_world_size=state.split.world_size, weights_only=False)
+        if state.split.world_size == self.ctx.world_size:
             restore_rng_state(checkpoint, self.ctx.rank)
         else:
             # Per-rank RNG states cannot be carried over to another number of ranks (and each sample now meets
@@ -220,7 +213,8 @@ class Trainer:
             # a fresh seed derived from (seed, step), the same on every rank as at a fresh start.
             set_seed(self.cfg.seed + self.step)
         logger.info("resumed from %s at step %d (epoch %d, sample %d of the epoch; saved at world size %d, now %d)",
-                    checkpoint, self.step, self.epoch, self.samples_in_epoch, state["world_size"], self.ctx.world_size)
+                    checkpoint, self.step, state.epoch, state.samples_in_epoch, state.split.world_size,
+                    self.ctx.world_size)
 
     def request_stop(self, signum, frame) -> None:
         """SIGTERM (schedulers send it before preemption): finish this step, save, exit 0."""
@@ -232,24 +226,16 @@ class Trainer:
         return self.parallel.dp_size * self.cfg.per_gpu_train_batch_size * self.cfg.gradient_accumulation_steps
 
     def micro_batches(self):
-        """Endless stream of this rank's micro-batches, starting at the current data position. It keeps its
-        own position: the loop advances the trainer's after each step (`advance_data_position`)."""
-        epoch, start = self.epoch, self.samples_in_epoch
+        """Endless stream of this rank's micro-batches from the sampler's data position, one pass per epoch. The
+        loop advances the sampler after each step, so a pass ends with the sampler at the next epoch's start."""
         while True:
-            self.sampler.set_epoch(epoch, start=start)
+            epoch = self.sampler.epoch
             loader = DataLoader(self.train_data, batch_size=self.cfg.per_gpu_train_batch_size, sampler=self.sampler,
                                 collate_fn=self.collator, num_workers=self.cfg.num_workers,
                                 pin_memory=self.ctx.device.type == "cuda",
                                 # worker seeds depend on (seed, epoch) only, so a resumed epoch gets the same ones
                                 generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch))
             yield from map(self.shard, loader)
-            epoch, start = epoch + 1, 0
-
-    def advance_data_position(self) -> None:
-        """After an optimizer step: a global batch more of the epoch is consumed; at its end the next begins."""
-        self.samples_in_epoch += self.samples_per_step
-        if self.samples_in_epoch == self.sampler.epoch_length:
-            self.epoch, self.samples_in_epoch = self.epoch + 1, 0
 
     def shard(self, batch: dict) -> dict:
         """This rank's share of every row of a micro-batch (all of it without sequence parallelism)."""
@@ -306,7 +292,7 @@ class Trainer:
                 stop = self.optimizer_step(window) or stop
                 skipped += not self.engine.was_step_applied()
             self.step += 1
-            self.advance_data_position()
+            self.sampler.advance()
             for _ in range(skipped):
                 self.non_finite_step(window)
             self.metrics.advance()
@@ -400,7 +386,7 @@ class Trainer:
         if "train/mfu" in values:
             postfix["mfu"] = f"{values['train/mfu']:.1%}"
         self.metrics.advance(0, postfix)
-        logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.epoch,
+        logger.info("step %d/%d epoch %d %s", self.step, self.total_steps, self.sampler.epoch,
                     " ".join(f"{k.removeprefix('train/')}={v:.6g}" for k, v in values.items()),
                     extra={"step": self.step})
         self.window = self.new_window()
@@ -416,7 +402,7 @@ class Trainer:
         if self.cfg.nan_policy == "stop":
             path = self.output_dir / "nan_diagnostics.json"
             if self.ctx.is_main:
-                write_json_atomic(path, {"step": self.step, "epoch": self.epoch, "sample_indices": indices,
+                write_json_atomic(path, {"step": self.step, "epoch": self.sampler.epoch, "sample_indices": indices,
                                          "lr": self.engine.lr()})
             raise TrainingError(f"non-finite loss or gradient norm at step {self.step} (nan_policy=stop); "
                                 f"the batch's sample indices are in {path}")
@@ -456,8 +442,8 @@ class Trainer:
     def save(self) -> None:
         if not self.hooks.save_checkpoints:
             return
-        state = {"global_step": self.step, "epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch,
-                 "tracker_runs": self.metrics.run_ids, **self.split(), **self.layout()}
+        state = TrainerState(step=self.step, **self.sampler.state_dict(), tracker_runs=self.metrics.run_ids,
+                             split=self.split(), layout=self.layout())
         check_free_space(self.output_dir, self.step, self.cfg.save_space_check, self.ctx)
         save_checkpoint(self.engine, self.output_dir, self.step, state, self.export, self.ctx)
         self.metrics.checkpoint()  # the trackers keep every step up to this resume point
@@ -467,18 +453,18 @@ class Trainer:
 
 
 def build_trainer(cfg: DictConfig, ctx: DistContext, *, tokenizer=None, train_data=None,
-                  hooks: TrainerHooks | None = None) -> Trainer:
+                  hooks: TrainerHooks | None = None, resume_from: Path | None = None) -> Trainer:
     """The one way to make a Trainer (the entry point, the benchmarks, the in-process tests): tokenizer, data,
     evaluators and model from `cfg` unless given (a benchmark passes synthetic `train_data`), the engine built
-    and the checkpoint to continue (`resume`) loaded. `trainer.run()` then trains and evaluates. The process
-    group must exist (general_util.dist.init_distributed)."""
+    and `resume_from`, the checkpoint `resume` designates (claim_output_dir resolves it), loaded. `trainer.run()`
+    then trains and evaluates. The process group must exist (general_util.dist.init_distributed)."""
     if tokenizer is None:
         set_seed(cfg.seed)
         tokenizer = instantiate(cfg.tokenizer)
     if train_data is None:
         train_data = instantiate(cfg.train_dataset, tokenizer=tokenizer)
     evaluators = build_evaluators(cfg, sweep=False)
-    trainer = Trainer(cfg, ctx, tokenizer, train_data, evaluators, hooks)
+    trainer = Trainer(cfg, ctx, tokenizer, train_data, evaluators, hooks, resume_from)
     trainer.setup(load_model(cfg, tokenizer))
     return trainer
 
@@ -586,13 +572,14 @@ def run(cfg: DictConfig, keep_process_group: bool = False) -> None:
             built["lock"].release()
 
 
-def claim_output_dir(cfg: DictConfig, built: dict) -> None:
-    """Global rank 0 locks output_dir for this job (training/run_folder.py) and, when training starts at
-    step 0, refuses a folder that holds another run (or empties it: overwrite_output_dir=true); every rank
-    raises the same refusal, so all stop together."""
+def claim_output_dir(cfg: DictConfig, built: dict) -> Path | None:
+    """Global rank 0 locks output_dir for this job (training/run_folder.py). A training run then resolves
+    `resume` (once for the run, on every rank, under the lock) and, when it starts at step 0, rank 0 refuses a
+    folder that holds another run (or empties it: overwrite_output_dir=true); every rank raises the same
+    refusal, so all stop together. Returns the checkpoint to continue (None: none)."""
     output_dir = Path(cfg.output_dir)
 
-    def decide() -> None:
+    def lock() -> None:
         built["lock"] = OutputDirLock(output_dir)
         try:
             built["lock"].acquire()
@@ -601,17 +588,20 @@ def claim_output_dir(cfg: DictConfig, built: dict) -> None:
             if failure is None:
                 raise
             raise failure from error
-        if not cfg.do_train:
-            return  # the evaluation sweep reads the run's checkpoints; it only needs the folder to itself
-        resume_from = ckpt.resolve_resume(cfg.resume, output_dir)
-        if resume_from is not None and cfg.resume_mode == "exact":
-            return  # continues that run
+
+    def fresh_start(resume_from: Path | None) -> None:
         if cfg.overwrite_output_dir and resume_from is not None and output_dir.resolve() in resume_from.resolve().parents:
             raise OutputDirError(f"resume={cfg.resume} lies in output_dir={output_dir}, which overwrite_output_dir=true "
                                  f"would empty; start from a copy elsewhere or pick a new output_dir")
         check_fresh_start(output_dir, cfg.overwrite_output_dir)
 
-    decided_by_rank0(decide)
+    decided_by_rank0(lock)
+    if not cfg.do_train:
+        return None  # the evaluation sweep reads the run's checkpoints; it only needs the folder to itself
+    resume_from = ckpt.resolve_resume(cfg.resume, output_dir)
+    if resume_from is None or cfg.resume_mode != "exact":  # else it continues that run
+        decided_by_rank0(lambda: fresh_start(resume_from))
+    return resume_from
 
 
 def run_job(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
@@ -619,8 +609,8 @@ def run_job(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
     setup_logging(output_dir, ctx)
     if cfg.not_reproduced and ctx.is_main:  # an original config name that runs without its original's model class or data
         logger.warning("not reproduced from the original config: %s", cfg.not_reproduced)
-    if not (cfg.do_preprocess or cfg.dry_run):  # these two write nothing in output_dir but their logs
-        claim_output_dir(cfg, built)
+    # do_preprocess and dry_run write nothing in output_dir but their logs
+    resume_from = None if cfg.do_preprocess or cfg.dry_run else claim_output_dir(cfg, built)
     set_seed(cfg.seed)
     tokenizer = instantiate(cfg.tokenizer)
     train_data = instantiate(cfg.train_dataset, tokenizer=tokenizer) if cfg.do_train or cfg.do_preprocess else None
@@ -631,7 +621,8 @@ def run_job(cfg: DictConfig, ctx: DistContext, built: dict) -> None:
         return dry_run(cfg, ctx, tokenizer, train_data)
     if not cfg.do_train:
         return evaluate_checkpoints(cfg, ctx, tokenizer, build_evaluators(cfg, sweep=True))
-    trainer = built["trainer"] = build_trainer(cfg, ctx, tokenizer=tokenizer, train_data=train_data)
+    trainer = built["trainer"] = build_trainer(cfg, ctx, tokenizer=tokenizer, train_data=train_data,
+                                               resume_from=resume_from)
     trainer.run()
     if ctx.is_main:
         print(f"done: {trainer.step} optimizer steps; checkpoints in {output_dir.resolve()}, "

@@ -2,10 +2,9 @@
 
 Layout: `output_dir/checkpoint-<step>/` holds the engine's resumable state (training/engine.py), `config.json` +
 `model.safetensors` (loadable by `from_pretrained`), the tokenizer, the resolved `training_config.yaml` and
-`trainer_state.json`. A checkpoint is first written as `.tmp-checkpoint-<step>` and renamed when complete
-(training/saving.py), so a folder named `checkpoint-*` is always whole.
+`trainer_state.json` (training/state.py). A checkpoint is first written as `.tmp-checkpoint-<step>` and renamed
+when complete (training/saving.py), so a folder named `checkpoint-*` is always whole.
 """
-import json
 import logging
 import re
 import shutil
@@ -50,24 +49,6 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
     if not (path / TRAINER_STATE).is_file():
         raise CheckpointError(f"resume={resume}: not a complete checkpoint folder (no {TRAINER_STATE})")
     return path
-
-
-def read_trainer_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / TRAINER_STATE).read_text())
-
-
-def check_resumable(checkpoint: Path, state: dict, layout: dict) -> None:
-    """Refuse a checkpoint that this run cannot continue exactly (`layout`: what must match)."""
-    weights_only = "pass resume_mode=weights_only to start from its weights with a fresh optimizer"
-    if "samples_in_epoch" not in state:
-        raise CheckpointError(f"cannot resume exactly from {checkpoint}: it was written by an earlier version of the "
-                              f"trainer, whose data order depended on the world size; {weights_only}")
-    notes = {"global_batch_size": " (the world size, micro batch and accumulation may change, not their product)",
-             "zero_stage": " (the ZeRO stage of ds_cfg)"}
-    different = [f"{key} {state.get(key)} → {value}{notes.get(key, '')}" for key, value in layout.items()
-                 if state.get(key) != value]
-    if different:
-        raise CheckpointError(f"cannot resume exactly from {checkpoint}: {', '.join(different)}; {weights_only}")
 
 
 def apply_retention(output_dir: Path, limit: int, protected: set[Path]) -> list[Path]:

@@ -138,8 +138,8 @@ class FSDP2:
         return sharded_memory_bytes(num_params, cfg.precision, world_size, 3 if self.sharding(cfg)[0] else 2)
 
     def checkpoint_layout(self, cfg: DictConfig) -> dict:
-        """DCP re-shards on load: any sharding (and ds_cfg) continues it."""
-        return {"engine": self.name}
+        """DCP re-shards on load: any sharding (and ds_cfg) continues it, so no ZeRO stage is recorded."""
+        return {"engine": self.name, "zero_stage": None}
 
     @staticmethod
     def holds_state(checkpoint: Path) -> bool:

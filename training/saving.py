@@ -9,6 +9,7 @@ from general_util import faults
 from general_util.dist import DistContext, barrier, broadcast_object, decided_by_rank0, gather_objects
 from general_util.files import write_json_atomic
 from training.checkpoints import TRAINER_STATE, CheckpointError, checkpoint_dir, list_checkpoints
+from training.state import TrainerState
 from training.hf_export import HFExport, write_hf_weights
 from training.rng_state import save_rng_state
 
@@ -105,7 +106,7 @@ def human_size(num_bytes: int) -> str:
     return f"{num_bytes / 2**20:.1f} MiB" if num_bytes < 2**30 else f"{num_bytes / 2**30:.2f} GiB"
 
 
-def save_checkpoint(engine, output_dir: Path, step: int, trainer_state: dict, export: HFExport,
+def save_checkpoint(engine, output_dir: Path, step: int, trainer_state: TrainerState, export: HFExport,
                     ctx: DistContext) -> Path:
     """Called on every rank: the engine's resumable state, each rank's RNG state, the Hugging Face export and
     `trainer_state`, into `.tmp-checkpoint-<step>`, renamed when complete; returns the final folder. A write
@@ -125,7 +126,7 @@ def save_checkpoint(engine, output_dir: Path, step: int, trainer_state: dict, ex
     state_dict = engine.consolidated_state_dict()  # a collective when the weights are sharded: every rank takes part
     if ctx.is_main:
         writes.run(write_hf_weights, engine.module, state_dict, tmp, export)
-        writes.run(write_json_atomic, tmp / TRAINER_STATE, trainer_state)
+        writes.run(write_json_atomic, tmp / TRAINER_STATE, trainer_state.to_json())
     failures = [f"rank {rank}: {text}" for rank, text in
                 enumerate(gather_objects(describe_failure(writes.failure) if writes.failure else None)) if text]
     if not failures:
