@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from general_util.imports import hidden_modules
 from models.weights_io import (DEFAULT_MAX_SHARD_SIZE, DTYPES, ShardedWriter, TensorSpec, WeightsError,
                                check_output_folder, copy_side_files, dtype_name, format_size, parse_size, run_cli,
                                staged_folder)
@@ -38,7 +39,8 @@ def config_dtype(config: dict) -> torch.dtype:
 
 def zero_state(checkpoint: Path) -> tuple[dict[str, TensorSpec], Callable[[str], torch.Tensor]]:
     """(name → shape and dtype, name → fp32 tensor) of a DeepSpeed ZeRO checkpoint's weights."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    with hidden_modules("mlflow"):  # imported by DeepSpeed's autotuner (~2 s), never used here
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     # Lazy: each value is gathered from the ZeRO partitions by `.contiguous()`, one tensor at a time.
     state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name, lazy_mode=True)
     return ({name: TensorSpec(tuple(t.shape), t.dtype) for name, t in state.items()},

@@ -33,10 +33,10 @@ if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
 # hands out whole files (--dist=loadfile) in collection order (--no-loadscope-reorder, pytest.ini), so that
 # no long file starts last and leaves the other worker idle. Only the order changes.
 LONGEST_FIRST = ["test_model_families_ranks.py", "test_ending_matrix_two_ranks.py", "test_ending_matrix.py",
-                 "test_model_families.py", "test_gpu_check.py", "test_repeated_jobs.py", "test_lm_eval_evaluator.py",
+                 "test_model_families.py", "test_gpu_check.py", "test_lm_eval_evaluator.py",
                  "test_fsdp2.py", "test_preference_training.py", "test_grpo_demo.py", "test_grpo_vllm.py",
                  "test_preference_parity.py", "test_rank_failure.py", "test_deepspeed_multinode.py", "test_sequence_parallel.py",
-                 "test_trainer_e2e.py", "test_bench_delta_memory.py", "test_elastic_resume.py",
+                 "test_repeated_jobs.py", "test_trainer_e2e.py", "test_bench_delta_memory.py", "test_elastic_resume.py",
                  "test_save_failures.py", "test_bench_loss_memory.py", "test_seed_multi_run.py",
                  "test_long_context.py", "test_cli_errors.py", "test_original_configs.py"]
 

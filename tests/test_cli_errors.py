@@ -8,8 +8,8 @@ import pytest
 
 from tests.trainer_runs import FAST, run_trainer
 
-# the whole command, interpreter start-up included (nothing but the error line may reach stderr); the other
-# cases run trainer.py's same __main__ in forked ranks (tests/forked_ranks.py)
+# the whole command, interpreter start-up included (nothing but the error line may reach stderr: test_bad_record);
+# the other cases run trainer.py's same __main__, its sys.argv as given, in forked ranks (tests/forked_ranks.py)
 run_command = partial(run_trainer, launcher="python")
 
 GOOD = '{"instruction": "a", "output": "b"}\n'
@@ -74,7 +74,7 @@ def test_full_error_for_debugging(tmp_path):
 
 
 def test_legacy_double_dash_overrides(tmp_path):
-    result = run_command(tmp_path / "out", ["--learning_rate=1e-4", "--per_gpu_train_batch_size", "4", "--dry_run"])
+    result = run_trainer(tmp_path / "out", ["--learning_rate=1e-4", "--per_gpu_train_batch_size", "4", "--dry_run"])
     assert "learning_rate: 0.0001" in result.stdout and "per_gpu_train_batch_size: 4" in result.stdout
     assert "optimizer steps: 296" in result.stdout  # 148 samples, batch 4, 8 epochs: the overrides took effect
     assert result.stderr.count("note: converted to Hydra overrides: --learning_rate=1e-4 → learning_rate=1e-4, "

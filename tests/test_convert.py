@@ -2,7 +2,6 @@
 on CPU, becomes a folder that `from_pretrained` loads with the engine's exact weights and the tokenizer."""
 import json
 
-import deepspeed
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -10,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from general_util.dist import init_distributed
 from models.convert import main, zero_to_hf
 from models.weights_io import SAFETENSORS_INDEX
+from training.deepspeed_engine import import_deepspeed
 
 TOKENIZER = "models/tiny_llama"
 
@@ -27,7 +27,7 @@ def save_trained_checkpoint(stage: int, root, tokenizer):
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, bos_token_id=1, eos_token_id=2)
     model = LlamaForCausalLM(config)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config(stage))
+    engine, *_ = import_deepspeed().initialize(model=model, model_parameters=model.parameters(), config=ds_config(stage))
     input_ids = torch.randint(3, len(tokenizer), (2, 12))
     engine.backward(engine(input_ids=input_ids, labels=input_ids).loss)
     engine.step()
@@ -51,7 +51,7 @@ def test_zero_checkpoint_converts_to_loadable_hf_folder(stage, tmp_path):
     converted = AutoModelForCausalLM.from_pretrained(out).eval()
     input_ids = torch.tensor([tokenizer("计算 3 加 5。The capital of France is Paris.")["input_ids"]])
     module = engine.module.eval()
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=stage == 3), torch.no_grad():
+    with import_deepspeed().zero.GatheredParameters(list(module.parameters()), enabled=stage == 3), torch.no_grad():
         expected = module(input_ids=input_ids).logits
         for name, param in module.named_parameters():  # the trained weights, not the initial ones
             torch.testing.assert_close(converted.get_parameter(name), param, rtol=0, atol=0)

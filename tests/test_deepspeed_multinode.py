@@ -11,7 +11,7 @@ keys, and DeepSpeed's runner reaches both "nodes" (localhost, 127.0.0.1) through
 import os
 import shutil
 import subprocess
-import time
+import threading
 import warnings
 from pathlib import Path
 
@@ -93,16 +93,15 @@ def loopback_sshd(tmp_path):
     options = (f"-i {keys / 'user_key'} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes "
                f"-o LogLevel=ERROR")
     try:
-        ready = False
-        for _ in range(100):  # until sshd listens (at most ~10 s); the outcome never depends on how long it took
-            probe = subprocess.run(["ssh", *options.split(), "-p", str(port), "127.0.0.1", "true"], capture_output=True)
-            if probe.returncode == 0:
-                ready = True
+        log = []
+        for line in sshd.stderr:  # its log (-e): it says when it listens, or ends (EOF) when it cannot start
+            log.append(line)
+            if line.startswith(f"Server listening on 127.0.0.1 port {port}"):
                 break
-            if sshd.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert ready, f"sshd did not accept the key: {probe.stderr.decode()[-2000:]}"
+        drain = threading.Thread(target=lambda: log.extend(sshd.stderr), daemon=True)  # never blocked on a full pipe
+        drain.start()
+        probe = subprocess.run(["ssh", *options.split(), "-p", str(port), "127.0.0.1", "true"], capture_output=True)
+        assert probe.returncode == 0, f"sshd did not accept the key: {probe.stderr.decode()[-2000:]}{''.join(log)[-2000:]}"
         yield port, options
     finally:
         sshd.terminate()

@@ -1,6 +1,7 @@
 """The output folder is one run's: a fresh start refuses another run's results (or replaces them when asked), a
 second job refuses a folder in use, a dead job's lock is taken over (training/run_folder.py)."""
 import json
+import multiprocessing
 import socket
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import sys
 import pytest
 
 from training.run_folder import LOCK_NAME, OutputDirError, OutputDirLock, check_fresh_start
-from tests.trainer_runs import FAST, REPO, read_scalars, run_trainer
+from tests.trainer_runs import FAST, read_scalars, run_trainer
 
 RUN = FAST + ["max_steps=2", "per_gpu_train_batch_size=4"]
 
@@ -28,22 +29,32 @@ def write_lock(folder, **record):
     (folder / LOCK_NAME).write_text(json.dumps({"started": "2026-01-01 00:00:00 UTC", "flock": False, **record}))
 
 
+def hold_lock(folder, connection) -> None:
+    lock = OutputDirLock(folder)
+    lock.acquire()
+    connection.send("locked")
+    connection.recv()
+    lock.release()
+
+
 class LockHolder:
-    """Another process holding the lock of `folder` until `release()` (it says when it holds it: no timing)."""
+    """Another process (forked from this one) holding the lock of `folder` until `release()` (it says when it holds
+    it: no timing)."""
 
     def __init__(self, folder):
-        code = ("import sys; from pathlib import Path; from training.run_folder import OutputDirLock; "
-                f"lock = OutputDirLock(Path({str(folder)!r})); lock.acquire(); print('locked', flush=True); "
-                "sys.stdin.read(); lock.release()")
-        self.process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout.readline() == "locked\n"
+        context = multiprocessing.get_context("fork")
+        self.connection, theirs = context.Pipe()
+        self.process = context.Process(target=hold_lock, args=(folder, theirs))
+        self.process.start()
+        theirs.close()
+        assert self.connection.recv() == "locked"
         self.pid = self.process.pid
         self.record = json.loads((folder / LOCK_NAME).read_text())
 
     def release(self):
-        self.process.communicate("", timeout=60)
-        assert self.process.returncode == 0
+        self.connection.send("release")
+        self.process.join(timeout=60)
+        assert self.process.exitcode == 0
 
 
 def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path, caplog):

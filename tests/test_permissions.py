@@ -1,8 +1,8 @@
 """Permissions, for real: the trainer run by an unprivileged user, for whom a read-only folder refuses writes (root's
-override would let every write through). The user is created here (useradd) and the trainer started under it with
-setpriv: its own uid and gid, no supplementary groups, and only the capability to read and search (root's home holds
-the Python installation), not to write where it may not. Needs root, useradd and setpriv (CI runs as root); without
-them the test skips, saying why.
+override would let every write through). The user is created here (useradd) and the trainer run as it, forked,
+with what setpriv gives (tests/unprivileged.py): its own uid and gid, no supplementary groups, and only the
+capability to read and search (root's home holds the Python installation), not to write where it may not. Needs
+root and useradd (CI runs as root); without them the test skips, saying why.
 
 - an output folder it cannot write: one line naming the folder and the cause, exit 2, nothing written;
 - a checkpoint folder that turns read-only in the middle of its save (LLAMA_TRAINER_FAULT=readonly@save=4,
@@ -14,11 +14,11 @@ import pwd
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from tests.trainer_runs import FAST, REPO, child_env
+from tests.forked_ranks import run_script
+from tests.trainer_runs import FAST, child_env
 
 pytestmark = pytest.mark.slow
 USER = "llama-unprivileged"
@@ -28,9 +28,8 @@ RUN = FAST + ["max_steps=4", "save_steps=2", "per_gpu_train_batch_size=4"]
 @pytest.fixture(scope="module")
 def unprivileged():
     """(uid, gid) of an unprivileged system user, created when missing."""
-    missing = [tool for tool in ("useradd", "setpriv") if shutil.which(tool) is None]
-    if os.geteuid() != 0 or missing:
-        pytest.skip(f"needs root and {', '.join(missing) or 'useradd, setpriv'} to run as an unprivileged user")
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd to run as an unprivileged user")
     try:
         entry = pwd.getpwnam(USER)
     except KeyError:
@@ -40,15 +39,14 @@ def unprivileged():
 
 
 def run_as(user: tuple[int, int], tmp_path, output_dir, overrides, env=None):
+    """trainer.py run by `user`, forked (tests/unprivileged.py: setpriv's uid, gid, no groups, read-search only)."""
     uid, gid = user
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     os.chown(home, uid, gid)
-    command = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=+dac_read_search",
-               "--ambient-caps=+dac_read_search", "--", sys.executable, "trainer.py", "-cp", "conf/demo", "-cn", "sft",
-               f"output_dir={output_dir}", f"data.cache_dir={home / 'cache'}", *overrides]
-    return subprocess.run(command, cwd=REPO, env=child_env(HOME=str(home), **(env or {})), capture_output=True,
-                          text=True, timeout=600)
+    args = [str(uid), str(gid), "-cp", "conf/demo", "-cn", "sft", f"output_dir={output_dir}",
+            f"data.cache_dir={home / 'cache'}", *overrides]
+    return run_script("-m tests.unprivileged", args, env=child_env(HOME=str(home), **(env or {})), timeout=600)
 
 
 def owned_folder(path, user, mode=0o755):

@@ -6,13 +6,13 @@ import errno
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from training.saving import RecordedWrites
 from general_util.faults import parse
-from tests.trainer_runs import FAST, REPO, child_env, run_trainer
+from tests.forked_ranks import run_script
+from tests.trainer_runs import FAST, child_env, run_trainer
 
 RUN = FAST + ["max_steps=4", "save_steps=2"]
 
@@ -92,12 +92,9 @@ def test_a_real_full_disk(tmp_path, policy):
     does not. `warn` logs that before the save, then the save fails; `stop` stops before writing."""
     out = tmp_path / "small_disk"
     out.mkdir()
-    trainer = [sys.executable, "trainer.py", "-cp", "conf/demo", "-cn", "sft", f"output_dir={out}",
-               "per_gpu_train_batch_size=4", f"save_space_check={policy}", *RUN]
-    script = (f"mount -t tmpfs -o size=7m tmpfs {out} && {' '.join(trainer)}; echo rc=$?; "
-              f"ls -A {out}; echo --log--; cat {out}/logs/rank0.log")
-    result = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script], cwd=REPO, env=child_env(),
-                            capture_output=True, text=True, timeout=600)
+    trainer = ["-cp", "conf/demo", "-cn", "sft", f"output_dir={out}", "per_gpu_train_batch_size=4",
+               f"save_space_check={policy}", *RUN]
+    result = run_script("-m tests.small_disk", ["7m", str(out), *trainer], env=child_env(), timeout=600)
     assert "rc=2" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
     listing = result.stdout.split("rc=2", 1)[1].split("--log--")[0]
     assert "checkpoint-2" in listing and "checkpoint-4" not in listing  # neither checkpoint-4 nor .tmp-checkpoint-4

@@ -40,17 +40,23 @@ def test_deferred_torch_compile_compiles_on_first_call_with_the_options_given():
     assert len(compiled_graphs) == 2  # compiled once
 
 
-def test_trainer_start_up_imports_neither_mlflow_nor_matplotlib_nor_inductor():
+def test_trainer_start_up_imports_neither_mlflow_nor_matplotlib_nor_inductor(tmp_path):
     """DeepSpeed's autotuner imports MLflow (~2 s), the sweep summary matplotlib (~1 s), and DeepSpeed's Muon
     module, which ZeRO imports at initialize, TorchInductor for its @torch.compile kernels (~1 s): none is used
-    by a training run (the MLflow tracker imports it when asked for, Muon compiles when configured)."""
-    probe = ("import sys, trainer; from training.deepspeed_engine import import_deepspeed; import_deepspeed(); "
-             "assert 'deepspeed.runtime.zero.muon.muon_optimizer' in sys.modules; "
-             "print(sorted(m for m in ('mlflow', 'matplotlib', 'torch._inductor.compile_fx') if m in sys.modules))")
+    by a training run (the MLflow tracker imports it when asked for, Muon compiles when configured). MLflow,
+    hidden from DeepSpeed only, still imports afterwards: the MLflow tracker, made after DeepSpeed's import in the
+    same process, logs a metric that its store reads back."""
+    probe = ("import sys, trainer; from pathlib import Path; from training.deepspeed_engine import import_deepspeed; "
+             "import_deepspeed(); assert 'deepspeed.runtime.zero.muon.muon_optimizer' in sys.modules; "
+             "print(sorted(m for m in ('mlflow', 'matplotlib', 'torch._inductor.compile_fx') if m in sys.modules)); "
+             "from general_util.trackers import MLflowTracker; "
+             f"tracker = MLflowTracker(Path({str(tmp_path)!r}), {{'lr': 1}}, None, 0, {{}}); "
+             "tracker.log({'train/loss': 2.5}, 1); tracker.close(); "
+             "print([(m.step, m.value) for m in tracker.client.get_metric_history(tracker.run_id, 'train/loss')])")
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=child_env(), capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert result.stdout.strip().splitlines()[-2:] == ["[]", "[(1, 2.5)]"]
 
 
 def test_fault_is_read_when_it_fires(monkeypatch):

@@ -12,6 +12,7 @@ from general_util.dist import free_port
 from models.convert import main as convert_main
 from tests.forked_ranks import run_script
 from tests.trainer_runs import FAST, REPO, child_env, read_scalars, run_trainer, scalar_values
+from training.deepspeed_engine import import_deepspeed
 
 pytestmark = pytest.mark.slow
 STEPS = 15
@@ -36,6 +37,7 @@ def two_ranks_zero1(tmp_path_factory):
 
 def engine_weights(checkpoint):
     """The fp32 weights of the DeepSpeed state in a checkpoint (what training would resume from)."""
+    import_deepspeed()  # without the MLflow import of DeepSpeed's autotuner (~2 s of this worker's time)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
 
