@@ -1,5 +1,6 @@
 """Shared test hygiene."""
 import os
+import sys
 
 import pytest
 
@@ -21,6 +22,13 @@ def restore_environment():
 # here and in the fork server, which this worker starts later (it imports the trainer's stack once).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# One OpenMP thread per process, as child_env gives every rank: pytest-xdist runs one worker per core, and a worker's
+# in-process torch with a thread per core besides oversubscribes the cores (measured on 2 cores under load: the TRL
+# parity tests took 15 s of CPU with 2 threads, 9 s with 1). Set before torch is imported (here, the fork server,
+# the children that inherit this environment).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # a pytest plugin imported it first: its OpenMP read the environment then
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 use_warm_fork_server()
 # tmp_path (the runs' checkpoints, logs, caches) in RAM where the machine has a tmpfs: a suite's few hundred MB of
 # checkpoint writes and fsyncs then wait on no disk another job may be using (~10 % of a checkpointing test's time
