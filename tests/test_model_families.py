@@ -96,7 +96,8 @@ def exported(trained):
     def get(name: str):
         if name not in loaded:
             export = trained(name)[1] / f"checkpoint-{STEPS}"
-            loaded[name] = export, AutoModelForCausalLM.from_pretrained(export).eval(), AutoTokenizer.from_pretrained(export)
+            model, tokenizer = AutoModelForCausalLM.from_pretrained(export).eval(), AutoTokenizer.from_pretrained(export)
+            loaded[name] = export, model, tokenizer
         return loaded[name]
     return get
 

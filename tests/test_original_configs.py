@@ -72,7 +72,7 @@ ORIGINALS = FIXTURE["configs"]
 README_TABLE = "| configs | keys | why |"  # README: "Where a same-named config differs from its original"
 
 
-@functools.cache  # each original is composed once per module (its value test and the README test read it; neither changes it)
+@functools.cache  # each original composed once per module: its value test and the README test read it, neither changes it
 def compose_config(folder: str, name: str):
     with initialize_config_dir(config_dir=str(REPO / "conf/llama" / folder), version_base="1.3"):
         return compose(config_name=name, overrides=["model_name_or_path=models/tiny_llama"])
