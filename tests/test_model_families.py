@@ -31,9 +31,11 @@ NEW_TOKENS = [f"<|新词{i}|>" for i in range(300)]
 
 def test_each_tiny_model_keeps_what_its_family_needs():
     """The switches each family's training depends on, read from the built models (a few MB each)."""
+    tokenizers = {}  # each family's tokenizer loaded once (Llama-3's and Qwen's tokenizer.json: ~1 s of CPU each)
     for name in NAMES:
         path = tiny_family(name)
         model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        tokenizers[name] = tokenizer
         published = json.loads(FAMILIES[name].config.read_text())
         config = model.config
         assert config.model_type == published["model_type"] and config.vocab_size == published["vocab_size"] >= len(tokenizer)
@@ -43,11 +45,11 @@ def test_each_tiny_model_keeps_what_its_family_needs():
         attention = model.model.layers[0].self_attn
         assert (attention.q_proj.bias is not None) == (published["model_type"] == "qwen2"), name  # Qwen2's QKV biases
         assert hasattr(attention, "q_norm") == published["model_type"].startswith("qwen3"), name  # Qwen3's q/k norms
-    assert len(AutoTokenizer.from_pretrained(tiny_family("llama2"))) == 32000
-    llama3 = AutoTokenizer.from_pretrained(tiny_family("llama3"))
+    assert len(tokenizers["llama2"]) == 32000
+    llama3 = tokenizers["llama3"]
     assert len(llama3) == 128256 and llama3("Hello world").input_ids == [128000, 9906, 1917]
     assert llama3.convert_tokens_to_ids("<|eot_id|>") == 128009
-    qwen = AutoTokenizer.from_pretrained(tiny_family("qwen2.5"))
+    qwen = tokenizers["qwen2.5"]
     assert qwen("Hello world").input_ids == [9707, 1879] and qwen.pad_token == "<|endoftext|>"
     assert AutoConfig.from_pretrained(tiny_family("mistral")).sliding_window == 16
     moe = AutoConfig.from_pretrained(tiny_family("qwen3_moe"))
@@ -85,17 +87,30 @@ def trained(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def exported(trained):
+    """The export of `trained(name)` (its last checkpoint) reloaded with from_pretrained, model in eval mode and
+    tokenizer, once per module: the reload tests and the lm-eval test read it, none changes it."""
+    loaded = {}
+
+    def get(name: str):
+        if name not in loaded:
+            export = trained(name)[1] / f"checkpoint-{STEPS}"
+            model, tokenizer = AutoModelForCausalLM.from_pretrained(export).eval(), AutoTokenizer.from_pretrained(export)
+            loaded[name] = export, model, tokenizer
+        return loaded[name]
+    return get
+
+
 def engine_logits(trainer, input_ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return trainer.engine.model(input_ids=input_ids).logits
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_export_reloads_with_the_engines_logits(name, trained):
-    trainer, out = trained(name)
-    export = out / f"checkpoint-{STEPS}"
-    model = AutoModelForCausalLM.from_pretrained(export).eval()
-    tokenizer = AutoTokenizer.from_pretrained(export)
+def test_export_reloads_with_the_engines_logits(name, trained, exported):
+    trainer, _ = trained(name)
+    _, model, tokenizer = exported(name)
     assert len(tokenizer) == len(trainer.tokenizer) and model.config.vocab_size >= len(tokenizer)
     input_ids = torch.tensor([tokenizer("天空是蓝色的。The sky is blue.").input_ids])
     with torch.no_grad():
@@ -104,7 +119,7 @@ def test_export_reloads_with_the_engines_logits(name, trained):
 
 
 @pytest.mark.parametrize("name", TIED)
-def test_vocabulary_growth_keeps_tied_embeddings_tied(name, trained):
+def test_vocabulary_growth_keeps_tied_embeddings_tied(name, trained, exported):
     """300 new tokens grow the shared matrix to 151,969 rows: still the output head, in training and in the
     export (saved once, reloaded tied)."""
     trainer, out = trained(name)
@@ -112,13 +127,12 @@ def test_vocabulary_growth_keeps_tied_embeddings_tied(name, trained):
     grown = 151669 + len(NEW_TOKENS)
     assert len(trainer.tokenizer) == grown == module.model.embed_tokens.weight.shape[0]
     assert module.lm_head.weight is module.model.embed_tokens.weight
-    export = out / f"checkpoint-{STEPS}"
+    export, model, tokenizer = exported(name)
     with safe_open(str(export / "model.safetensors"), "pt") as f:
         assert "lm_head.weight" not in f.keys() and f.get_slice("model.embed_tokens.weight").get_shape()[0] == grown
-    model = AutoModelForCausalLM.from_pretrained(export)
     assert model.config.tie_word_embeddings and model.config.vocab_size == grown
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    assert AutoTokenizer.from_pretrained(export).convert_tokens_to_ids(NEW_TOKENS) == list(range(151669, grown))
+    assert tokenizer.convert_tokens_to_ids(NEW_TOKENS) == list(range(151669, grown))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -141,16 +155,14 @@ def test_lora_all_linear_adapter_reloads_with_the_engines_logits(name, trained):
 
 @pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm-eval not installed (requirements-lm-eval.txt)")
 @pytest.mark.parametrize("name", NAMES)
-def test_multiple_choice_log_likelihoods_equal_lm_eval(name, trained, tmp_path):
+def test_multiple_choice_log_likelihoods_equal_lm_eval(name, exported, tmp_path):
     """The harness evaluator on the exported model against lm-eval's own HFLM run (LogiQA 2.0 items)."""
     from post_processors.lm_eval_harness import LMEvalHarnessEvaluator
     from tests.test_lm_eval_evaluator import FIXTURES, assert_same_as_lm_eval, reference
-    _, out = trained(name)
-    export = out / f"checkpoint-{STEPS}"
+    export, model, tokenizer = exported(name)
     evaluator = LMEvalHarnessEvaluator("harness", [str(FIXTURES / "logiqa2_local.yaml")], batch_size=3,
                                        max_length=96, limit=2)
-    model = AutoModelForCausalLM.from_pretrained(export).eval()
-    metrics = evaluator(model, AutoTokenizer.from_pretrained(export), tmp_path, LossSettings())
+    metrics = evaluator(model, tokenizer, tmp_path, LossSettings())
     assert_same_as_lm_eval(metrics, tmp_path, reference(export, ["logiqa2_local"], FIXTURES, max_length=96, limit=2))
 
 

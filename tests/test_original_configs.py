@@ -1,6 +1,7 @@
 """The original PandaLLM config names (dandelionsllm/pandallm@4a47ecd, conf/llama/{zh,wiki}) under their names
 here: the folder read as the original read it, and every same-named config resolving to the original's values
 (tests/fixtures/panda_original/configs.json), except where the README's list of differences says otherwise."""
+import functools
 import glob
 import json
 import re
@@ -71,6 +72,7 @@ ORIGINALS = FIXTURE["configs"]
 README_TABLE = "| configs | keys | why |"  # README: "Where a same-named config differs from its original"
 
 
+@functools.cache  # each original composed once per module: its value test and the README test read it, neither changes it
 def compose_config(folder: str, name: str):
     with initialize_config_dir(config_dir=str(REPO / "conf/llama" / folder), version_base="1.3"):
         return compose(config_name=name, overrides=["model_name_or_path=models/tiny_llama"])

@@ -16,10 +16,10 @@ EXPECTED_PAD = {"tiny_bpe": "<unk>", "llama2": "<unk>", "chinese_llama2": "<pad>
 
 @pytest.mark.parametrize("kind", FOLDER_KINDS)
 def test_auto_pad_reuses_a_token_the_vocabulary_has(kind):
-    base = tokenizer_kinds.tokenizer(kind)
+    size = tokenizer_kinds.describe(kind)["size"]  # the session's tokenizer of `kind` (read only: no copy of it)
     tokenizer = load_tokenizer(str(tokenizer_kinds.folder(kind)))  # the default: pad_token=auto
-    assert len(tokenizer) == len(base) and tokenizer.pad_token == EXPECTED_PAD[kind]
-    assert tokenizer.pad_token_id < len(base) and tokenizer.pad_token_id not in (None, tokenizer.bos_token_id)
+    assert len(tokenizer) == size and tokenizer.pad_token == EXPECTED_PAD[kind]
+    assert tokenizer.pad_token_id < size and tokenizer.pad_token_id not in (None, tokenizer.bos_token_id)
 
 
 def test_a_named_pad_is_added_as_the_original_recipes_do():
