@@ -6,15 +6,16 @@ One sequence per step, every position labelled; fp32 on CPU, bf16 on CUDA.
     python -m bench.loss_memory [--out loss_memory.json] [--repeats 3] [--chunk-tokens 1024]
     python -m bench.loss_memory --quick      # vocab 32k at seq 1024, 256-token slices (CI smoke test)
 
-Each (vocab, seq, loss_impl) runs in a fresh process of its own, so the peaks are independent. Measured:
+Each (vocab, seq, loss_impl) runs in a fresh process of its own, so the peaks are independent (--fork-workers,
+the smoke test's way: a process forked from the warm fork server, bench/harness.py). Measured:
 - peak growth: how far the step pushes memory above what the process held just before it (the model's
   weights and the inputs), i.e. the step's activations, logits and gradients at their peak. CUDA: the
   allocator's max_memory_allocated() after reset_peak_memory_stats(), minus memory_allocated() before.
   CPU (Linux): the kernel's resident-set high-water mark (VmHWM in /proc/self/status, reset just before
   the step by writing 5 to /proc/self/clear_refs) minus the resident set before the step: pages the step
   actually touched, not allocator bookkeeping. torch's CPU allocator caches nothing, and the worker runs
-  with MALLOC_MMAP_THRESHOLD_=65536, so glibc hands every freed block of 64 KiB or more back at once
-  (memory freed earlier cannot hide in the baseline). The measured step follows one warm-up step, so
+  with MALLOC_MMAP_THRESHOLD_=65536 (a forked worker: the same through mallopt), so glibc hands every freed
+  block of 64 KiB or more back at once (memory freed earlier cannot hide in the baseline). The measured step follows one warm-up step, so
   one-time library set-up is not counted.
 - tokens/s: tokens of a step / the fastest of `--repeats` further steps in the same process (the least
   disturbed by other load on a shared machine).
@@ -30,15 +31,25 @@ import sys
 import time
 from pathlib import Path
 
-from bench.harness import REPO, PeakMemory, emit_result, results_of, run_worker_processes
+from bench.harness import REPO, PeakMemory, add_fork_workers_argument, emit_result, results_of, run_worker_processes
 
 FULL_GRID = {"vocab": [32000, 64000, 128256], "seq": [2048, 4096], "chunk_tokens": 1024}
 QUICK_GRID = {"vocab": [32000], "seq": [1024], "chunk_tokens": 256}  # one comparison: two fresh processes
 IMPLS = ("full", "chunked")
 MMAP_THRESHOLD = 1 << 16  # glibc: every block ≥ 64 KiB is mmapped and handed back when freed (a fixed threshold)
+M_MMAP_THRESHOLD = -3  # mallopt's parameter for it (malloc.h)
+
+
+def fix_mmap_threshold() -> None:
+    """What MALLOC_MMAP_THRESHOLD_ does for a fresh process, for one forked from a server whose glibc read its
+    environment long ago: a fixed threshold of MMAP_THRESHOLD (no dynamic raising)."""
+    import ctypes
+    if not ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD):
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed")
 
 
 def run_worker(vocab: int, seq: int, impl: str, chunk_tokens: int, repeats: int) -> dict:
+    fix_mmap_threshold()
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from modules.loss import next_token_targets
@@ -85,11 +96,12 @@ def device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
 
 
-def measure(vocab: int, seq: int, impl: str, chunk_tokens: int, repeats: int) -> dict:
-    """One variant in a fresh process; its error (crash, out of memory) is recorded instead of its figures."""
+def measure(vocab: int, seq: int, impl: str, chunk_tokens: int, repeats: int, fork: bool = False) -> dict:
+    """One variant in a process of its own (fresh, or forked: `fork`); its error (crash, out of memory) is recorded
+    instead of its figures."""
     args = ["--worker", f"{vocab},{seq},{impl}", "--chunk-tokens", str(chunk_tokens), "--repeats", str(repeats)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
-    out = run_worker_processes("bench.loss_memory", args, 1, env, fork=False)
+    out = run_worker_processes("bench.loss_memory", args, 1, env, fork)
     measured = results_of(out.stdout)
     if out.returncode != 0 or not measured:
         tail = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
@@ -127,14 +139,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("loss_memory.json"), help="JSON written after every variant")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant after the measured one")
     parser.add_argument("--chunk-tokens", type=int, default=None, help="loss_chunk_tokens (default: 1024, quick 256)")
     parser.add_argument("--quick", action="store_true", help="small vocabularies and sequence (CI)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    add_fork_workers_argument(parser)
+    args = parser.parse_args(argv)
     grid = QUICK_GRID if args.quick else FULL_GRID
     chunk_tokens = args.chunk_tokens or grid["chunk_tokens"]
     if args.worker:
@@ -148,7 +161,7 @@ def main() -> None:
         for vocab in grid["vocab"]:
             for seq in grid["seq"]:
                 for impl in IMPLS:
-                    results.append(measure(vocab, seq, impl, chunk_tokens, args.repeats))
+                    results.append(measure(vocab, seq, impl, chunk_tokens, args.repeats, args.fork_workers))
                     print(f"measured {results[-1]}")
                     args.out.write_text(json.dumps({"results": results, "comparisons": comparisons(results)}, indent=2))
     report = {"results": results, "comparisons": comparisons(results)}

@@ -7,7 +7,8 @@ vs reference log-probabilities precomputed before training (the rows carry them)
 The model: models/tiny_llama's config widened (hidden 256, 4 layers, vocabulary 32,000; --quick: hidden 64,
 1 layer, vocabulary 4,000, 64 tokens), random weights, nothing downloaded; fp32 on CPU, bf16 on CUDA. A step: the DPO objective
 (modules/preference.py, loss_impl chunked) on `pairs` random pairs of `seq` tokens (the second half of each row
-scored), backward, AdamW step. Each variant runs in a fresh process. Measured (bench/harness.py's PeakMemory:
+scored), backward, AdamW step. Each variant runs in a fresh process (--fork-workers, the smoke test's way: a
+process forked from the warm fork server, bench/harness.py). Measured (bench/harness.py's PeakMemory:
 CUDA allocator peak, or the CPU resident-set high-water mark): peak growth from before the models are built, i.e.
 weights (policy, and the reference copy when live), optimizer state and the step's activations; tokens/s: the
 tokens of a step (both sides) / the fastest of --repeats steps after one warm-up step.
@@ -15,13 +16,12 @@ tokens of a step (both sides) / the fastest of --repeats steps after one warm-up
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.harness import PeakMemory, emit_result, results_of
-from bench.loss_memory import MMAP_THRESHOLD, device_name
+from bench.harness import PeakMemory, add_fork_workers_argument, emit_result, results_of, run_worker_processes
+from bench.loss_memory import MMAP_THRESHOLD, device_name, fix_mmap_threshold
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +31,7 @@ QUICK = {"hidden": 64, "layers": 1, "vocab": 4000}
 
 
 def run_worker(variant: str, size: dict, pairs: int, seq: int, repeats: int) -> dict:
+    fix_mmap_threshold()
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -81,11 +82,11 @@ def run_worker(variant: str, size: dict, pairs: int, seq: int, repeats: int) -> 
             "tokens_per_second": 2 * pairs * seq / min(times), "device": device_name()}
 
 
-def measure(variant: str, quick: bool, pairs: int, seq: int, repeats: int) -> dict:
-    cmd = [sys.executable, "-m", "bench.preference_memory", "--worker", variant, "--pairs", str(pairs), "--seq", str(seq),
-           "--repeats", str(repeats)] + (["--quick"] if quick else [])
+def measure(variant: str, quick: bool, pairs: int, seq: int, repeats: int, fork: bool = False) -> dict:
+    args = ["--worker", variant, "--pairs", str(pairs), "--seq", str(seq), "--repeats", str(repeats)] + (
+        ["--quick"] if quick else [])
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    out = run_worker_processes("bench.preference_memory", args, 1, env, fork)
     lines = results_of(out.stdout)
     if out.returncode != 0 or not lines:
         tail = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
@@ -112,6 +113,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    add_fork_workers_argument(parser)
     args = parser.parse_args(argv)
     if args.quick and "--seq" not in (argv or sys.argv):
         args.seq = 64
@@ -121,7 +123,7 @@ def main(argv=None) -> None:
         return
     results = []
     for variant in VARIANTS:
-        results.append(measure(variant, args.quick, args.pairs, args.seq, args.repeats))
+        results.append(measure(variant, args.quick, args.pairs, args.seq, args.repeats, args.fork_workers))
         Path(args.out).write_text(json.dumps({"results": results}, indent=1))
     report = {"results": results}
     live, pre = results

@@ -3,8 +3,10 @@ N tokenizer processes per rank, of Parquet vs JSON lines, the time to open an ex
 memory of a build against the corpus size (the goal: flat), on generated Chinese/English corpora.
 
 Every build runs in a fresh child process (`--child`), which reports its build time and peak RSS; two ranks
-are two children joined in a gloo process group, sharing the cache folder. Opening should take well under a
-second whatever the corpus size: it reads meta.json and memory-maps shards on first use. The corpus is random
+are two children joined in a gloo process group, sharing the cache folder (--fork-workers, the smoke test's
+way: children forked from the warm fork server, bench/harness.py; their RSS then includes the server's imports).
+Opening should take well under a second whatever the corpus size: it reads meta.json and memory-maps shards on
+first use. The corpus is random
 text (CJK characters and pseudo-words), so the tokenizer's word cache does not flatter the throughput.
 
     python -m bench.tokenize_cache                          # 4 MB and 16 MB corpora (a few minutes on 2 cores)
@@ -24,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.delta_memory import cpu_model
+from bench.harness import add_fork_workers_argument, run_worker_processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,20 +79,30 @@ def child(corpus: str, cache_dir: str, num_proc: str, piece_bytes: str, tokenize
 
 
 def build_in_children(corpus: Path, cache_dir: Path, tokenizer_path: str, num_proc: int, ranks: int,
-                      piece_bytes: int, shard_tokens: int = 1 << 24) -> dict:
-    """Build with `ranks` child processes (each with `num_proc` tokenizer processes); the slowest rank's time."""
-    from general_util.dist import free_port
-    world = {"WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())} if ranks > 1 else {}
-    children = [subprocess.Popen([sys.executable, "-m", "bench.tokenize_cache", "--child", str(corpus), str(cache_dir), str(num_proc),
-                                  str(piece_bytes), tokenizer_path, str(shard_tokens)], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                                 env={**os.environ, **world, "RANK": str(rank), "LOCAL_RANK": str(rank)})
-                 for rank in range(ranks)]
-    results = []
-    for process in children:
-        out, _ = process.communicate()
-        if process.returncode:
-            raise SystemExit(f"a building process failed ({process.returncode})")
-        results.append(json.loads(out.strip().splitlines()[-1]))
+                      piece_bytes: int, shard_tokens: int = 1 << 24, fork: bool = False) -> dict:
+    """Build with `ranks` child processes (each with `num_proc` tokenizer processes), fresh or forked from the warm
+    fork server (`fork`); the slowest rank's time."""
+    child_args = ["--child", str(corpus), str(cache_dir), str(num_proc), str(piece_bytes), tokenizer_path, str(shard_tokens)]
+    if fork:
+        world = run_worker_processes("bench.tokenize_cache", child_args, ranks, dict(os.environ), fork=True)
+        if world.returncode:
+            raise SystemExit(f"a building process failed ({world.returncode}):\n{world.stderr[-3000:]}")
+        outputs = [rank.stdout for rank in world.ranks]
+    else:
+        from general_util.dist import free_port
+        world_env = ({"WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+                     if ranks > 1 else {})
+        children = [subprocess.Popen([sys.executable, "-m", "bench.tokenize_cache", *child_args], cwd=REPO,
+                                     stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, **world_env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+                    for rank in range(ranks)]
+        outputs = []
+        for process in children:
+            out, _ = process.communicate()
+            if process.returncode:
+                raise SystemExit(f"a building process failed ({process.returncode})")
+            outputs.append(out)
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
     return {**results[0], "seconds": max(r["seconds"] for r in results),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in results)}
 
@@ -113,9 +125,9 @@ def to_parquet(corpus: Path) -> Path:
 
 
 def measure(corpus: Path, workdir: Path, tokenizer, tokenizer_path: str, num_proc: int, ranks: int,
-            piece_bytes: int) -> dict:
+            piece_bytes: int, fork: bool = False) -> dict:
     cache_dir = workdir / f"cache-{corpus.name}-{ranks}x{num_proc}"
-    built = build_in_children(corpus, cache_dir, tokenizer_path, num_proc, ranks, piece_bytes)
+    built = build_in_children(corpus, cache_dir, tokenizer_path, num_proc, ranks, piece_bytes, fork=fork)
     opens = []
     for _ in range(5):
         started = time.perf_counter()
@@ -130,12 +142,16 @@ def measure(corpus: Path, workdir: Path, tokenizer, tokenizer_path: str, num_pro
 
 
 def machine() -> dict:
+    # here, not at the top: the tokenizer processes' fork server imports this module (as __main__), and
+    # bench.delta_memory imports torch, which they do not need
+    from bench.delta_memory import cpu_model
     return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "date": time.strftime("%Y-%m-%d")}
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["--child"]:
-        return child(*sys.argv[2:])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return child(*argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small corpora: checks the code, not the speed")
     parser.add_argument("--num-proc", type=int, default=2, help="tokenizer processes of the parallel builds")
@@ -145,7 +161,8 @@ def main() -> None:
     parser.add_argument("--shard-tokens", type=int, default=1 << 24,
                         help="shard size of the peak-RSS builds (a build holds one shard: below it RSS grows with the corpus)")
     parser.add_argument("--tokenizer", default="models/tiny_llama", help="a local tokenizer folder")
-    args = parser.parse_args()
+    add_fork_workers_argument(parser)
+    args = parser.parse_args(argv)
     from models.loading import load_tokenizer
     tokenizer = load_tokenizer(args.tokenizer, pad_token="<unk>")
     sizes = (0.25, 1.0) if args.quick else (4.0, 16.0)
@@ -157,13 +174,15 @@ def main() -> None:
             corpus = workdir / f"corpus-{megabytes:g}mb.jsonl"
             generate_corpus(corpus, megabytes)
             for ranks, num_proc in sorted({(1, 1), (1, args.num_proc), (2, 1)}):
-                runs.append(measure(corpus, workdir, tokenizer, args.tokenizer, num_proc, ranks, piece_bytes))
-            runs.append(measure(to_parquet(corpus), workdir, tokenizer, args.tokenizer, 1, 1, piece_bytes))
+                runs.append(measure(corpus, workdir, tokenizer, args.tokenizer, num_proc, ranks, piece_bytes,
+                                    args.fork_workers))
+            runs.append(measure(to_parquet(corpus), workdir, tokenizer, args.tokenizer, 1, 1, piece_bytes,
+                                args.fork_workers))
         for gigabytes in args.memory_gb:
             corpus = workdir / f"memory-{gigabytes:g}gb.jsonl"
             generate_corpus(corpus, gigabytes * 1024)
             built = build_in_children(corpus, workdir / f"cache-memory-{gigabytes:g}", args.tokenizer, 1, 1, 1 << 26,
-                                      args.shard_tokens)
+                                      args.shard_tokens, fork=args.fork_workers)
             memory.append({"gigabytes": gigabytes, "shard_tokens": args.shard_tokens, "tokens": built["tokens"], "build_seconds": round(built["seconds"], 1),
                            "rss_before_mib": round(built["rss_before_mib"]), "peak_rss_mib": round(built["peak_rss_mib"])})
             corpus.unlink()

@@ -49,7 +49,7 @@ LONGEST_FIRST = ["test_model_families_ranks.py", "test_ending_matrix_two_ranks.p
                  "test_fsdp2.py", "test_preference_training.py", "test_grpo_demo.py", "test_grpo_vllm.py",
                  "test_rank_failure.py", "test_deepspeed_multinode.py", "test_sequence_parallel.py",
                  "test_repeated_jobs.py", "test_trainer_e2e.py", "test_bench_delta_memory.py", "test_elastic_resume.py",
-                 "test_preference_parity.py", "test_save_failures.py", "test_bench_loss_memory.py", "test_seed_multi_run.py",
+                 "test_preference_parity.py", "test_save_failures.py", "test_loss_memory.py", "test_seed_multi_run.py",
                  "test_long_context.py", "test_cli_errors.py", "test_original_configs.py"]
 
 

@@ -1,6 +1,7 @@
 """`bash bench/gpu_check.sh --dry-run`: every GPU check's code path runs on CPU on the tiny model and prints one
 JSON line; what needs CUDA (Liger's kernels, vLLM) is a skip with its reason, everything else passes here."""
 import json
+import os
 import subprocess
 
 import pytest
@@ -12,8 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_dry_run_prints_one_line_per_check_and_passes_what_cpu_can_run():
+    # one OpenMP thread per process: on 2 cores shared with the other worker a second one spins (38 -> 20 s of CPU)
     result = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=REPO, capture_output=True, text=True,
-                            timeout=900)
+                            timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["check"] for line in lines] == list(CHECKS), result.stderr[-3000:]
     status = {line["check"]: line for line in lines}

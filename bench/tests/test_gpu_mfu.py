@@ -12,15 +12,17 @@ from modules.flops import training_flops_per_token
 pytestmark = pytest.mark.slow
 
 
-def quick_runs(capsys, *args) -> tuple[list[dict], str]:
+def quick_runs(capsys, monkeypatch, *args) -> tuple[list[dict], str]:
     """The runs and the table of `python -m bench.gpu_mfu --quick --peak-flops 1e12 <args>`, run in this process
-    with its workers forked from the warm fork server (--fork-workers, bench/harness.py)."""
+    with its workers forked from the warm fork server (--fork-workers, bench/harness.py), on one OpenMP thread each
+    (on 2 cores shared with the other worker a second one spins)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     main(["--quick", "--peak-flops", "1e12", "--fork-workers", *args])
     return report_and_table(capsys.readouterr().out)
 
 
-def test_quick_mode_reports_both_checkpointing_settings_per_loss_impl(capsys):
-    runs, table = quick_runs(capsys, "--loss-impl", "full", "auto")
+def test_quick_mode_reports_both_checkpointing_settings_per_loss_impl(capsys, monkeypatch):
+    runs, table = quick_runs(capsys, monkeypatch, "--loss-impl", "full", "auto")
     assert [(r["loss_impl"], r["loss_impl_used"], r["gradient_checkpointing"]) for r in runs] == [
         ("full", "full", False), ("full", "full", True), ("auto", "chunked", False), ("auto", "chunked", True)]
     for r in runs:
@@ -31,8 +33,8 @@ def test_quick_mode_reports_both_checkpointing_settings_per_loss_impl(capsys):
     assert {r["engine"] for r in runs} == {"deepspeed"}
 
 
-def test_quick_mode_with_sequence_parallelism_reports_mfu_per_rank(capsys):
-    runs, _ = quick_runs(capsys, "--sequence-parallel-size", "2", "--checkpointing", "on")
+def test_quick_mode_with_sequence_parallelism_reports_mfu_per_rank(capsys, monkeypatch):
+    runs, _ = quick_runs(capsys, monkeypatch, "--sequence-parallel-size", "2", "--checkpointing", "on")
     assert [(r["loss_impl"], r["loss_impl_used"], r["gradient_checkpointing"]) for r in runs] == [
         ("auto", "chunked", True)]  # the default loss_impl, resolved on CPU
     for r in runs:
@@ -41,7 +43,7 @@ def test_quick_mode_with_sequence_parallelism_reports_mfu_per_rank(capsys):
         assert r["mfu"] == pytest.approx(r["tokens_per_second"] * flops / (2 * 1e12))  # two ranks share the tokens
 
 
-def test_quick_mode_measures_the_fsdp2_engine(capsys):
-    runs, _ = quick_runs(capsys, "--loss-impl", "full", "--engine", "fsdp2")
+def test_quick_mode_measures_the_fsdp2_engine(capsys, monkeypatch):
+    runs, _ = quick_runs(capsys, monkeypatch, "--loss-impl", "full", "--engine", "fsdp2")
     assert [(r["engine"], r["gradient_checkpointing"]) for r in runs] == [("fsdp2", False), ("fsdp2", True)]
     assert all(r["tokens_per_second"] > 0 and r["peak_memory_gib"] > 0 for r in runs)

@@ -1,6 +1,7 @@
 """python -m bench.grpo_throughput --quick: the GRPO bench measures steps, generation and completions/s consistently;
 `--backend vllm` where vLLM cannot run (CPU) is refused in one line before anything is measured."""
 import json
+import os
 
 import pytest
 import torch
@@ -11,7 +12,9 @@ from tests.forked_ranks import run_script
 
 @pytest.mark.slow  # a bench's --quick mode
 def test_quick_bench_reports_consistent_figures(tmp_path):
-    result = run_script("-m bench.grpo_throughput", ["--quick", "--output", str(tmp_path / "grpo.json")])
+    # on one OpenMP thread: on 2 cores shared with the other worker a second one spins
+    result = run_script("-m bench.grpo_throughput", ["--quick", "--output", str(tmp_path / "grpo.json")],
+                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "grpo.json").read_text())
     assert figures["completions_per_step"] == 4 and figures["backend"] == "engine"

@@ -10,7 +10,6 @@ from bench.harness import REPO, PeakMemory, emit_result, results_of, run_worker_
 
 WORKER = '''
 import multiprocessing, os, sys
-import torch.distributed as dist
 
 
 def say(*parts, stream=sys.stdout):  # one write per line: the ranks of a fresh world share one pipe
@@ -18,7 +17,8 @@ def say(*parts, stream=sys.stdout):  # one write per line: the ranks of a fresh 
     stream.flush()
 
 
-if "RANK" in os.environ:
+if "RANK" in os.environ:  # torch only where a world is joined: a 1-process worker needs none of it
+    import torch.distributed as dist
     dist.init_process_group("gloo")
     ranks = [None] * dist.get_world_size()
     dist.all_gather_object(ranks, int(os.environ["RANK"]))

@@ -1,17 +1,22 @@
-"""python -m bench.preference_memory --quick: the live and the precomputed reference measured in fresh processes, side by
-side in the JSON and the table; the live reference holds a second copy of the weights."""
+"""python -m bench.preference_memory --quick: the live and the precomputed reference measured in processes of their own,
+side by side in the JSON and the table; the live reference holds a second copy of the weights."""
 import json
 
 import pytest
 
-from tests.forked_ranks import run_quick
+from bench.preference_memory import main
+from devtools.bench_output import report_and_table
 
 pytestmark = pytest.mark.slow
 
 
-def test_quick_mode_compares_live_and_precomputed_reference(tmp_path):
+def test_quick_mode_compares_live_and_precomputed_reference(tmp_path, capsys, monkeypatch):
     out = tmp_path / "preference_memory.json"
-    report, table = run_quick("bench.preference_memory", ("--repeats", "1", "--out", str(out)), forked_child=False)
+    # in this process, each variant forked from the warm fork server (bench/harness.py) on one OpenMP thread (on 2
+    # cores shared with the other worker a second one spins)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    main(["--quick", "--repeats", "1", "--out", str(out), "--fork-workers"])
+    report, table = report_and_table(capsys.readouterr().out)
     assert json.loads(out.read_text()) == report
     live, precomputed = report["results"]
     assert (live["reference"], precomputed["reference"]) == ("live", "precomputed")
