@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import add_fork_workers_argument, run_worker_processes
+from bench.harness import PeakMemory, add_fork_workers_argument, run_worker_processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,14 +67,16 @@ def child(corpus: str, cache_dir: str, num_proc: str, piece_bytes: str, tokenize
         dist.init_process_group("gloo")
     from models.loading import load_tokenizer
     tokenizer = load_tokenizer(tokenizer_path, pad_token="<unk>")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # this process's VmRSS now and VmHWM after: ru_maxrss would start at the bench parent's peak (Linux keeps it across
+    # fork and exec), and the parent of --memory-gb runs has built the throughput corpora first
+    memory = PeakMemory(cuda=False)
+    before = memory.start()
     started = time.perf_counter()
     dataset = open_dataset(Path(corpus), Path(cache_dir), tokenizer, int(num_proc), int(piece_bytes), int(shard_tokens))
     seconds = time.perf_counter() - started
     stats = dataset.report["sources"]["corpus"]
     print(json.dumps({"seconds": seconds, "tokens": stats["tokens"], "documents": stats["records"], "rows": len(dataset),
-                      "rss_before_mib": before / 1024,
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "rss_before_mib": before / 2**20, "peak_rss_mib": memory.peak_bytes() / 2**20}))
 
 
 def build_in_children(corpus: Path, cache_dir: Path, tokenizer_path: str, num_proc: int, ranks: int,
