@@ -380,9 +380,7 @@ def _json_list(path: Path, on_error: OnError, progress) -> Iterator[Record]:
                                            kind="malformed JSON"))
                         return
             try:
-                if _has_surrogates(data):
-                    raise DataError(str(path), item_line, "not valid UTF-8", kind="not valid UTF-8")
-                _check_value(data, path, item_line)
+                _check_parsed(data, path, item_line)
             except DataError as error:
                 on_error(error)
             else:
@@ -407,13 +405,18 @@ def _single_object(path: Path, text: str, on_error: OnError) -> Iterator[Record]
         on_error(DataError(str(path), e.lineno, f"malformed JSON ({e.msg})", kind="malformed JSON"))
         return
     try:
-        if _has_surrogates(data):
-            raise DataError(str(path), line, "not valid UTF-8", kind="not valid UTF-8")
-        _check_value(data, path, line)
+        _check_parsed(data, path, line)
     except DataError as error:
         on_error(error)
         return
     yield Record(data, str(path), line)
+
+
+def _check_parsed(data, path: Path, line_no: int) -> None:
+    """A value parsed from text decoded with surrogateescape: valid UTF-8, and an object or list."""
+    if _has_surrogates(data):
+        raise DataError(str(path), line_no, "not valid UTF-8", kind="not valid UTF-8")
+    _check_value(data, path, line_no)
 
 
 def _has_surrogates(value) -> bool:
