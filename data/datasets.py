@@ -118,10 +118,10 @@ class TokenizedDataset(Dataset):
             shares = [float(mixture[source_name]) for source_name in sources]
             if mixture_steps is not None:
                 self.mixture_steps = (int(mixture_steps), step_rows(global_batch))
-                self.blocks, self.mixture = token_share_blocks(self.row_tokens, shares, 0, seed,
-                                                               rows=self.mixture_steps[0] * self.mixture_steps[1])
+                budget = {"rows": self.mixture_steps[0] * self.mixture_steps[1]}
             else:
-                self.blocks, self.mixture = token_share_blocks(self.row_tokens, shares, int(mixture_tokens), seed)
+                budget = {"total": int(mixture_tokens)}
+            self.blocks, self.mixture = token_share_blocks(self.row_tokens, shares, seed, **budget)
         else:
             self.blocks = mixture_blocks([len(cache) for cache in self.caches], weights, seed)
         if not self.blocks:
@@ -366,12 +366,12 @@ def step_rows(global_batch: Mapping[str, int] | None) -> int:
     return int(global_batch["per_gpu"]) * int(global_batch["accumulation"]) * data_parallel
 
 
-def token_share_blocks(row_tokens: list[np.ndarray], shares: list[float], total: int, seed: int,
+def token_share_blocks(row_tokens: list[np.ndarray], shares: list[float], seed: int, *, total: int | None = None,
                        rows: int | None = None) -> tuple[list[tuple[int, np.ndarray | None, int]], list[dict]]:
     """Blocks (as `mixture_blocks`) giving source s share_s × total tokens (`SourceDraw`'s order), and what each
-    source gives. With `rows` (mixture_steps) the total is the largest whose draw fits in `rows` rows, and any
-    rows left (sources whose next row comes at the same total) go one each to the sources furthest below their
-    share, so that exactly `rows` are drawn."""
+    source gives; the budget is `total` tokens (mixture_tokens) or `rows` rows (mixture_steps: the total is the
+    largest whose draw fits in `rows` rows, and any rows left, of sources whose next row comes at the same total,
+    go one each to the sources furthest below their share, so that exactly `rows` are drawn)."""
     draws = [SourceDraw(tokens, source, seed) for source, tokens in enumerate(row_tokens)]
 
     def counts(total: int) -> list[int]:

@@ -80,7 +80,7 @@ def test_a_budget_in_steps_is_exactly_that_many_global_batches_of_the_shares(tmp
     assert max(plan["epochs"] for plan in mix.mixture) > 1  # a source repeats: the budget is not its size
     fitted = mix.mixture[0]["budget_tokens"]  # the total the shares were drawn of
     assert [plan["target_tokens"] for plan in mix.mixture] == [round(share * fitted) for share in MIXTURE.values()]
-    more, _ = token_share_blocks(mix.row_tokens, list(MIXTURE.values()), fitted + 1, seed=0)
+    more, _ = token_share_blocks(mix.row_tokens, list(MIXTURE.values()), seed=0, total=fitted + 1)
     assert sum(count for _, _, count in more) > rows  # the largest total that fits
     assert mix.mixture_lines()[-1] == (f"mixture: {steps} optimizer steps of {per_gpu * accumulation} rows = "
                                        f"{rows:,} rows, {total:,} tokens")
@@ -99,10 +99,10 @@ def test_a_budget_in_steps_is_exactly_that_many_global_batches_of_the_shares(tmp
 
 def test_rows_left_at_the_largest_total_go_to_the_sources_furthest_below_their_share():
     rows_of_ten = [np.full(4, 10), np.full(4, 10)]  # one more row each at the same total: 2 rows, 3 asked
-    blocks, drawn = token_share_blocks(rows_of_ten, [0.5, 0.5], 0, seed=0, rows=3)
+    blocks, drawn = token_share_blocks(rows_of_ten, [0.5, 0.5], seed=0, rows=3)
     assert [plan["rows"] for plan in drawn] == [2, 1] and sum(count for _, _, count in blocks) == 3
     assert [plan["tokens"] for plan in drawn] == [20, 10] and drawn[0]["budget_tokens"] == 21  # round(10.5) = 10
-    blocks, drawn = token_share_blocks([np.full(4, 10), np.full(2, 30)], [0.25, 0.75], 0, seed=0, rows=9)
+    blocks, drawn = token_share_blocks([np.full(4, 10), np.full(2, 30)], [0.25, 0.75], seed=0, rows=9)
     assert [plan["rows"] for plan in drawn] == [4, 5] and [plan["tokens"] for plan in drawn] == [40, 150]
     assert drawn[0]["budget_tokens"] == 162  # 163 would need a fifth row of the first: round(40.75) = 41 > 40
 
