@@ -88,7 +88,7 @@ class Engine(Protocol):
 
     def checkpoint_layout(self, cfg: DictConfig) -> dict:
         """What of this engine's checkpoint format must match for a run to continue it exactly (recorded in each
-        checkpoint's trainer state, compared by training.checkpoints.check_resumable)."""
+        checkpoint's trainer state, compared by training.state.Layout.differences)."""
 
     def holds_state(self, checkpoint: Path) -> bool:
         """Whether `checkpoint` holds a resumable state this engine wrote (its format, recognised on disk)."""
