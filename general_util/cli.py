@@ -69,8 +69,8 @@ def convert_legacy_arguments(argv: list[str]) -> list[str]:
     """`legacy_overrides`, with one note on stderr (from the first rank only) listing what was converted (an old
     `fsdp2.key=value` too); an unknown engine stops here in one line (exit 2)."""
     kept, converted = legacy_overrides(argv)
-    converted += [(arg, arg.lstrip("+").replace("fsdp2.", "engine.", 1)) for arg in argv[1:]
-                  if arg.lstrip("+").startswith("fsdp2.")]
+    converted += [(arg, new + arg.lstrip("+").removeprefix(old)) for arg in argv[1:]
+                  for old, new in MOVED_PREFIXES.items() if arg.lstrip("+").startswith(old)]
     if converted and os.environ.get("RANK", "0") == "0":
         print("note: converted to Hydra overrides: " + ", ".join(f"{given} → {override}" for given, override in converted),
               file=sys.stderr)
