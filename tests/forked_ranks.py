@@ -15,7 +15,11 @@ from devtools.bench_output import report_and_table
 REPO = Path(__file__).resolve().parents[1]
 
 
-OPTIONAL_TRACKERS = ("wandb", "mlflow.tracking")  # ~3 s of imports each that the tracker tests' ranks would pay per run
+# ~3 s of imports each that the tracker tests' ranks would pay per run. wandb.init imports W&B Launch's staged inputs
+# (wandb.sdk.launch.inputs.internal, through wandb.apis.public's pydantic models, whose attribute docstrings pydantic
+# finds with inspect.getmodule over every loaded module): ~2 s of CPU per W&B run beside the trainer's stack, 4 s and
+# more on a loaded machine.
+OPTIONAL_TRACKERS = ("wandb", "wandb.sdk.launch.inputs.internal", "mlflow.tracking")
 
 
 def use_warm_fork_server() -> None:
