@@ -23,11 +23,14 @@ from general_util.dist import free_port
 TRAINER_STACK = "devtools.trainer_stack"  # what a warm fork server imports for trainer processes
 
 
+FROZEN_HEAP = "devtools.frozen_heap"  # imported last: the children's garbage collections skip what the server loaded
+
+
 def use_warm_fork_server(preload: tuple[str, ...] = (TRAINER_STACK,)) -> None:
-    """Make this process's fork server import the modules `preload` names (default: the trainer's stack); call it
-    before anything starts the server (the first forkserver process or pool). Once the server runs, it keeps what
-    it has."""
-    multiprocessing.set_forkserver_preload(list(preload))
+    """Make this process's fork server import the modules `preload` names (default: the trainer's stack), then
+    freeze what they made out of its children's garbage collections (devtools/frozen_heap.py); call it before
+    anything starts the server (the first forkserver process or pool). Once the server runs, it keeps what it has."""
+    multiprocessing.set_forkserver_preload([*preload, FROZEN_HEAP])
 
 
 def _rank_main(target: Path | str, args: list[str], env: dict[str, str], cwd: str, stdin_path: str | None,

@@ -1,4 +1,5 @@
 """Shared test hygiene."""
+import gc
 import os
 import sys
 
@@ -56,3 +57,11 @@ LONGEST_FIRST = ["test_model_families_ranks.py", "test_ending_matrix_two_ranks.p
 def pytest_collection_modifyitems(items):
     position = {name: index for index, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: position.get(item.path.name, len(position)))  # stable: the rest keep their order
+
+
+def pytest_collection_finish(session):
+    """Freeze what collection imported (torch, transformers, DeepSpeed, the project) out of the garbage collector's
+    reach (gc.freeze), as the fork server does for its children (devtools/frozen_heap.py): the full collections
+    of in-process runs (DeepSpeed's ZeRO set-up calls gc.collect()) then walk only what the tests made."""
+    gc.collect()
+    gc.freeze()
