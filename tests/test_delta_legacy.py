@@ -12,8 +12,6 @@ T − B would itself round, and base + delta, by any tool, could miss T by an ul
 """
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -23,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import apply_delta
 from models.delta import META_FILE, NO_FINGERPRINT
 from models.weights_io import BIN_INDEX, SAFETENSORS_INDEX, WeightsReader
+from tests.forked_ranks import run_script
 
 TINY = "models/tiny_llama"
 VOCAB = ("model.embed_tokens.weight", "lm_head.weight")
@@ -206,12 +205,13 @@ def test_wrong_base_is_one_line_and_exit_2(tmp_path, capsys, flavour, make_base,
 
 
 def test_cli_exit_codes_and_one_line_errors(tmp_path):
-    """Through a subprocess: no flag on a delta without metadata; a wrong base; the flag on our own delta."""
+    """Through `python apply_delta.py` (forked children; test_delta starts one fresh, interpreter start-up included):
+    no flag on a delta without metadata; a wrong base; the flag on our own delta."""
     base, delta = panda_delta_folder(tmp_path)
     save_model(tmp_path / "small", {key: value for key, value in base.items() if key != "lm_head.weight"})
 
     def run(*argv):
-        return subprocess.run([sys.executable, "apply_delta.py", *argv], capture_output=True, text=True, check=False)
+        return run_script("apply_delta.py", list(argv))
 
     result = run(*args(tmp_path / "small", delta, tmp_path / "out"))
     assert (result.returncode, result.stderr) == (2, (

@@ -1,10 +1,8 @@
 """Launcher plumbing: --local_rank from the deepspeed launcher, the old script name, one-process runs."""
 import os
-import subprocess
-import sys
 
 from general_util.dist import consume_local_rank_arg, fill_single_process_env
-from tests.trainer_runs import REPO
+from tests.forked_ranks import run_script
 
 
 def test_local_rank_argument_is_consumed(monkeypatch):
@@ -24,8 +22,9 @@ def test_single_process_env_is_filled(monkeypatch):
 
 
 def test_old_script_name_and_local_rank_argument_still_work(tmp_path):
-    result = subprocess.run([sys.executable, "trainer_base_ds_v1.py", "--local_rank=0", "-cp", "conf/demo", "-cn", "sft",
-                             f"output_dir={tmp_path}", "dry_run=true"], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+    # `python trainer_base_ds_v1.py ...` as a forked child (the script run as __main__, without the interpreter's
+    # start-up: test_cli_errors and test_preflight start trainer.py fresh)
+    result = run_script("trainer_base_ds_v1.py", ["--local_rank=0", "-cp", "conf/demo", "-cn", "sft",
+                                                  f"output_dir={tmp_path}", "dry_run=true"], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "optimizer steps: 152" in result.stdout
