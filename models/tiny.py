@@ -71,21 +71,8 @@ def build(out: Path, vocab_size: int = 1024, **model_kwargs) -> Path:
     model = build_model(len(tokenizer), **model_kwargs)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    save_tokenizer_as_published(tokenizer, out)
-    return out
-
-
-def save_tokenizer_as_published(tokenizer, out: Path) -> None:
-    """`save_pretrained`, with tokenizer_config.json's `added_tokens_decoder` (id -> AddedToken) as the publishers'
-    folders carry it (Qwen3-30B-A3B's in tests/fixtures/tokenizers/qwen2; Meta-Llama-3's, Qwen2.5's): transformers
-    5 writes none, and a folder without it has every load parse the whole tokenizer.json in Python for the added
-    tokens (Llama-3's 17 MB: about half of each load)."""
     tokenizer.save_pretrained(out)
-    config_file = out / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    config["added_tokens_decoder"] = {str(index): token.__getstate__()
-                                      for index, token in sorted(tokenizer.added_tokens_decoder.items())}
-    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
 
 
 # ---- real tokenizers ---------------------------------------------------------------------------------

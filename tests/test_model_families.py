@@ -36,6 +36,11 @@ def test_each_tiny_model_keeps_what_its_family_needs():
         path = tiny_family(name)
         model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
         tokenizers[name] = tokenizer
+        # tokenizer_config.json lists the added tokens (models.tiny.save_tokenizer_as_published), as tokenizer.json has them
+        written = json.loads((path / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+        added = tokenizer.backend_tokenizer.get_added_tokens_decoder()
+        assert {int(i): (t["content"], t["special"]) for i, t in written.items()} == {
+            i: (t.content, t.special) for i, t in added.items()}, name
         published = json.loads(FAMILIES[name].config.read_text())
         config = model.config
         assert config.model_type == published["model_type"] and config.vocab_size == published["vocab_size"] >= len(tokenizer)
