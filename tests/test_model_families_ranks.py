@@ -32,7 +32,7 @@ def test_two_ranks_both_engines_resume_and_export(name, tmp_path):
                          env={"LLAMA_TRAINER_FAULT": "kill@step=3"})
     assert killed.returncode != 0 and sorted(p.name for p in zero3.glob("checkpoint-*")) == ["checkpoint-2"]
     run_trainer(zero3, args + ENGINES["zero3"] + ["resume=auto"], nproc=2)
-    run_trainer(fsdp2, args + ENGINES["fsdp2"], nproc=2)
+    run_trainer(fsdp2, args + ENGINES["fsdp2"] + [f"save_steps={STEPS}"], nproc=2)  # its last checkpoint is the one checked
     before_kill, resumed = logged_losses(zero3, 3)
     assert before_kill == resumed  # the resumed step 3 is the one the killed run took
     losses = {engine: dict(read_scalars(tmp_path / engine)["train/loss"]) for engine in ENGINES}
