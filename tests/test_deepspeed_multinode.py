@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from general_util.dist import free_port
-from tests.trainer_runs import FAST, REPO, child_env, run_trainer
+from tests.trainer_runs import FAST, REPO, launcher_env, run_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def deepspeed_nodes(hostfile, output_dir, overrides, env=None):
     procs = [subprocess.Popen(["deepspeed", "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(node),
                                "--master_addr", "127.0.0.1", "--master_port", str(port), "trainer.py",
                                "-cp", "conf/demo", "-cn", "sft", f"output_dir={output_dir}", *overrides],
-                              cwd=REPO, env=child_env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              cwd=REPO, env=launcher_env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
              for node in (0, 1)]
     return [(p.returncode, out) for p, out in ((p, p.communicate(timeout=600)[0]) for p in procs)]
@@ -115,7 +115,7 @@ def pdsh_nodes(tmp_path, port: int, options: str, output_dir, overrides, fault: 
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     exports = tmp_path / "ds_env"
     exports.write_text("OMP_NUM_THREADS=1\nPYTHONUNBUFFERED=1\n" + (f"LLAMA_TRAINER_FAULT={fault}\n" if fault else ""))
-    env = child_env(DS_ENV_FILE=str(exports), PDSH_SSH_ARGS_APPEND=options)
+    env = launcher_env(DS_ENV_FILE=str(exports), PDSH_SSH_ARGS_APPEND=options)
     return subprocess.run(["deepspeed", "--hostfile", str(hostfile), "--ssh_port", str(port), "--no_ssh_check",
                            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "trainer.py",
                            "-cp", "conf/demo", "-cn", "sft", f"output_dir={output_dir}", *overrides],

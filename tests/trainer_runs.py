@@ -18,6 +18,19 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
+WITHOUT_MLFLOW = REPO / "tests" / "fixtures" / "without_mlflow"  # an `mlflow` package whose import fails
+
+
+def launcher_env(**extra: str) -> dict[str, str]:
+    """child_env for a job started through DeepSpeed's launcher (`deepspeed`, its multi-node runner), with MLflow
+    unimportable, as where requirements-loggers.txt is not installed: each launcher process imports DeepSpeed, whose
+    autotuner (never run) imports MLflow when it can, 1.5 s of CPU per process (the trainer's ranks leave it out
+    themselves: training/deepspeed_engine.py import_deepspeed). These jobs log to TensorBoard only. DeepSpeed's
+    runner passes PYTHONPATH on to the other nodes."""
+    env = child_env(**extra)
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(WITHOUT_MLFLOW), env.get("PYTHONPATH")]))}
+
+
 def trainer_command(launcher: str, nproc: int) -> list[str]:
     if launcher == "python":
         return [sys.executable, "trainer.py"]
@@ -42,8 +55,8 @@ def run_trainer(output_dir: Path, overrides: list[str], launcher: str = "forked"
     else:
         assert nnodes == 1, "several nodes: forked ranks, or the launchers' own multi-node commands"
         cmd = trainer_command(launcher, nproc) + args
-        result = subprocess.run(cmd, cwd=REPO, env=child_env(**(env or {})), capture_output=True, text=True,
-                                timeout=timeout)
+        environment = (launcher_env if launcher == "deepspeed" else child_env)(**(env or {}))
+        result = subprocess.run(cmd, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
