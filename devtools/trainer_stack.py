@@ -8,17 +8,16 @@ from pathlib import Path
 import peft  # noqa: F401
 import torch.utils.tensorboard  # noqa: F401
 import transformers.models.llama.modeling_llama  # noqa: F401
+import transformers.optimization  # noqa: F401 - the trainer's set-up imports it on first use
+import transformers.trainer_pt_utils  # noqa: F401 - likewise
 from hydra import compose, initialize_config_dir
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
-import trainer  # noqa: F401 - torch, Hydra, transformers' configuration, the project
-# what the configs' _target_s and the trainer's set-up import on first use
-import data.preference  # noqa: F401
+import data.preference  # noqa: F401 - the configs' _target_s, imported on first use
 import data.sft  # noqa: F401
 import models.lora  # noqa: F401
 import post_processors.loss  # noqa: F401
-import transformers.optimization  # noqa: F401
-import transformers.trainer_pt_utils  # noqa: F401
+import trainer  # noqa: F401 - torch, Hydra, transformers' configuration, the project
 
 if importlib.util.find_spec("deepspeed") is not None:  # where it is installed (FSDP2 runs without it)
     from training.deepspeed_engine import import_deepspeed
