@@ -22,7 +22,12 @@ import trainer  # noqa: F401 - torch, Hydra, transformers' configuration, the pr
 if importlib.util.find_spec("deepspeed") is not None:  # where it is installed (FSDP2 runs without it)
     from training.deepspeed_engine import import_deepspeed
     import_deepspeed()  # with what ZeRO's initialize imports
+    import deepspeed.module_inject.auto_ep_config  # noqa: F401 - imported by every engine's initialize
+    import deepspeed.module_inject.auto_ep_layer  # noqa: F401
+    import deepspeed.runtime.sequence_parallel.ulysses_sp  # noqa: F401 - by modules/sequence_parallel.py's set-up
     import deepspeed.runtime.superoffload.superoffload_stage3  # noqa: F401 - imported by ZeRO-3's initialize
+if importlib.util.find_spec("lm_eval") is not None:  # the lm_eval evaluator's first import (requirements-lm-eval.txt)
+    import lm_eval.tasks  # noqa: F401
 
 # Hydra's first composition discovers its plugins and the config search path and warms its override grammar's
 # parser; transformers builds its ~1,000 compiled checkpoint key patterns at the first from_pretrained
