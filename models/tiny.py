@@ -24,6 +24,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           PreTrainedTokenizerFast)
 
+from models.vocab import save_tokenizer
+
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 SHIPPED = Path(__file__).resolve().parent / "tiny_llama"
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -187,21 +189,8 @@ def build_family(name: str, out: Path, seed: int = 0, sizes: dict | None = None)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    save_tokenizer_as_published(tokenizer, out)
+    save_tokenizer(tokenizer, out)
     return out
-
-
-def save_tokenizer_as_published(tokenizer, out: Path) -> None:
-    """`save_pretrained`, with tokenizer_config.json's `added_tokens_decoder` (id -> AddedToken) as the publishers'
-    folders carry it (Qwen3-30B-A3B's in tests/fixtures/tokenizers/qwen2; Meta-Llama-3's, Qwen2.5's): transformers
-    5 writes none, and a folder without it has every load parse the whole tokenizer.json in Python for the added
-    tokens (Llama-3's 17 MB: about half of each load)."""
-    tokenizer.save_pretrained(out)
-    config_file = out / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    config["added_tokens_decoder"] = {str(index): token.__getstate__()
-                                      for index, token in sorted(tokenizer.added_tokens_decoder.items())}
-    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def main() -> None:

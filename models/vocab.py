@@ -16,6 +16,7 @@ Offline, before training (the tokenizer folder then goes to `tokenizer.name_or_p
     python -m models.vocab merge --base <tokenizer folder> --add <chinese_sp.model> --out <folder>
 """
 import argparse
+import json
 import sys
 import tempfile
 from contextlib import nullcontext
@@ -103,9 +104,18 @@ def merge_tokenizers(tokenizer, merge_tokenizer: str):
 
 
 def save_tokenizer(tokenizer, directory) -> None:
-    """`save_pretrained`, plus a merged tokenizer's SentencePiece model as tokenizer.model, so that the folder
-    can be merged into again and read by SentencePiece-based tools (llama.cpp's converter)."""
+    """`save_pretrained`, with tokenizer_config.json's `added_tokens_decoder` (id -> AddedToken) as the publishers'
+    folders carry it (Qwen3-30B-A3B's in tests/fixtures/tokenizers/qwen2; Meta-Llama-3's, Qwen2.5's): transformers
+    5 writes none, and a folder without it has every load parse the whole tokenizer.json in Python for the added
+    tokens (Llama-3's 17 MB: about half of each load). Plus a merged tokenizer's SentencePiece model as
+    tokenizer.model, so that the folder can be merged into again and read by SentencePiece-based tools
+    (llama.cpp's converter)."""
     tokenizer.save_pretrained(directory)
+    config_file = Path(directory) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["added_tokens_decoder"] = {str(index): token.__getstate__()
+                                      for index, token in sorted(tokenizer.added_tokens_decoder.items())}
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if getattr(tokenizer, "sentencepiece_model", None):
         (Path(directory) / SP_MODEL_FILE).write_bytes(tokenizer.sentencepiece_model)
 

@@ -21,7 +21,8 @@ PACKING = ["train_dataset.packing=true", "train_dataset.max_seq_length=64",
 def fingerprint(name: str) -> str:
     digest = hashlib.sha256()
     folder = FIXTURES / "tokenizers" / TOKENIZER_FILES.get(name, "qwen2")
-    for path in [REPO / "models" / "tiny.py", FAMILIES[name].config, *sorted(folder.iterdir())]:
+    builder = [REPO / "models" / "tiny.py", REPO / "models" / "vocab.py"]  # the model, and how its tokenizer is saved
+    for path in [*builder, FAMILIES[name].config, *sorted(folder.iterdir())]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 

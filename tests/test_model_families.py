@@ -36,7 +36,7 @@ def test_each_tiny_model_keeps_what_its_family_needs():
         path = tiny_family(name)
         model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
         tokenizers[name] = tokenizer
-        # tokenizer_config.json lists the added tokens (models.tiny.save_tokenizer_as_published), as tokenizer.json has them
+        # tokenizer_config.json lists the added tokens (models.vocab.save_tokenizer), as tokenizer.json has them
         written = json.loads((path / "tokenizer_config.json").read_text())["added_tokens_decoder"]
         added = tokenizer.backend_tokenizer.get_added_tokens_decoder()
         assert {int(i): (t["content"], t["special"]) for i, t in written.items()} == {
@@ -115,8 +115,16 @@ def engine_logits(trainer, input_ids: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name", NAMES)
 def test_export_reloads_with_the_engines_logits(name, trained, exported):
     trainer, _ = trained(name)
-    _, model, tokenizer = exported(name)
+    export, model, tokenizer = exported(name)
     assert len(tokenizer) == len(trainer.tokenizer) and model.config.vocab_size >= len(tokenizer)
+    # the export lists its added tokens (the tied families' 300 new ones too) as the publishers' folders do
+    # (models.vocab.save_tokenizer), and the reload encodes as the trained tokenizer did
+    written = json.loads((export / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert {int(i): (t["content"], t["special"]) for i, t in written.items()} == {
+        i: (t.content, t.special) for i, t in trainer.tokenizer.added_tokens_decoder.items()}
+    text = "天空是蓝色的。The sky is blue." + "".join(NEW_TOKENS[:3] if name in TIED else ())
+    assert tokenizer(text).input_ids == trainer.tokenizer(text).input_ids
+    assert tokenizer.special_tokens_map == trainer.tokenizer.special_tokens_map
     input_ids = torch.tensor([tokenizer("天空是蓝色的。The sky is blue.").input_ids])
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=input_ids).logits, engine_logits(trainer, input_ids),
