@@ -3,6 +3,7 @@
 (`build_model_dir`), synthetic rows, and our Trainer built as `python trainer.py` builds it.
 
 Every bench is a module run from the repository root: `python -m bench.<name>`."""
+import gc
 import json
 import subprocess
 import sys
@@ -42,8 +43,11 @@ class PeakMemory:
         raise RuntimeError(f"no {field} in /proc/self/status")
 
     def start(self) -> int:
-        """Reset the peak to the memory in use now; returns that level in bytes."""
+        """Reset the peak to the memory in use now; returns that level in bytes. Garbage left by earlier work is
+        collected first: freed inside the measured window, it would offset what the window allocates (a worker that
+        ran other steps before saw a 64 MiB buffer as 16 KiB of growth)."""
         import torch
+        gc.collect()
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

@@ -1,6 +1,7 @@
 """The benchmarks' workers start as fresh processes (python, torchrun) or forked from the warm fork server
 (--fork-workers, devtools/forked.py: the smoke tests): either way a worker sees the same world, the same
 arguments, environment and multiprocessing start method, and reports its output and exit code the same way."""
+import gc
 import os
 import signal
 
@@ -80,3 +81,24 @@ def test_the_cpu_peak_probe_sees_what_a_step_touched():
     buffer = torch.ones(16 * 2**20)  # 64 MiB, every page written
     del buffer
     assert 60 * 2**20 < memory.growth_bytes() < 200 * 2**20
+
+
+def test_the_cpu_peak_probe_is_not_offset_by_earlier_garbage():
+    """Garbage an earlier step left (here 96 MiB held by a reference cycle) is collected by start(): collected inside
+    the measured window (a collection may start at any allocation; here one is made to), it would hide the window's
+    growth."""
+    import torch
+    memory = PeakMemory(cuda=False)
+    gc.disable()
+    try:
+        cycle = {"tensor": torch.ones(24 * 2**20)}
+        cycle["self"] = cycle
+        del cycle
+        memory.start()
+        gc.collect()
+        buffer = torch.ones(16 * 2**20)  # 64 MiB, every page written
+        del buffer
+        growth = memory.growth_bytes()
+    finally:
+        gc.enable()
+    assert 60 * 2**20 < growth < 200 * 2**20
