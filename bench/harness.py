@@ -44,8 +44,8 @@ class PeakMemory:
 
     def start(self) -> int:
         """Reset the peak to the memory in use now; returns that level in bytes. Garbage left by earlier work is
-        collected first: freed inside the measured window, it would offset what the window allocates (a worker that
-        ran other steps before saw a 64 MiB buffer as 16 KiB of growth)."""
+        collected first: collected inside the measured window, it would offset what the window allocates
+        (bench/tests/test_harness.py)."""
         import torch
         gc.collect()
         if self.cuda:
