@@ -1,13 +1,12 @@
 """The benchmarks' workers start as fresh processes (python, torchrun) or forked from the warm fork server
 (--fork-workers, devtools/forked.py: the smoke tests): either way a worker sees the same world, the same
 arguments, environment and multiprocessing start method, and reports its output and exit code the same way."""
-import gc
 import os
 import signal
 
 import pytest
 
-from bench.harness import REPO, PeakMemory, emit_result, results_of, run_worker_processes
+from bench.harness import REPO, emit_result, results_of, run_worker_processes
 
 WORKER = '''
 import multiprocessing, os, sys
@@ -73,32 +72,36 @@ def test_a_worker_reports_through_result_lines(capsys):
     assert results_of(stdout) == [{"tokens_per_second": 1.5, "gpu": "x"}, {"second": [1, 2]}]
 
 
-def test_the_cpu_peak_probe_sees_what_a_step_touched():
-    """VmHWM reset to the resident set at start(): a 64 MiB buffer written and freed shows as growth."""
-    import torch
-    memory = PeakMemory(cuda=False)
-    memory.start()
-    buffer = torch.ones(16 * 2**20)  # 64 MiB, every page written
-    del buffer
-    assert 60 * 2**20 < memory.growth_bytes() < 200 * 2**20
+PROBE = '''
+import gc, sys
 
+import torch
 
-def test_the_cpu_peak_probe_is_not_offset_by_earlier_garbage():
-    """Garbage an earlier step left (here 96 MiB held by a reference cycle) is collected by start(): collected inside
-    the measured window (a collection may start at any allocation; here one is made to), it would hide the window's
-    growth."""
-    import torch
-    memory = PeakMemory(cuda=False)
+from bench.harness import PeakMemory, emit_result
+
+memory = PeakMemory(cuda=False)
+if sys.argv[1] == "garbage":  # 96 MiB an earlier step left in a reference cycle
     gc.disable()
-    try:
-        cycle = {"tensor": torch.ones(24 * 2**20)}
-        cycle["self"] = cycle
-        del cycle
-        memory.start()
-        gc.collect()
-        buffer = torch.ones(16 * 2**20)  # 64 MiB, every page written
-        del buffer
-        growth = memory.growth_bytes()
-    finally:
-        gc.enable()
-    assert 60 * 2**20 < growth < 200 * 2**20
+    cycle = {"tensor": torch.ones(24 * 2**20)}
+    cycle["self"] = cycle
+    del cycle
+memory.start()
+if sys.argv[1] == "garbage":
+    gc.collect()  # a collection inside the measured window, as one may start at any allocation
+buffer = torch.ones(16 * 2**20)  # 64 MiB, every page written
+del buffer
+emit_result({"growth_bytes": memory.growth_bytes()})
+'''
+
+
+@pytest.mark.parametrize("before", ["nothing", "garbage"])
+def test_the_cpu_peak_probe_sees_what_a_step_touched(tmp_path, before):
+    """VmHWM reset to the resident set at start(): a 64 MiB buffer written and freed shows as growth, also where an
+    earlier step left garbage (start() collects it: collected inside the window, it would hide the growth). In a
+    forked worker, as the benches measure: no other test's threads or garbage in the process."""
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    result = run_worker_processes(script, [before], 1, dict(os.environ), True, 300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [report] = results_of(result.stdout)
+    assert 60 * 2**20 < report["growth_bytes"] < 200 * 2**20
