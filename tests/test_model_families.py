@@ -29,6 +29,17 @@ STEPS = 2
 NEW_TOKENS = [f"<|新词{i}|>" for i in range(300)]
 
 
+def listed_added_tokens(folder) -> dict[int, tuple[str, bool]]:
+    """id -> (content, special) of the added tokens a saved folder's tokenizer_config.json lists."""
+    listed = json.loads((folder / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    return {int(index): (token["content"], token["special"]) for index, token in listed.items()}
+
+
+def added_tokens(decoder: dict) -> dict[int, tuple[str, bool]]:
+    """The same of a tokenizer's `added_tokens_decoder` (id -> AddedToken)."""
+    return {index: (token.content, token.special) for index, token in decoder.items()}
+
+
 def test_each_tiny_model_keeps_what_its_family_needs():
     """The switches each family's training depends on, read from the built models (a few MB each)."""
     tokenizers = {}  # each family's tokenizer loaded once (Llama-3's and Qwen's tokenizer.json: ~1 s of CPU each)
@@ -37,10 +48,7 @@ def test_each_tiny_model_keeps_what_its_family_needs():
         model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
         tokenizers[name] = tokenizer
         # tokenizer_config.json lists the added tokens (models.vocab.save_tokenizer), as tokenizer.json has them
-        written = json.loads((path / "tokenizer_config.json").read_text())["added_tokens_decoder"]
-        added = tokenizer.backend_tokenizer.get_added_tokens_decoder()
-        assert {int(i): (t["content"], t["special"]) for i, t in written.items()} == {
-            i: (t.content, t.special) for i, t in added.items()}, name
+        assert listed_added_tokens(path) == added_tokens(tokenizer.backend_tokenizer.get_added_tokens_decoder()), name
         published = json.loads(FAMILIES[name].config.read_text())
         config = model.config
         assert config.model_type == published["model_type"] and config.vocab_size == published["vocab_size"] >= len(tokenizer)
@@ -119,9 +127,7 @@ def test_export_reloads_with_the_engines_logits(name, trained, exported):
     assert len(tokenizer) == len(trainer.tokenizer) and model.config.vocab_size >= len(tokenizer)
     # the export lists its added tokens (the tied families' 300 new ones too) as the publishers' folders do
     # (models.vocab.save_tokenizer), and the reload encodes as the trained tokenizer did
-    written = json.loads((export / "tokenizer_config.json").read_text())["added_tokens_decoder"]
-    assert {int(i): (t["content"], t["special"]) for i, t in written.items()} == {
-        i: (t.content, t.special) for i, t in trainer.tokenizer.added_tokens_decoder.items()}
+    assert listed_added_tokens(export) == added_tokens(trainer.tokenizer.added_tokens_decoder)
     text = "天空是蓝色的。The sky is blue." + "".join(NEW_TOKENS[:3] if name in TIED else ())
     assert tokenizer(text).input_ids == trainer.tokenizer(text).input_ids
     assert tokenizer.special_tokens_map == trainer.tokenizer.special_tokens_map
